@@ -1,0 +1,280 @@
+"""The `kvmlab` command: a thin layer over lab.machine.Lab and lab.images.
+
+Exit status: 0 done; 1 the lab failed (or the command run in L1 failed, for `exec`: its
+own status); 2 bad input (a config key, a value, a path); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from lab.config import SUITES, THP_MODES, load_config
+from lab.errors import KvmlabError, UserError
+from lab.images.build import Builder
+from lab.images.store import Store, tree_size
+from lab.machine.lab import Lab, list_labs
+from lab.progress import Progress
+
+
+def _fail(exc: KvmlabError) -> None:
+    click.echo(f"kvmlab: error: {exc.message}", err=True)
+    if exc.detail:
+        click.echo(exc.detail, err=True)
+    command = getattr(exc, "command", None)
+    if command:
+        click.echo("L0 command: " + " ".join(command), err=True)
+    sys.exit(exc.exit_status)
+
+
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so QEMUs being started are stopped and reaped.
+    raise KeyboardInterrupt
+
+
+class Kvmlab(click.Group):
+    def invoke(self, ctx):
+        signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return super().invoke(ctx)
+        except KvmlabError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("kvmlab: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Kvmlab, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
+    """kvmlab: arm64 KVM stage-2 experiments on any x86 machine.
+
+    L0 is qemu-system-aarch64 under TCG with EL2; L1 is Debian's arm64 Linux running KVM.
+    """
+    ctx.obj = Progress(quiet=quiet)
+
+
+def name_option(f):
+    return click.option("--name", "-n", default=None, help="Lab name (config key lab.name; default 'default').")(f)
+
+
+def _config(config: str | None, **overrides):
+    return load_config(config, {f"lab.{k}": v for k, v in overrides.items()})
+
+
+def _lab_name(name: str | None) -> str:
+    return name or load_config().name
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="A lab config (YAML); see configs/lab.yaml.")
+@name_option
+@click.option("--kernel", "-k", help=f"A Debian suite ({', '.join(SUITES)}) or the path of an arm64 Image.")
+@click.option("--cpus", type=int, help="L1 vCPUs.")
+@click.option("--memory", "-m", help="L1 memory, e.g. 2G.")
+@click.option("--thp", type=click.Choice(THP_MODES), help="L1 transparent_hugepage at boot.")
+@click.pass_obj
+def up(progress: Progress, config, name, kernel, cpus, memory, thp) -> None:
+    """Start a lab: build images if needed, boot L1, wait until KVM is ready."""
+    cfg = _config(config, name=name, kernel=kernel, cpus=cpus, memory=memory, thp=thp)
+    lab = Lab(cfg.name, progress)
+    info = lab.up(cfg)
+    state = lab.state() or {}
+    click.echo(f"Lab '{cfg.name}' is up: L1 ready in {info.seconds:.1f} s (guest uptime {info.guest_uptime:.1f} s)")
+    rows = [
+        ("kernel", f"{info.release} ({state.get('kernel', {}).get('label', cfg.kernel)})"),
+        ("KVM", f"{info.kvm_mode} mode, /dev/kvm {'present' if info.kvm_device else 'MISSING'}"),
+        ("THP", info.thp),
+        ("L1", f"{cfg.cpus} vCPUs, {cfg.memory_mib} MiB"),
+        ("L0", state.get("qemu_version", "?")),
+        ("console", f"kvmlab console --name {cfg.name}  (log: {lab.paths.console_log})"),
+    ]
+    for key, value in rows:
+        click.echo(f"  {key:<8} {value}")
+
+
+@main.command()
+@name_option
+@click.option("--all", "all_labs", is_flag=True, help="Stop every lab.")
+def down(name, all_labs) -> None:
+    """Stop a lab: QMP powerdown, then quit, then kill; remove its sockets and state."""
+    names = list_labs() if all_labs else [_lab_name(name)]
+    for lab_name in names:
+        how = Lab(lab_name).down()
+        click.echo(f"Lab '{lab_name}' is down ({how}).")
+
+
+@main.command()
+@name_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(name, as_json) -> None:
+    """Show a lab (or, with no --name, every lab)."""
+    names = [name] if name else (list_labs() or [_lab_name(None)])
+    results = [Lab(n).status() for n in names]
+    if as_json:
+        click.echo(json.dumps(results[0] if name else results, indent=2))
+        return
+    for st in results:
+        if not st["up"]:
+            click.echo(f"{st['name']}: down" + (f" ({st['note']})" if st.get("note") else ""))
+            continue
+        click.echo(f"{st['name']}: {st['status']}, pid {st['pid']}, up {st['uptime']:.0f} s, "
+                   f"{st['release']} ({st['kernel']}), KVM {st['kvm_mode']}, THP {st['thp']}, "
+                   f"{st['cpus']} vCPUs, {st['memory']}")
+        click.echo(f"  dir {st['paths']['dir']}")
+    if name and not results[0]["up"]:
+        sys.exit(1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@name_option
+@click.option("--timeout", "-t", type=float, help="Seconds before the command is interrupted (exit 124).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec(name, timeout, command) -> None:  # noqa: A001 - the command is called exec
+    """Run COMMAND in L1, stream its output, exit with its status.
+
+    Arguments are passed as they are (no shell); for a pipeline use `sh -c '...'`.
+    """
+    status_code = Lab(_lab_name(name)).exec(list(command), sys.stdout.buffer, timeout=timeout)
+    if status_code == 124 and timeout is not None:
+        click.echo(f"kvmlab: the command ran past --timeout {timeout:g} s and was interrupted", err=True)
+    sys.exit(status_code)
+
+
+@main.command()
+@name_option
+def console(name) -> None:
+    """Attach to L1's serial console (ttyAMA0). Leave with Ctrl-].
+
+    Kernel messages appear here too; the full log is console.log in the lab directory.
+    """
+    import socket
+
+    import pexpect.fdpexpect
+
+    lab = Lab(_lab_name(name))
+    lab._require_up()
+    if not sys.stdin.isatty():
+        raise UserError("kvmlab console needs a terminal; use `kvmlab exec` from scripts")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(lab.paths.console))
+    click.echo(f"Connected to L1's console of lab '{lab.name}'. Ctrl-] leaves.", err=True)
+    child = pexpect.fdpexpect.fdspawn(sock.fileno())
+    child.send(b"\n")
+    try:
+        child.interact(escape_character="\x1d")
+    finally:
+        sock.close()
+        click.echo("", err=True)
+
+
+@main.command()
+@name_option
+@click.argument("command")
+@click.argument("arguments", required=False)
+def qmp(name, command, arguments) -> None:
+    """Send one QMP COMMAND (with optional JSON ARGUMENTS) to L0; print the JSON reply."""
+    args = None
+    if arguments:
+        try:
+            args = json.loads(arguments)
+        except ValueError as exc:
+            raise UserError(f"ARGUMENTS: not valid JSON ({exc}); e.g. '{{\"id\": \"x\"}}'") from None
+        if not isinstance(args, dict):
+            raise UserError("ARGUMENTS: must be a JSON object, e.g. '{\"id\": \"x\"}'")
+    with Lab(_lab_name(name)).qmp() as monitor:
+        reply = monitor.cmd_raw(command, args)
+    click.echo(json.dumps(reply, indent=2))
+    if "error" in reply:
+        sys.exit(1)
+
+
+@main.command()
+@name_option
+@click.argument("src")
+@click.argument("dst")
+def cp(name, src, dst) -> None:
+    """Copy a file between the host and L1; the L1 side is written :PATH.
+
+    \b
+    kvmlab cp ./probe :/root/probe      host -> L1
+    kvmlab cp :/tmp/trace.dat ./        L1 -> host
+    """
+    lab = Lab(_lab_name(name))
+    if src.startswith(":") and not dst.startswith(":"):
+        written = lab.pull(src[1:], Path(dst))
+        click.echo(f"L1:{src[1:]} -> {written}")
+    elif dst.startswith(":") and not src.startswith(":"):
+        lab.push(Path(src), dst[1:])
+        click.echo(f"{src} -> L1:{dst[1:]}")
+    else:
+        raise UserError("cp: exactly one of SRC and DST must be an L1 path written :PATH, e.g. :/root/file")
+
+
+@main.group()
+def images() -> None:
+    """Build, list and remove the cached L1 images."""
+
+
+@images.command("build")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+@click.option("--kernel", "-k", "kernels", multiple=True,
+              help="Suite of a kernel to build (repeatable); default: the config's.")
+@click.pass_obj
+def images_build(progress: Progress, config, kernels) -> None:
+    """Build (or find cached) the kernel and userspace images."""
+    builder = Builder(progress=progress)
+    cfg = _config(config)
+    built = [builder.rootfs(cfg)]
+    for suite in kernels or [cfg.kernel]:
+        built.append(builder.kernel(_config(config, kernel=suite)))
+    for item in built:
+        manifest = item.manifest
+        click.echo(f"{manifest.get('kind', 'kernel')}: {manifest.get('release') or manifest.get('suite')} "
+                   f"{manifest.get('key', '')[:16]}  {getattr(item, 'image', None) or item.root}")
+
+
+@images.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def images_list(as_json) -> None:
+    """List cached images with their packages' versions."""
+    store = Store()
+    entries = store.entries()
+    if as_json:
+        click.echo(json.dumps([e.manifest for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo(f"No images in {store.images}; `kvmlab images build` or `kvmlab up` builds them.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("entry", "kind", "suite", "contents", "size", "built")
+    for entry in entries:
+        m = entry.manifest
+        if m["kind"] == "kernel":
+            contents = f"{m['release']} ({len(m['modules'])} modules)"
+        else:
+            contents = f"{len(m['packages'])} packages"
+        table.add_row(entry.name, m["kind"], m["suite"], contents,
+                      f"{tree_size(entry.path) / 2**20:.0f} MiB", m["built_at"])
+    Console().print(table)
+
+
+@images.command("clean")
+def images_clean() -> None:
+    """Remove every cached image (rebuilt on the next `up`)."""
+    running = [n for n in list_labs() if Lab(n).is_up()]
+    if running:
+        raise UserError(f"labs are running on these images ({', '.join(running)}); `kvmlab down --all` first")
+    freed = Store().clean()
+    click.echo(f"Removed the cached images ({freed / 2**20:.0f} MiB).")
+
+
+if __name__ == "__main__":
+    main()

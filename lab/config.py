@@ -1,0 +1,252 @@
+"""Lab configuration: configs/lab.yaml, overlaid by a user's file, overlaid by CLI options.
+
+Every value is checked here, once; an error names the file, the key path and the value,
+and says what is accepted (exit status 2 on the command line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from lab.errors import ConfigError
+from lab.paths import CONFIGS_DIR
+
+DEFAULT_CONFIG = CONFIGS_DIR / "lab.yaml"
+SUITES = ("bullseye", "bookworm", "trixie", "sid")
+THP_MODES = ("always", "madvise", "never")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size_mib(value: Any) -> int:
+    """'2G', '2048M', '2GiB', 2048 (MiB) -> MiB. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("a size")
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ValueError("a size such as 2G, 1536M or 2048 (MiB)")
+    number, unit = int(match.group(1)), match.group(2).upper()
+    scale = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
+    mib = number * scale
+    if mib != int(mib):
+        raise ValueError("a whole number of MiB")
+    return int(mib)
+
+
+def _host_memory_mib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 1 << 20
+
+
+# Each checker takes the raw YAML value and returns the clean one or raises ValueError
+# with what is expected.
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"an integer from {lo} to {hi}")
+        if not lo <= value <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return value
+    return check
+
+
+def _number_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ValueError(f"a number of seconds from {lo:g} to {hi:g}")
+        return float(value)
+    return check
+
+
+def _string(pattern: re.Pattern[str] | None = None, expected: str = "a string") -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or (pattern and not pattern.match(value)):
+            raise ValueError(expected)
+        return value
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError("one of " + ", ".join(options))
+        return value
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _string_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a list of strings")
+    return list(value)
+
+
+def _memory(value: Any) -> int:
+    mib = parse_size_mib(value)
+    top = _host_memory_mib()
+    if not 256 <= mib <= top:
+        raise ValueError(f"a size from 256M to this machine's {top}M")
+    return mib
+
+
+def _kernel(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a Debian suite (" + ", ".join(SUITES) + ") or the path of an arm64 Image")
+    return value
+
+
+SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "lab": {
+        "name": _string(NAME_RE, "a name of lowercase letters, digits, '.', '_' or '-' (at most 32)"),
+        "kernel": _kernel,
+        "cpus": _int_range(1, 16),
+        "memory": _memory,
+        "thp": _choice(THP_MODES),
+        "boot_timeout": _number_range(5, 3600),
+    },
+    "qemu": {
+        "binary": _string(expected="the name or path of qemu-system-aarch64"),
+        "cpu": _string(re.compile(r"^[A-Za-z0-9_.,=-]+$"), "a -cpu value such as max,pauth-impdef=on"),
+        "append": _string(),
+        "extra_args": _string_list,
+    },
+    "images": {
+        "userspace_suite": _choice(SUITES),
+        "extra_packages": _string_list,
+        "mirror": _string(expected="a mirror URI, or empty for mmdebstrap's default"),
+        "updates": _bool,
+    },
+}
+
+
+@dataclass
+class LabConfig:
+    name: str
+    kernel: str
+    cpus: int
+    memory_mib: int
+    thp: str
+    boot_timeout: float
+    qemu_binary: str
+    qemu_cpu: str
+    append: str
+    qemu_extra_args: list[str]
+    userspace_suite: str
+    extra_packages: list[str]
+    mirror: str
+    updates: bool
+    #: Files the values came from, for messages.
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def kernel_is_suite(self) -> bool:
+        return self.kernel in SUITES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lab": {"name": self.name, "kernel": self.kernel, "cpus": self.cpus,
+                    "memory": f"{self.memory_mib}M", "thp": self.thp, "boot_timeout": self.boot_timeout},
+            "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
+                     "extra_args": self.qemu_extra_args},
+            "images": {"userspace_suite": self.userspace_suite, "extra_packages": self.extra_packages,
+                       "mirror": self.mirror, "updates": self.updates},
+        }
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; give an existing file to --config") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}; fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(SCHEMA)})")
+    return data
+
+
+def _merge(into: dict[str, dict[str, tuple[Any, str]]], data: dict[str, Any], where: str,
+           base: Path | None) -> None:
+    """Checks names (not values) and records each value with where it came from."""
+    for section, values in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{where}: {section}: unknown section; known sections: {', '.join(SCHEMA)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: {section}: expected a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{where}: {section}.{key}: unknown key; known keys in {section}: "
+                                  + ", ".join(SCHEMA[section]))
+            if (section, key) == ("lab", "kernel") and isinstance(value, str) and base is not None \
+                    and value not in SUITES and not os.path.isabs(os.path.expanduser(value)):
+                # A kernel path in a config file is relative to that file.
+                value = str((base / value).resolve())
+            into[section][key] = (value, where)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> LabConfig:
+    """Default config, then `path`, then CLI `overrides` ({"lab.cpus": 4}, None = not given)."""
+    merged: dict[str, dict[str, tuple[Any, str]]] = {section: {} for section in SCHEMA}
+    sources = [str(DEFAULT_CONFIG)]
+    _merge(merged, _read_yaml(DEFAULT_CONFIG), str(DEFAULT_CONFIG), DEFAULT_CONFIG.parent)
+    if path is not None:
+        path = Path(path).expanduser()
+        _merge(merged, _read_yaml(path), str(path), path.resolve().parent)
+        sources.append(str(path))
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".")
+        option = "--" + key.replace("_", "-")
+        _merge(merged, {section: {key: value}}, f"option {option}", Path.cwd())
+
+    clean: dict[str, Any] = {}
+    for section, checks in SCHEMA.items():
+        for key, check in checks.items():
+            if key not in merged[section]:
+                raise ConfigError(f"{DEFAULT_CONFIG}: {section}.{key}: missing; restore the default config")
+            value, where = merged[section][key]
+            try:
+                clean[f"{section}.{key}"] = check(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {section}.{key}: expected {exc}, got {value!r}") from None
+
+    if os.environ.get("KVMLAB_MIRROR"):
+        clean["images.mirror"] = os.environ["KVMLAB_MIRROR"]
+    return LabConfig(
+        name=clean["lab.name"], kernel=clean["lab.kernel"], cpus=clean["lab.cpus"],
+        memory_mib=clean["lab.memory"], thp=clean["lab.thp"], boot_timeout=clean["lab.boot_timeout"],
+        qemu_binary=clean["qemu.binary"], qemu_cpu=clean["qemu.cpu"], append=clean["qemu.append"],
+        qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],
+        extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],
+        updates=clean["images.updates"], sources=sources,
+    )

@@ -1,0 +1,241 @@
+"""What L1 boots, built from Debian's arm64 packages and the recipe under images/.
+
+Two kinds of cache entry:
+- kernel-SUITE-KEY: the arm64 `Image`, its config, and `modules.cpio` (the modules the
+  recipe asks for, decompressed, with an `order` file for the initramfs);
+- rootfs-SUITE-KEY: `root/` (L1's root filesystem, exported read-only over 9p) and
+  `initramfs.cpio` (busybox and /init: mounts that root and switches to it).
+
+At boot the initrd is initramfs.cpio followed by modules.cpio: the kernel unpacks both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab.config import LabConfig, SUITES
+from lab.errors import ImageError, UserError
+from lab.images import debian
+from lab.images.cpio import CpioWriter
+from lab.images.kmod import ModuleTree, decompress
+from lab.images.store import Entry, Store, content_key, hash_files
+from lab.paths import IMAGES_DIR
+from lab.progress import Progress
+
+RECIPE = IMAGES_DIR / "l1.yaml"
+ARM64_MAGIC = b"ARM\x64"
+#: Directories L1 mounts something on: they must exist in the read-only root.
+MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
+
+
+def load_recipe() -> dict[str, Any]:
+    return yaml.safe_load(RECIPE.read_text())
+
+
+def check_arm64_image(path: Path) -> None:
+    """An arm64 Linux `Image` carries "ARM\\x64" at offset 0x38 (Documentation/arch/arm64/booting)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(64)
+    except FileNotFoundError:
+        raise UserError(f"kernel {path}: no such file; give a Debian suite ({', '.join(SUITES)}) "
+                        "or the path of an arm64 Image") from None
+    except OSError as exc:
+        raise UserError(f"kernel {path}: cannot read it ({exc.strerror})") from None
+    if len(header) < 64 or header[0x38:0x3C] != ARM64_MAGIC:
+        hint = ""
+        if header[:2] == b"\x1f\x8b":
+            hint = " (it is gzip-compressed: give the uncompressed Image, e.g. arch/arm64/boot/Image)"
+        elif header[:4] == b"\x7fELF":
+            hint = " (it is an ELF file such as vmlinux: give arch/arm64/boot/Image)"
+        raise UserError(f"kernel {path}: not an arm64 Linux Image (no ARM\\x64 magic at offset 0x38){hint}")
+
+
+
+@dataclass
+class KernelImage:
+    image: Path
+    modules_cpio: Path | None
+    release: str
+    label: str
+    manifest: dict[str, Any]
+
+
+@dataclass
+class Rootfs:
+    root: Path
+    initramfs: Path
+    manifest: dict[str, Any]
+
+
+class Builder:
+    def __init__(self, store: Store | None = None, progress: Progress | None = None):
+        self.store = store or Store()
+        self.progress = progress or Progress(quiet=True)
+        self.recipe = load_recipe()
+
+    # -- kernel -------------------------------------------------------------------------
+    def kernel_inputs(self, suite: str, config: LabConfig) -> dict[str, Any]:
+        return {"kind": "kernel", "suite": suite, "package": self.recipe["kernel_package"],
+                "modules": self.recipe["modules"], "mirror": config.mirror, "updates": config.updates}
+
+    def kernel(self, config: LabConfig) -> KernelImage:
+        if not config.kernel_is_suite:
+            path = Path(config.kernel).expanduser()
+            check_arm64_image(path)
+            return KernelImage(path, None, "", path.name, {"kind": "kernel", "path": str(path.resolve())})
+        suite = config.kernel
+        inputs = self.kernel_inputs(suite, config)
+        key = content_key(inputs)
+        cached = self.store.get("kernel", suite, key)
+        if cached is not None:
+            return _kernel_from_entry(cached)
+        with self.progress.step(f"Building the {suite} kernel image") as step:
+            entry, _ = self.store.build("kernel", suite, key, inputs,
+                                        lambda work: self._build_kernel(work, suite, config, step))
+        return _kernel_from_entry(entry)
+
+    def _build_kernel(self, work: Path, suite: str, config: LabConfig, step) -> dict[str, Any]:
+        debs = debian.fetch(suite, [self.recipe["kernel_package"]], work / "debs", mirror=config.mirror,
+                            updates=config.updates, step=step, log=work / "fetch.log")
+        # Only the kernel's own packages: linux-image-V (Image and modules up to trixie),
+        # and from sid on linux-binary-V, linux-modules-V, linux-base-V (config).
+        kernel_debs = [d for d in debs if d.name.startswith(("linux-image-", "linux-binary-", "linux-modules-"))
+                       or (d.name.startswith("linux-base-") and d.name[len("linux-base-"):][:1].isdigit())]
+        tree = work / "unpacked"
+        debian.unpack(kernel_debs, tree, step)
+        modules_root = _only(list(tree.glob("lib/modules/*")) + list(tree.glob("usr/lib/modules/*")),
+                             f"a lib/modules/VERSION directory in the {suite} kernel packages")
+        release = modules_root.name
+        image = _only([p for p in [tree / f"boot/vmlinuz-{release}", modules_root / "vmlinuz"] if p.exists()],
+                      f"the kernel Image (boot/vmlinuz-{release} or {modules_root.name}/vmlinuz)")
+        check_arm64_image(image)
+        config_file = next((p for p in [tree / f"boot/config-{release}", modules_root / "config"] if p.exists()), None)
+
+        step.update("packing modules")
+        modules = ModuleTree(modules_root).load_order(self.recipe["modules"]["required"],
+                                                      self.recipe["modules"]["optional"])
+        writer = CpioWriter()
+        names = []
+        for i, module in enumerate(modules):
+            name = f"{i:02d}-{module.name}.ko"
+            writer.add_bytes(f"lib/modules/kvmlab/{name}", decompress(module.path))
+            names.append(name)
+        writer.add_bytes("lib/modules/kvmlab/order", ("\n".join(names) + "\n").encode())
+
+        shutil.copyfile(image, work / "Image")
+        (work / "modules.cpio").write_bytes(writer.getvalue())
+        artefacts = ["Image", "modules.cpio"]
+        if config_file is not None:
+            shutil.copyfile(config_file, work / "config")
+            artefacts.append("config")
+        shutil.rmtree(tree)
+        shutil.rmtree(work / "debs")
+        return {
+            "suite": suite,
+            "release": release,
+            "packages": [d.as_dict() for d in kernel_debs],
+            "modules": [m.name for m in modules],
+            "artefacts": {name: debian.sha256_file(work / name) for name in artefacts},
+        }
+
+    # -- rootfs -------------------------------------------------------------------------
+    def rootfs_inputs(self, config: LabConfig) -> dict[str, Any]:
+        return {"kind": "rootfs", "suite": config.userspace_suite,
+                "packages": self.recipe["packages"] + config.extra_packages,
+                "applets": self.recipe["initramfs_applets"],
+                "initramfs": hash_files(IMAGES_DIR / "initramfs"), "overlay": hash_files(IMAGES_DIR / "rootfs"),
+                "mirror": config.mirror, "updates": config.updates}
+
+    def rootfs(self, config: LabConfig) -> Rootfs:
+        suite = config.userspace_suite
+        inputs = self.rootfs_inputs(config)
+        key = content_key(inputs)
+        cached = self.store.get("rootfs", suite, key)
+        if cached is not None:
+            return _rootfs_from_entry(cached)
+        with self.progress.step(f"Building the {suite} L1 userspace") as step:
+            entry, _ = self.store.build("rootfs", suite, key, inputs,
+                                        lambda work: self._build_rootfs(work, config, inputs["packages"], step))
+        return _rootfs_from_entry(entry)
+
+    def _build_rootfs(self, work: Path, config: LabConfig, packages: list[str], step) -> dict[str, Any]:
+        suite = config.userspace_suite
+        debs = debian.fetch(suite, packages, work / "debs", mirror=config.mirror, updates=config.updates,
+                            step=step, log=work / "fetch.log")
+        root = work / "root"
+        debian.unpack(debs, root, step)
+        step.update("adding the kvmlab overlay")
+        # Debian's merged /usr: the top-level links come from base-files' maintainer
+        # scripts, which extraction does not run.
+        for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
+            if not (root / link).exists():
+                os.symlink(target, root / link)
+        if not (root / "usr/bin/sh").exists():
+            os.symlink("busybox", root / "usr/bin/sh")
+        for mount_point in MOUNT_POINTS:
+            (root / mount_point).mkdir(parents=True, exist_ok=True)
+        shutil.copytree(IMAGES_DIR / "rootfs", root, symlinks=True, dirs_exist_ok=True)
+
+        busybox = root / "usr/bin/busybox"
+        if not busybox.exists():
+            raise ImageError("the L1 userspace has no /usr/bin/busybox; keep busybox-static in images/l1.yaml")
+        writer = CpioWriter()
+        for directory in ("dev", "proc", "sys", "newroot", "bin"):
+            writer.mkdir(directory)
+        writer.chardev("dev/console", 5, 1)
+        writer.add_file("bin/busybox", busybox, 0o755)
+        for applet in self.recipe["initramfs_applets"]:
+            writer.symlink(f"bin/{applet}", "busybox")
+        writer.add_file("init", IMAGES_DIR / "initramfs/init", 0o755)
+        (work / "initramfs.cpio").write_bytes(writer.getvalue())
+        shutil.rmtree(work / "debs")
+        return {
+            "suite": suite,
+            "packages": [d.as_dict() for d in debs],
+            "artefacts": {"initramfs.cpio": debian.sha256_file(work / "initramfs.cpio"),
+                          "root/": tree_digest(root)},
+        }
+
+
+def tree_digest(root: Path) -> str:
+    """One sha256 over a directory tree: every path, its type, mode and content or link target."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
+            if os.path.islink(path):
+                digest.update(os.readlink(path).encode())
+            else:
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _only(paths: list[Path], what: str) -> Path:
+    if len(paths) != 1:
+        found = ", ".join(str(p) for p in paths) or "none"
+        raise ImageError(f"expected exactly one {what}, found {found}")
+    return paths[0]
+
+
+def _kernel_from_entry(entry: Entry) -> KernelImage:
+    return KernelImage(entry.file("Image"), entry.file("modules.cpio"), entry.manifest["release"],
+                       entry.manifest["suite"], entry.manifest)
+
+
+def _rootfs_from_entry(entry: Entry) -> Rootfs:
+    return Rootfs(entry.file("root"), entry.file("initramfs.cpio"), entry.manifest)

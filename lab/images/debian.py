@@ -1,0 +1,136 @@
+"""Debian's arm64 packages: fetched with mmdebstrap, unpacked with dpkg-deb, no root needed.
+
+mmdebstrap resolves the dependencies against the suite's package lists and checks the
+archive's signatures; with `--skip=extract` it only downloads, and a hook copies the .deb
+files out. No mirror is named here: mmdebstrap's default is used unless the config
+(images.mirror) or KVMLAB_MIRROR says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from lab.errors import ImageError, UserError
+from lab.progress import Step
+
+
+@dataclass(frozen=True)
+class Deb:
+    name: str
+    version: str
+    arch: str
+    path: Path
+    sha256: str
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Deb":
+        name, version, arch = unquote(path.name[: -len(".deb")]).split("_")
+        return cls(name, version, arch, path, sha256_file(path))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "arch": self.arch, "sha256": self.sha256}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise UserError(f"{name} is not installed; run scripts/setup (or apt-get install {package})")
+    return path
+
+
+def _host_apt_options() -> list[str]:
+    """apt options of the host that the download must follow too.
+
+    A host whose apt is told not to check Release files' Valid-Until (a snapshot or a
+    frozen mirror) needs the same here, or `sid` fails as "expired". Signatures are
+    still checked.
+    """
+    if shutil.which("apt-config") is None:
+        return []
+    result = subprocess.run(["apt-config", "shell", "V", "Acquire::Check-Valid-Until"],
+                            capture_output=True, text=True)
+    if "V='false'" in result.stdout:
+        return ['Acquire::Check-Valid-Until "false"']
+    return []
+
+
+def _only_suite_hook(suite: str) -> str:
+    """A setup hook keeping only SUITE itself in sources.list (no -updates, -security)."""
+    script = (
+        'f="$1/etc/apt/sources.list"; [ -f "$f" ] || exit 0; '
+        f"awk -v s={shlex.quote(suite)} "
+        "'{ line = $0; gsub(/\\[[^]]*\\]/, \"\", line); split(line, w, \" \") } "
+        "w[1] ~ /^deb/ && w[3] != s { next } { print }' \"$f\" > \"$f.kvmlab\" && mv \"$f.kvmlab\" \"$f\""
+    )
+    return script
+
+
+def fetch(suite: str, packages: list[str], dest: Path, *, mirror: str = "", updates: bool = False,
+          step: Step | None = None, log: Path | None = None) -> list[Deb]:
+    """Downloads `packages` and their dependencies for arm64 from `suite` into `dest`."""
+    mmdebstrap = require_tool("mmdebstrap", "mmdebstrap")
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        mmdebstrap, "--variant=extract", "--architectures=arm64", "--skip=extract",
+        "--include=" + ",".join(packages),
+        "--extract-hook=cp \"$1\"/var/cache/apt/archives/*.deb " + shlex.quote(str(dest)) + "/",
+    ]
+    for option in _host_apt_options():
+        cmd.append("--aptopt=" + option)
+    if not updates and not mirror:
+        cmd.append("--setup-hook=" + _only_suite_hook(suite))
+    cmd += [suite, "/dev/null"]
+    if mirror:
+        cmd.append(mirror)
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if step is not None:
+                step.update(line)
+    if log is not None:
+        log.write_text("$ " + shlex.join(cmd) + "\n" + "".join(lines))
+    if proc.returncode != 0:
+        errors = [line.rstrip() for line in lines if line.startswith(("E:", "W:"))]
+        tail = "\n".join((errors or [line.rstrip() for line in lines])[-12:])
+        hint = ""
+        text = "".join(lines)
+        if any(s in text for s in ("Could not resolve", "Temporary failure resolving", "Connection failed",
+                                   "Unable to connect", "Network is unreachable")):
+            hint = "; the Debian archive is not reachable: check the network or set KVMLAB_MIRROR"
+        elif "Unable to locate package" in text or "has no installation candidate" in text:
+            hint = f"; a package is not in {suite} for arm64"
+        raise ImageError(f"downloading {', '.join(packages)} from Debian {suite} (arm64) failed{hint}",
+                         detail=tail)
+    debs = sorted((Deb.from_file(p) for p in dest.glob("*.deb")), key=lambda d: d.name)
+    if not debs:
+        raise ImageError(f"mmdebstrap downloaded no packages for {', '.join(packages)} from {suite}")
+    return debs
+
+
+def unpack(debs: list[Deb], root: Path, step: Step | None = None) -> None:
+    """Unpacks the packages' files (no maintainer scripts run) into `root`."""
+    dpkg_deb = require_tool("dpkg-deb", "dpkg")
+    root.mkdir(parents=True, exist_ok=True)
+    for i, deb in enumerate(debs, 1):
+        if step is not None:
+            step.update(f"{i}/{len(debs)} {deb.name}")
+        result = subprocess.run([dpkg_deb, "-x", str(deb.path), str(root)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ImageError(f"unpacking {deb.path.name} failed", detail=result.stderr.strip())

@@ -1,0 +1,167 @@
+"""The image cache: one directory per built artefact set, named by a key over its inputs.
+
+An entry is built in a private temporary directory and renamed into place only once its
+manifest is written, so an interrupted or failed build leaves no entry behind (and its
+temporary directory is removed then, or by the next build). A lock per key makes a
+second build of the same thing wait for the first and then find it cached.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from lab.errors import ImageError
+from lab.paths import cache_dir
+
+#: Bump when the layout of what is built changes: every key changes with it.
+FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+def content_key(inputs: dict[str, Any]) -> str:
+    blob = json.dumps({"format": FORMAT, **inputs}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def hash_files(root: Path) -> dict[str, str]:
+    """sha256 of every file below `root` (a recipe folder), by relative path."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            rel = str(path.relative_to(root))
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() + ("+x" if os.access(path, os.X_OK) else "")
+    return out
+
+
+@dataclass
+class Entry:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+class Store:
+    def __init__(self, root: Path | None = None):
+        self.root = root or cache_dir()
+        self.images = self.root / "images"
+        self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
+
+    def entry_path(self, kind: str, label: str, key: str) -> Path:
+        return self.images / f"{kind}-{label}-{key[:16]}"
+
+    def get(self, kind: str, label: str, key: str) -> Entry | None:
+        path = self.entry_path(kind, label, key)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        return Entry(path, manifest)
+
+    def entries(self) -> list[Entry]:
+        out = []
+        if self.images.is_dir():
+            for path in sorted(self.images.iterdir()):
+                try:
+                    out.append(Entry(path, json.loads((path / MANIFEST).read_text())))
+                except (OSError, ValueError):
+                    continue
+        return out
+
+    @contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        self.locks.mkdir(parents=True, exist_ok=True)
+        with open(self.locks / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _remove_stale_tmp(self) -> None:
+        """Temporary build directories of builds whose process is gone."""
+        if not self.tmp.is_dir():
+            return
+        for path in self.tmp.iterdir():
+            try:
+                pid = int(path.name.split(".")[1])
+            except (IndexError, ValueError):
+                continue
+            if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+    def build(self, kind: str, label: str, key: str, inputs: dict[str, Any],
+              builder: Callable[[Path], dict[str, Any]]) -> tuple[Entry, bool]:
+        """The entry for `key`, built by `builder(tmpdir) -> manifest fields` if missing.
+
+        Returns (entry, built_now).
+        """
+        entry = self.get(kind, label, key)
+        if entry is not None:
+            return entry, False
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ImageError(f"cannot create the image cache in {self.root}: {exc.strerror}; "
+                             "set KVMLAB_CACHE_DIR to a writable directory") from None
+        with self._lock(f"{kind}-{label}-{key[:16]}"):
+            entry = self.get(kind, label, key)
+            if entry is not None:
+                return entry, False
+            self._remove_stale_tmp()
+            work = Path(tempfile.mkdtemp(prefix=f"{kind}.{os.getpid()}.", dir=self.tmp))
+            try:
+                fields = builder(work)
+                manifest = {"kind": kind, "label": label, "key": key, "inputs": inputs,
+                            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+                _write_json(work / MANIFEST, manifest)
+                os.chmod(work, 0o755)
+                os.rename(work, self.entry_path(kind, label, key))
+            except OSError as exc:
+                raise ImageError(f"building {kind} {label} failed: {exc.strerror or exc} "
+                                 f"({getattr(exc, 'filename', '') or self.root}); the cache holds no "
+                                 "partial entry; free space or set KVMLAB_CACHE_DIR") from None
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            return Entry(self.entry_path(kind, label, key), manifest), True
+
+    def clean(self) -> int:
+        """Removes every entry (and leftovers); returns the bytes freed."""
+        freed = 0
+        for sub in (self.images, self.tmp):
+            if sub.is_dir():
+                for path in sub.iterdir():
+                    freed += tree_size(path)
+                    shutil.rmtree(path, ignore_errors=True)
+        return freed
+
+
+def tree_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.rename(tmp, path)

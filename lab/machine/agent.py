@@ -1,0 +1,127 @@
+"""The L1 side's control channel: a shell on hvc0 (virtio console), reached through the
+lab's agent socket and driven with pexpect.
+
+The kernel logs to ttyAMA0, not here, so what a command prints is not interleaved with
+kernel messages. Each command runs in a subshell with stdin from /dev/null, framed by a
+begin and an end marker carrying a random token; the end marker carries the exit status.
+Output between the markers is streamed as it arrives. The shell runs with no echo and no
+output processing, so bytes arrive as the command wrote them (stdout and stderr merged).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import re
+import secrets
+import shlex
+import socket
+import time
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator
+
+import pexpect
+import pexpect.fdpexpect
+
+from lab.errors import LabError
+from lab.machine.qemu import LabPaths
+
+#: Guest path of the lab's share (images/rootfs/kvmlab/boot mounts it).
+GUEST_SHARE = "/mnt/share"
+#: Canonical-mode tty lines stop at 4095 bytes; longer scripts travel through the share.
+MAX_LINE = 3000
+RS = b"\x1e"
+
+
+@contextmanager
+def flock(path) -> Iterator[None]:
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+class Agent:
+    def __init__(self, paths: LabPaths):
+        self.paths = paths
+
+    @contextmanager
+    def _connect(self) -> Iterator[pexpect.fdpexpect.fdspawn]:
+        # The socket takes one client at a time: concurrent execs queue on this lock.
+        with flock(self.paths.dir / "agent.lock"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.paths.agent))
+            except OSError as exc:
+                sock.close()
+                raise LabError(f"cannot reach L1's agent at {self.paths.agent}: {exc.strerror}; "
+                               "is the lab up? (kvmlab status)") from None
+            child = pexpect.fdpexpect.fdspawn(sock.fileno(), timeout=10)
+            try:
+                yield child
+            finally:
+                sock.close()
+
+    def run(self, command: list[str] | str, out: BinaryIO, timeout: float | None = None,
+            answer_timeout: float = 15.0) -> int:
+        """Runs `command` (argv, or a shell script if a string) in L1; streams its output to
+        `out`; returns its exit status, or 124 if it ran past `timeout` seconds."""
+        script = command if isinstance(command, str) else shlex.join(command)
+        token = secrets.token_hex(8)
+        begin = RS + f"B {token}\n".encode()
+        end = re.compile(re.escape(RS) + f"E {token} (\\d+)\n".encode())
+        encoded = base64.b64encode(script.encode()).decode()
+        body = f'eval "$(echo {encoded} | base64 -d)"'
+        spilled = None
+        if len(body) > MAX_LINE:
+            spilled = self.paths.share / ".kvmlab" / f"exec-{token}.sh"
+            spilled.parent.mkdir(parents=True, exist_ok=True)
+            spilled.write_text(script + "\n")
+            body = f". {GUEST_SHARE}/.kvmlab/{spilled.name}"
+        line = (f"printf '\\036B %s\\n' {token}; ({body}) </dev/null; "
+                f"printf '\\036E %s %d\\n' {token} $?\n")
+        try:
+            with self._connect() as child:
+                child.send(line.encode())
+                try:
+                    # Anything before our begin marker is left over from an earlier session.
+                    child.expect_exact(begin, timeout=answer_timeout)
+                except (pexpect.TIMEOUT, pexpect.EOF):
+                    raise LabError(f"L1's agent did not answer within {answer_timeout:g} s "
+                                   "(L1 hung or crashed?); see `kvmlab console` or the console log "
+                                   f"{self.paths.console_log}") from None
+                return self._stream(child, end, out, timeout)
+        finally:
+            if spilled is not None:
+                spilled.unlink(missing_ok=True)
+
+    def _stream(self, child, end: re.Pattern[bytes], out: BinaryIO, timeout: float | None) -> int:
+        buf = child.buffer if isinstance(child.buffer, bytes) else b""
+        child.buffer = b""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interrupted = False
+        while True:
+            match = end.search(buf)
+            if match:
+                out.write(buf[: match.start()])
+                out.flush()
+                return 124 if interrupted else int(match.group(1))
+            # Keep back a tail that could be the start of the end marker.
+            keep = buf.rfind(RS)
+            cut = len(buf) if keep == -1 else keep
+            if cut:
+                out.write(buf[:cut])
+                out.flush()
+                buf = buf[cut:]
+            if deadline is not None and time.monotonic() > deadline:
+                if interrupted:
+                    raise LabError("the command did not stop after Ctrl-C; L1's agent is stuck")
+                # SIGINT to the command's process group through the tty, as Ctrl-C would.
+                child.send(b"\x03")
+                interrupted = True
+                deadline = time.monotonic() + 10
+            try:
+                buf += child.read_nonblocking(65536, timeout=0.2)
+            except pexpect.TIMEOUT:
+                pass
+            except pexpect.EOF:
+                raise LabError("L1's agent went away in the middle of a command (did QEMU exit?)") from None

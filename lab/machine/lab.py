@@ -1,0 +1,390 @@
+"""A named lab: one L0 QEMU running an L1 arm64 Linux with KVM, and its private directory.
+
+Everything the CLI does is a method here, callable from Python and pytest:
+
+    lab = Lab("default")
+    info = lab.up(load_config())
+    lab.exec(["cat", "/sys/kernel/mm/transparent_hugepage/enabled"], out=sys.stdout.buffer)
+    lab.down()
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from lab.config import LabConfig, NAME_RE
+from lab.errors import LabBusy, LabError, LaunchError, UserError
+from lab.images.build import Builder
+from lab.machine import qemu
+from lab.machine.agent import GUEST_SHARE, Agent, flock
+from lab.machine.qemu import L0Process, LabPaths
+from lab.paths import private_dir, runtime_dir
+from lab.progress import Progress
+
+#: Console lines that mean L1 will not become ready: stop waiting at once.
+FATAL_BOOT = re.compile(r"Kernel panic|kvmlab-initramfs: FAILED|Unable to handle kernel|Internal error:")
+
+
+@dataclass
+class ReadyInfo:
+    release: str
+    kvm_device: bool
+    kvm_mode: str
+    kvm_log: list[str]
+    thp: str
+    seconds: float
+    guest_uptime: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_ready(text: str) -> dict[str, Any]:
+    """The key=value file L1 writes when it is ready (images/rootfs/kvmlab/ready)."""
+    values: dict[str, Any] = {"kvm_log": []}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "kvm_log":
+            values["kvm_log"].append(value)
+        else:
+            values[key] = value
+    return values
+
+
+def kvm_mode(kvm_log: list[str]) -> str:
+    """'VHE', 'nVHE', 'hVHE' or 'protected' from KVM's init message; '' if KVM did not start."""
+    for line in kvm_log:
+        match = re.search(r"\b(VHE|nVHE|hVHE|Protected nVHE|Hyp) mode initialized successfully", line)
+        if match:
+            return {"Hyp": "nVHE", "Protected nVHE": "protected"}.get(match.group(1), match.group(1))
+    return ""
+
+
+def thp_mode(enabled: str) -> str:
+    match = re.search(r"\[(\w+)\]", enabled)
+    return match.group(1) if match else enabled
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        data = path.read_bytes()[-64 * 1024:]
+    except OSError:
+        return ""
+    text = data.decode(errors="replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.chmod(tmp, 0o600)
+    os.rename(tmp, path)
+
+
+def list_labs() -> list[str]:
+    labs = runtime_dir() / "labs"
+    if not labs.is_dir():
+        return []
+    return sorted(p.name for p in labs.iterdir() if p.is_dir() and (p / "lab.json").exists())
+
+
+class Lab:
+    def __init__(self, name: str = "default", progress: Progress | None = None):
+        if not NAME_RE.match(name):
+            raise UserError(f"lab name {name!r}: use lowercase letters, digits, '.', '_' or '-' (at most 32)")
+        self.name = name
+        self.progress = progress or Progress(quiet=True)
+        self.root = runtime_dir() / "labs"
+        self.paths = LabPaths(self.root / name)
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.paths.state.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def pid(self) -> int | None:
+        """The running QEMU's pid, or None; a dead or reused pid counts as not running."""
+        state = self.state()
+        if not state or "pid" not in state:
+            return None
+        pid = int(state["pid"])
+        return pid if qemu.pid_alive(pid) and qemu.pid_is_qemu(pid) else None
+
+    def is_up(self) -> bool:
+        return self.pid() is not None
+
+    def _require_up(self) -> dict[str, Any]:
+        state = self.state()
+        if not state or self.pid() is None:
+            if state:
+                self._clean_state()
+            raise LabError(f"lab {self.name!r} is not up; start it with `kvmlab up --name {self.name}`")
+        return state
+
+    def _clean_state(self, keep_logs: bool = True) -> None:
+        """Removes what a stopped lab leaves: sockets, pid, state, initrd, share."""
+        d = self.paths.dir
+        if not d.exists():
+            return
+        for path in [*self.paths.sockets(), self.paths.pidfile, self.paths.state, self.paths.initrd,
+                     d / "agent.lock", d / "qmp.lock"]:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.paths.share, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    @contextmanager
+    def _up_lock(self) -> Iterator[None]:
+        """Only one `up` (or `down`) of a name at a time; the loser is told at once."""
+        private_dir(self.root.parent)
+        private_dir(self.root)
+        with open(self.root / f".{self.name}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LabBusy(f"lab {self.name!r} is being started or stopped by another kvmlab; "
+                              "wait for it, or pick another --name") from None
+            yield
+
+    # -- up ------------------------------------------------------------------------------
+    def up(self, config: LabConfig, builder: Builder | None = None) -> ReadyInfo:
+        with self._up_lock():
+            if self.is_up():
+                raise LabBusy(f"lab {self.name!r} is already up (pid {self.pid()}); "
+                              f"`kvmlab down --name {self.name}` first, or pick another --name")
+            self._clean_state(keep_logs=False)
+            binary = qemu.find_qemu(config.qemu_binary)
+            builder = builder or Builder(progress=self.progress)
+            kernel = builder.kernel(config)
+            rootfs = builder.rootfs(config)
+
+            private_dir(self.paths.dir)
+            self.paths.share.mkdir(mode=0o700)
+            for log in (self.paths.console_log, self.paths.qemu_log):
+                log.unlink(missing_ok=True)
+            # initramfs (busybox, /init) followed by the kernel's modules: one initrd.
+            with open(self.paths.initrd, "wb") as initrd:
+                initrd.write(rootfs.initramfs.read_bytes())
+                if kernel.modules_cpio is not None:
+                    initrd.write(kernel.modules_cpio.read_bytes())
+
+            command = qemu.build_command(config, self.paths, kernel.image, rootfs.root, binary)
+            l0 = L0Process(command, self.paths.qemu_log)
+            started = time.monotonic()
+            state = {
+                "name": self.name, "config": config.as_dict(), "config_files": config.sources,
+                "command": command, "qemu_version": qemu.qemu_version(binary),
+                "kernel": {"image": str(kernel.image), "release": kernel.release, "label": kernel.label,
+                           "manifest_key": kernel.manifest.get("key", "")},
+                "rootfs": {"root": str(rootfs.root), "manifest_key": rootfs.manifest["key"]},
+                "paths": {"dir": str(self.paths.dir), "qmp": str(self.paths.qmp),
+                          "console": str(self.paths.console), "agent": str(self.paths.agent),
+                          "console_log": str(self.paths.console_log), "share": str(self.paths.share)},
+            }
+            try:
+                with self.progress.step(f"Booting L1 ({kernel.label}, {config.cpus} CPUs, "
+                                        f"{config.memory_mib} MiB, THP {config.thp})"):
+                    pid = l0.start()
+                    state.update(pid=pid, started_at=time.time())
+                    _write_json(self.paths.state, state)
+                    ready = self._wait_ready(l0, config, started)
+                state["ready"] = ready.as_dict()
+                _write_json(self.paths.state, state)
+            except BaseException:
+                # Error, timeout or Ctrl-C: no QEMU is left behind; the logs stay for reading.
+                l0.kill()
+                self._clean_state()
+                raise
+            l0.detach()
+            return ready
+
+    def _wait_ready(self, l0: L0Process, config: LabConfig, started: float) -> ReadyInfo:
+        deadline = started + config.boot_timeout
+        checked_console = 0
+        while not self.paths.ready.exists():
+            code = l0.exit_code()
+            if code is not None:
+                raise LaunchError(
+                    f"QEMU exited with status {code} before L1 was ready",
+                    command=l0.command, exit_code=code,
+                    detail=_detail(self.paths, qemu_output=True))
+            if time.monotonic() - checked_console > 0.5:
+                checked_console = time.monotonic()
+                console = tail(self.paths.console_log, 60)
+                if FATAL_BOOT.search(console):
+                    raise LaunchError("L1 failed to boot", command=l0.command, detail=_detail(self.paths))
+            if time.monotonic() > deadline:
+                raise LaunchError(f"L1 was not ready after {config.boot_timeout:g} s (lab.boot_timeout)",
+                                  command=l0.command, detail=_detail(self.paths))
+            time.sleep(0.02)
+        seconds = time.monotonic() - started
+        values = parse_ready(self.paths.ready.read_text())
+        info = ReadyInfo(
+            release=values.get("release", "?"), kvm_device=values.get("kvm_device") == "yes",
+            kvm_mode=kvm_mode(values["kvm_log"]), kvm_log=values["kvm_log"],
+            thp=thp_mode(values.get("thp", "")), seconds=round(seconds, 2),
+            guest_uptime=float(values.get("uptime", "0") or 0))
+        if not info.kvm_device or not info.kvm_mode:
+            raise LaunchError(
+                "KVM did not initialise in L1 (" + ("no /dev/kvm" if not info.kvm_device else
+                                                   "no 'mode initialized successfully' message") + ")",
+                command=l0.command,
+                detail="\n".join(["L1's kvm messages:"] + (info.kvm_log or ["(none)"])))
+        return info
+
+    # -- down ----------------------------------------------------------------------------
+    def down(self, timeout: float = 10.0) -> str:
+        """Powers L1 down (QMP system_powerdown), then `quit`, then SIGKILL. Returns how it ended."""
+        with self._up_lock():
+            state = self.state()
+            pid = self.pid()
+            if pid is None:
+                had_state = state is not None
+                self._clean_state()
+                if had_state:
+                    return "was not running (stale state removed)"
+                raise LabError(f"lab {self.name!r} is not up")
+            how = "killed"
+            try:
+                with self.qmp(timeout=5) as monitor:
+                    monitor.cmd("system_powerdown")
+                if qemu.wait_pid(pid, timeout):
+                    how = "powered down"
+                else:
+                    with self.qmp(timeout=5) as monitor:
+                        monitor.cmd("quit")
+                    if qemu.wait_pid(pid, 5):
+                        how = "quit"
+            except Exception:  # QMP gone or QEMU stuck: the kill below does it.
+                pass
+            if qemu.pid_alive(pid):
+                qemu.kill_pid(pid)
+            else:
+                qemu.wait_pid(pid, 1)  # reap it if it is ours
+            self._clean_state()
+            return how
+
+    # -- control -------------------------------------------------------------------------
+    @contextmanager
+    def qmp(self, timeout: float = 10.0):
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        self._require_up()
+        with flock(self.paths.dir / "qmp.lock"):
+            monitor = QEMUMonitorProtocol(str(self.paths.qmp))
+            try:
+                monitor.connect()
+            except Exception as exc:
+                raise LabError(f"cannot connect to QMP at {self.paths.qmp}: {exc}") from None
+            monitor.settimeout(timeout)
+            try:
+                yield monitor
+            finally:
+                try:
+                    monitor.close()
+                except Exception:
+                    pass
+
+    def status(self) -> dict[str, Any]:
+        state = self.state()
+        pid = self.pid()
+        if state is None or pid is None:
+            return {"name": self.name, "up": False,
+                    "note": "stale state of a lab that is gone" if state else ""}
+        with self.qmp(timeout=5) as monitor:
+            run_state = monitor.cmd("query-status")
+        return {
+            "name": self.name, "up": True, "pid": pid, "status": run_state.get("status"),
+            "uptime": round(time.time() - state["started_at"], 1),
+            "kernel": state["kernel"]["label"], "release": state.get("ready", {}).get("release"),
+            "kvm_mode": state.get("ready", {}).get("kvm_mode"), "thp": state.get("ready", {}).get("thp"),
+            "cpus": state["config"]["lab"]["cpus"], "memory": state["config"]["lab"]["memory"],
+            "qemu_version": state["qemu_version"], "paths": state["paths"],
+        }
+
+    def exec(self, command: list[str] | str, out: BinaryIO, timeout: float | None = None) -> int:
+        self._require_up()
+        return Agent(self.paths).run(command, out, timeout=timeout)
+
+    def run(self, command: list[str] | str, timeout: float | None = 60) -> tuple[int, str]:
+        """Runs a command in L1 and returns (status, output) — for code and tests."""
+        import io
+
+        out = io.BytesIO()
+        status = self.exec(command, out, timeout=timeout)
+        return status, out.getvalue().decode(errors="replace")
+
+    # -- files ---------------------------------------------------------------------------
+    def _xfer(self) -> tuple[Path, str]:
+        name = f"xfer-{os.getpid()}-{time.monotonic_ns()}"
+        host = self.paths.share / ".kvmlab" / name
+        host.parent.mkdir(parents=True, exist_ok=True)
+        return host, f"{GUEST_SHARE}/.kvmlab/{name}"
+
+    def push(self, src: Path, dst: str) -> None:
+        """Copies a host file into L1 (through the share; the console is too slow)."""
+        self._require_up()
+        if not src.is_file():
+            raise UserError(f"{src}: no such file on the host")
+        host, guest = self._xfer()
+        try:
+            shutil.copyfile(src, host)
+            script = (f'd={_sh(dst)}; if [ -d "$d" ]; then d="$d/"{_sh(src.name)}; fi; '
+                      f'cp {guest} "$d"')
+            status, output = self.run(script, timeout=None)
+            if status != 0:
+                raise LabError(f"copying to L1:{dst} failed: {output.strip()}")
+        finally:
+            host.unlink(missing_ok=True)
+
+    def pull(self, src: str, dst: Path) -> Path:
+        """Copies an L1 file to the host; returns the host path written."""
+        self._require_up()
+        if dst.is_dir():
+            dst = dst / os.path.basename(src.rstrip("/"))
+        if not dst.parent.is_dir():
+            raise UserError(f"{dst.parent}: no such directory on the host")
+        host, guest = self._xfer()
+        try:
+            status, output = self.run(f"cp {_sh(src)} {guest}", timeout=None)
+            if status != 0:
+                raise LabError(f"copying L1:{src} failed: {output.strip()}")
+            try:
+                os.replace(host, dst)
+            except OSError:
+                # Another file system: copy beside the destination, then rename (no half file).
+                tmp = dst.with_name(f".{dst.name}.kvmlab-tmp")
+                shutil.copyfile(host, tmp)
+                os.replace(tmp, dst)
+            return dst
+        finally:
+            host.unlink(missing_ok=True)
+
+
+def _sh(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _detail(paths: LabPaths, qemu_output: bool = False) -> str:
+    parts = []
+    if qemu_output:
+        out = tail(paths.qemu_log, 15)
+        parts.append("QEMU said:\n" + (out or "(nothing)"))
+    console = tail(paths.console_log, 25)
+    parts.append(f"last lines of the L1 console ({paths.console_log}):\n" + (console or "(empty)"))
+    return "\n".join(parts)

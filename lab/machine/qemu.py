@@ -1,0 +1,226 @@
+"""L0: the qemu-system-aarch64 process that runs L1 under TCG with EL2 (virtualization=on).
+
+`build_command` is a pure function of the config and the paths (unit-tested); `L0Process`
+owns one running QEMU: start, wait, stop, and always reap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.config import LabConfig
+from lab.errors import LaunchError, UserError
+
+#: 9p message size: larger messages, fewer round trips through TCG (all four kernels accept it).
+MSIZE = 262144
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    """Everything one lab keeps, in one private directory."""
+
+    dir: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.dir / "console.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.dir / "agent.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.dir / "qemu.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "lab.json"
+
+    @property
+    def share(self) -> Path:
+        return self.dir / "share"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.cpio"
+
+    @property
+    def ready(self) -> Path:
+        return self.share / ".kvmlab" / "ready"
+
+    def sockets(self) -> list[Path]:
+        return [self.qmp, self.console, self.agent]
+
+
+def kernel_cmdline(config: LabConfig) -> str:
+    parts = ["console=ttyAMA0", "panic=-1", f"transparent_hugepage={config.thp}"]
+    if config.append:
+        parts.append(config.append)
+    return " ".join(parts)
+
+
+def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path,
+                  qemu_binary: str | None = None) -> list[str]:
+    """The L0 command line. Sockets are unix sockets in the lab directory: nothing listens
+    on a network port."""
+    def chardev_socket(name: str, path: Path, extra: str = "") -> list[str]:
+        return ["-chardev", f"socket,id={name},path={path},server=on,wait=off{extra}"]
+
+    return [
+        qemu_binary or config.qemu_binary,
+        "-name", f"kvmlab-{config.name}",
+        "-M", "virt,virtualization=on,gic-version=3",
+        "-cpu", config.qemu_cpu,
+        "-smp", str(config.cpus),
+        "-m", f"{config.memory_mib}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(kernel),
+        "-initrd", str(paths.initrd),
+        "-append", kernel_cmdline(config),
+        # ttyAMA0: the kernel's console and `kvmlab console`; every byte kept in console.log.
+        *chardev_socket("console", paths.console, f",logfile={paths.console_log},logappend=on"),
+        "-serial", "chardev:console",
+        *chardev_socket("qmp", paths.qmp),
+        "-mon", "chardev=qmp,mode=control",
+        # hvc0: the agent shell behind `kvmlab exec`.
+        "-device", "virtio-serial-pci,id=vser0",
+        *chardev_socket("agent", paths.agent),
+        "-device", "virtconsole,chardev=agent,name=kvmlab.agent",
+        # L1's root: the image's root directory, read-only. The share: bulk files both ways.
+        "-fsdev", f"local,id=rootfs,path={rootfs},security_model=none,readonly=on",
+        "-device", "virtio-9p-pci,fsdev=rootfs,mount_tag=rootfs",
+        "-fsdev", f"local,id=share,path={paths.share},security_model=none",
+        "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
+        "-pidfile", str(paths.pidfile),
+        *config.qemu_extra_args,
+    ]
+
+
+def find_qemu(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise UserError(f"{binary}: not found (config key qemu.binary); run scripts/setup "
+                        "or apt-get install qemu-system-arm")
+    return path
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def pid_is_qemu(pid: int) -> bool:
+    try:
+        return "qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return False
+
+
+#: QEMUs this process started and left running (`up` from Python or pytest): kept so that
+#: whoever stops them later in this process also reaps them (no zombies).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def wait_pid(pid: int, timeout: float, child: subprocess.Popen | None = None) -> bool:
+    """Waits for `pid` to end; reaps it when it is our child. True if it ended."""
+    child = child or _CHILDREN.get(pid)
+    deadline = time.monotonic() + timeout
+    while True:
+        if child is not None:
+            if child.poll() is not None:
+                _CHILDREN.pop(pid, None)
+                return True
+        elif not pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def kill_pid(pid: int, child: subprocess.Popen | None = None) -> None:
+    """SIGTERM, then SIGKILL; always reaps our own child."""
+    child = child or _CHILDREN.get(pid)
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        if wait_pid(pid, grace, child):
+            break
+    if child is not None:
+        try:
+            child.wait(timeout=5)
+            _CHILDREN.pop(pid, None)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class L0Process:
+    """One qemu-system-aarch64 started by us."""
+
+    def __init__(self, command: list[str], log: Path):
+        self.command = command
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> int:
+        with open(self.log, "ab") as log:
+            try:
+                # A session of its own: Ctrl-C in the user's terminal reaches kvmlab, which
+                # then stops QEMU itself, rather than killing QEMU behind its back.
+                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                raise LaunchError(f"cannot start {self.command[0]}: {exc.strerror}", command=self.command) from None
+        return self.proc.pid
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            kill_pid(self.proc.pid, self.proc)
+
+    def detach(self) -> None:
+        """Leaves QEMU running: the lab is up. Whoever stops it in this process reaps it."""
+        if self.proc is not None:
+            _CHILDREN[self.proc.pid] = self.proc
+            self.proc = None

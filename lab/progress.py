@@ -1,0 +1,73 @@
+"""Progress for long steps: a spinner with the latest detail on a terminal, plain
+timestamped lines when stderr is not a terminal (CI logs), nothing when quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator, TextIO
+
+
+class Step:
+    def __init__(self, progress: "Progress", title: str):
+        self.progress = progress
+        self.title = title
+        self.started = time.monotonic()
+        self._last_line = 0.0
+        self._status = None
+
+    def update(self, detail: str) -> None:
+        detail = detail.strip()
+        if not detail or self.progress.quiet:
+            return
+        if self._status is not None:
+            self._status.update(f"{self.title}: [dim]{_escape(detail[:100])}[/dim]")
+        elif time.monotonic() - self._last_line >= 2.0:
+            # Plain output: one line now and then, not one per event.
+            self._last_line = time.monotonic()
+            self.progress.line(f"{self.title}: {detail[:160]}")
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+class Progress:
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._console = None
+        if self.tty and not quiet:
+            from rich.console import Console
+
+            self._console = Console(file=self.stream)
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._console is not None:
+            self._console.print(text, markup=False, highlight=False)
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[Step]:
+        step = Step(self, title)
+        if self.quiet:
+            yield step
+            return
+        if self._console is not None:
+            with self._console.status(_escape(title)) as status:
+                step._status = status
+                yield step
+            self._console.print(f"[green]✓[/green] {_escape(title)} [dim]({step.seconds:.1f} s)[/dim]")
+        else:
+            self.line(f"{title} ...")
+            yield step
+            self.line(f"{title}: done ({step.seconds:.1f} s)")
