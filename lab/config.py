@@ -15,6 +15,7 @@ from typing import Any, Callable
 import yaml
 
 from lab.errors import ConfigError
+from lab.images.arm64 import image_problem
 from lab.paths import CONFIGS_DIR
 
 DEFAULT_CONFIG = CONFIGS_DIR / "lab.yaml"
@@ -49,6 +50,10 @@ def _host_memory_mib() -> int:
     except OSError:
         pass
     return 1 << 20
+
+
+class Invalid(ValueError):
+    """A checker's complete explanation (used as it is, not as "expected ...")."""
 
 
 # Each checker takes the raw YAML value and returns the clean one or raises ValueError
@@ -108,8 +113,13 @@ def _memory(value: Any) -> int:
 
 
 def _kernel(value: Any) -> str:
+    expected = "a Debian suite (" + ", ".join(SUITES) + ") or the path of an arm64 Image"
     if not isinstance(value, str) or not value:
-        raise ValueError("a Debian suite (" + ", ".join(SUITES) + ") or the path of an arm64 Image")
+        raise ValueError(expected)
+    if value not in SUITES:
+        problem = image_problem(Path(value).expanduser())
+        if problem:
+            raise Invalid(f"{value}: {problem}; give {expected}")
     return value
 
 
@@ -237,6 +247,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             value, where = merged[section][key]
             try:
                 clean[f"{section}.{key}"] = check(value)
+            except Invalid as exc:
+                raise ConfigError(f"{where}: {section}.{key}: {exc}") from None
             except ValueError as exc:
                 raise ConfigError(f"{where}: {section}.{key}: expected {exc}, got {value!r}") from None
 

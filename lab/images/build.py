@@ -20,9 +20,10 @@ from typing import Any
 
 import yaml
 
-from lab.config import LabConfig, SUITES
+from lab.config import LabConfig
 from lab.errors import ImageError, UserError
 from lab.images import debian
+from lab.images.arm64 import image_problem
 from lab.images.cpio import CpioWriter
 from lab.images.kmod import ModuleTree, decompress
 from lab.images.store import Entry, Store, content_key, hash_files
@@ -30,7 +31,6 @@ from lab.paths import IMAGES_DIR
 from lab.progress import Progress
 
 RECIPE = IMAGES_DIR / "l1.yaml"
-ARM64_MAGIC = b"ARM\x64"
 #: Directories L1 mounts something on: they must exist in the read-only root.
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
 
@@ -40,23 +40,9 @@ def load_recipe() -> dict[str, Any]:
 
 
 def check_arm64_image(path: Path) -> None:
-    """An arm64 Linux `Image` carries "ARM\\x64" at offset 0x38 (Documentation/arch/arm64/booting)."""
-    try:
-        with open(path, "rb") as f:
-            header = f.read(64)
-    except FileNotFoundError:
-        raise UserError(f"kernel {path}: no such file; give a Debian suite ({', '.join(SUITES)}) "
-                        "or the path of an arm64 Image") from None
-    except OSError as exc:
-        raise UserError(f"kernel {path}: cannot read it ({exc.strerror})") from None
-    if len(header) < 64 or header[0x38:0x3C] != ARM64_MAGIC:
-        hint = ""
-        if header[:2] == b"\x1f\x8b":
-            hint = " (it is gzip-compressed: give the uncompressed Image, e.g. arch/arm64/boot/Image)"
-        elif header[:4] == b"\x7fELF":
-            hint = " (it is an ELF file such as vmlinux: give arch/arm64/boot/Image)"
-        raise UserError(f"kernel {path}: not an arm64 Linux Image (no ARM\\x64 magic at offset 0x38){hint}")
-
+    problem = image_problem(path)
+    if problem:
+        raise UserError(f"kernel {path}: {problem}")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import math
 import re
 import secrets
 import shlex
@@ -64,24 +65,28 @@ class Agent:
     def run(self, command: list[str] | str, out: BinaryIO, timeout: float | None = None,
             answer_timeout: float = 15.0) -> int:
         """Runs `command` (argv, or a shell script if a string) in L1; streams its output to
-        `out`; returns its exit status, or 124 if it ran past `timeout` seconds."""
+        `out`; returns its exit status, or 124 if it ran past `timeout` seconds.
+
+        L1's /kvmlab/run does the framing and the timeout, so a stuck command never wedges
+        the channel; Ctrl-C here asks it to interrupt the command, then re-raises.
+        """
         script = command if isinstance(command, str) else shlex.join(command)
         token = secrets.token_hex(8)
         begin = RS + f"B {token}\n".encode()
         end = re.compile(re.escape(RS) + f"E {token} (\\d+)\n".encode())
-        encoded = base64.b64encode(script.encode()).decode()
-        body = f'eval "$(echo {encoded} | base64 -d)"'
+        kvmlab_dir = self.paths.share / ".kvmlab"
+        argument = base64.b64encode(script.encode()).decode()
         spilled = None
-        if len(body) > MAX_LINE:
-            spilled = self.paths.share / ".kvmlab" / f"exec-{token}.sh"
+        if len(argument) > MAX_LINE:
+            spilled = kvmlab_dir / f"exec-{token}.sh"
             spilled.parent.mkdir(parents=True, exist_ok=True)
             spilled.write_text(script + "\n")
-            body = f". {GUEST_SHARE}/.kvmlab/{spilled.name}"
-        line = (f"printf '\\036B %s\\n' {token}; ({body}) </dev/null; "
-                f"printf '\\036E %s %d\\n' {token} $?\n")
+            argument = f"@{GUEST_SHARE}/.kvmlab/{spilled.name}"
+        seconds = 0 if timeout is None else max(1, math.ceil(timeout))
+        cancel = kvmlab_dir / f"cancel-{token}"
         try:
             with self._connect() as child:
-                child.send(line.encode())
+                child.send(f"/kvmlab/run {token} {seconds} {argument}\n".encode())
                 try:
                     # Anything before our begin marker is left over from an earlier session.
                     child.expect_exact(begin, timeout=answer_timeout)
@@ -89,22 +94,31 @@ class Agent:
                     raise LabError(f"L1's agent did not answer within {answer_timeout:g} s "
                                    "(L1 hung or crashed?); see `kvmlab console` or the console log "
                                    f"{self.paths.console_log}") from None
-                return self._stream(child, end, out, timeout)
+                try:
+                    return self._stream(child, end, out)
+                except KeyboardInterrupt:
+                    cancel.parent.mkdir(parents=True, exist_ok=True)
+                    cancel.touch()
+                    try:
+                        self._stream(child, end, out, limit=15)
+                    except LabError:
+                        pass
+                    raise
         finally:
             if spilled is not None:
                 spilled.unlink(missing_ok=True)
+            cancel.unlink(missing_ok=True)
 
-    def _stream(self, child, end: re.Pattern[bytes], out: BinaryIO, timeout: float | None) -> int:
+    def _stream(self, child, end: re.Pattern[bytes], out: BinaryIO, limit: float | None = None) -> int:
         buf = child.buffer if isinstance(child.buffer, bytes) else b""
         child.buffer = b""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interrupted = False
+        deadline = None if limit is None else time.monotonic() + limit
         while True:
             match = end.search(buf)
             if match:
                 out.write(buf[: match.start()])
                 out.flush()
-                return 124 if interrupted else int(match.group(1))
+                return int(match.group(1))
             # Keep back a tail that could be the start of the end marker.
             keep = buf.rfind(RS)
             cut = len(buf) if keep == -1 else keep
@@ -113,12 +127,7 @@ class Agent:
                 out.flush()
                 buf = buf[cut:]
             if deadline is not None and time.monotonic() > deadline:
-                if interrupted:
-                    raise LabError("the command did not stop after Ctrl-C; L1's agent is stuck")
-                # SIGINT to the command's process group through the tty, as Ctrl-C would.
-                child.send(b"\x03")
-                interrupted = True
-                deadline = time.monotonic() + 10
+                raise LabError("the command in L1 did not stop when asked")
             try:
                 buf += child.read_nonblocking(65536, timeout=0.2)
             except pexpect.TIMEOUT:
