@@ -201,8 +201,9 @@ class L0Process:
             try:
                 # A session of its own: Ctrl-C in the user's terminal reaches kvmlab, which
                 # then stops QEMU itself, rather than killing QEMU behind its back.
+                # umask 077: the sockets, console log and pid file QEMU creates are the user's alone.
                 self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
             except OSError as exc:
                 raise LaunchError(f"cannot start {self.command[0]}: {exc.strerror}", command=self.command) from None
         return self.proc.pid

@@ -1,0 +1,87 @@
+"""Images built from Debian's real packages: manifests, caching, interrupted builds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.config import load_config
+from lab.images.build import Builder
+from lab.images.cpio import read_names
+from tests.conftest import kvmlab
+
+pytestmark = pytest.mark.boot
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def built():
+    builder = Builder()
+    config = load_config()
+    return builder.kernel(config), builder.rootfs(config)
+
+
+def test_kernel_manifest_names_every_package_and_artefact(built):
+    kernel, _ = built
+    manifest = kernel.manifest
+    assert manifest["suite"] == "trixie" and manifest["release"].startswith("6.12.")
+    names = {p["name"] for p in manifest["packages"]}
+    assert any(n.startswith("linux-image-6.12") for n in names)
+    assert all(p["version"] and len(p["sha256"]) == 64 for p in manifest["packages"])
+    for name, digest in manifest["artefacts"].items():
+        assert sha256(kernel.image.parent / name) == digest
+    assert "9p" in manifest["modules"]
+    order = [n for n in read_names(kernel.modules_cpio.read_bytes()) if n.endswith(".ko")]
+    assert [n.split("-", 1)[1][:-3] for n in sorted(order)] == manifest["modules"]
+
+
+def test_rootfs_has_the_l1_tools(built):
+    _, rootfs = built
+    packages = {p["name"]: p["version"] for p in rootfs.manifest["packages"]}
+    assert {"busybox-static", "qemu-system-arm", "python3"} <= set(packages)
+    for tool in ("usr/bin/busybox", "usr/bin/qemu-system-aarch64", "usr/bin/python3", "kvmlab/run", "etc/inittab"):
+        assert (rootfs.root / tool).exists(), tool
+    assert "init" in read_names(rootfs.initramfs.read_bytes())
+    assert sha256(rootfs.initramfs) == rootfs.manifest["artefacts"]["initramfs.cpio"]
+
+
+def test_second_build_is_a_no_op(built):
+    result = kvmlab("images", "build")
+    assert result.returncode == 0
+    assert b"Building" not in result.stderr
+    kernel, rootfs = built
+    assert str(rootfs.root) in result.stdout.decode() and str(kernel.image) in result.stdout.decode()
+
+
+def test_images_list_json(built):
+    entries = json.loads(kvmlab("images", "list", "--json").stdout)
+    kinds = {(e["kind"], e["suite"]) for e in entries}
+    assert {("kernel", "trixie"), ("rootfs", "trixie")} <= kinds
+
+
+def test_interrupted_build_leaves_no_entry(tmp_path):
+    cache = tmp_path / "cache"
+    env = {"KVMLAB_CACHE_DIR": str(cache)}
+    import os
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "images", "build", "--kernel", "bookworm"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (cache / "tmp").is_dir() or not any((cache / "tmp").iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the download
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert list((cache / "images").iterdir()) == []
+    assert list((cache / "tmp").iterdir()) == []

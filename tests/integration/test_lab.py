@@ -1,0 +1,120 @@
+"""The default lab, booted for real: exec, cp, status, qmp, and its errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from lab.machine.agent import MAX_LINE
+from tests.conftest import kvmlab, qemu_pids_in
+
+pytestmark = pytest.mark.boot
+
+
+@pytest.fixture(scope="module")
+def lab(private_runtime):
+    result = kvmlab("up", "--name", "it")
+    assert result.returncode == 0, result.stderr.decode()
+    yield result.stdout.decode()
+    down = kvmlab("down", "--name", "it")
+    assert down.returncode == 0, down.stderr.decode()
+    assert qemu_pids_in(private_runtime / "labs/it") == []
+
+
+def test_up_reports_a_kvm_capable_l1(lab):
+    assert "VHE mode, /dev/kvm present" in lab
+    assert "THP      always" in lab
+    assert "6.12." in lab  # trixie's kernel is the default
+
+
+def test_exec_streams_output_and_returns_the_status(lab):
+    result = kvmlab("exec", "--name", "it", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert result.returncode == 7
+    assert result.stdout == b"out\nerr\n"
+
+
+def test_exec_passes_arguments_unchanged(lab):
+    result = kvmlab("exec", "--name", "it", "--", "printf", "%s|", "a b", "$HOME", "'q'", "")
+    assert result.returncode == 0
+    assert result.stdout == b"a b|$HOME|'q'||"
+
+
+def test_exec_reads_thp_mode(lab):
+    result = kvmlab("exec", "--name", "it", "--", "cat", "/sys/kernel/mm/transparent_hugepage/enabled")
+    assert result.stdout == b"[always] madvise never\n"
+
+
+def test_kvm_device_is_usable(lab):
+    # KVM_GET_API_VERSION (0xAE00) on /dev/kvm returns 12 on every kernel since 2.6.22.
+    script = ("import fcntl, os; fd = os.open('/dev/kvm', os.O_RDWR); "
+              "print(fcntl.ioctl(fd, 0xAE00))")
+    result = kvmlab("exec", "--name", "it", "--", "python3", "-c", script)
+    assert result.stdout.strip() == b"12", result.stdout
+
+
+def test_exec_timeout_interrupts_and_the_channel_survives(lab):
+    result = kvmlab("exec", "--name", "it", "--timeout", "1", "--", "sleep", "60")
+    assert result.returncode == 124
+    assert b"--timeout" in result.stderr
+    after = kvmlab("exec", "--name", "it", "--", "echo", "next")
+    assert after.stdout == b"next\n"
+
+
+def test_long_scripts_travel_through_the_share(lab):
+    word = "x" * (MAX_LINE * 2)
+    result = kvmlab("exec", "--name", "it", "--", "sh", "-c", f"echo {word} | wc -c")
+    assert result.stdout.strip() == str(len(word) + 1).encode()
+
+
+def test_cp_50_mb_both_ways(lab, tmp_path):
+    data = os.urandom(50 * 2**20)
+    src = tmp_path / "blob"
+    src.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert kvmlab("cp", "--name", "it", str(src), ":/tmp/blob").returncode == 0
+    in_l1 = kvmlab("exec", "--name", "it", "--", "sha256sum", "/tmp/blob")
+    assert in_l1.stdout.split()[0].decode() == digest
+    back = tmp_path / "back"
+    assert kvmlab("cp", "--name", "it", ":/tmp/blob", str(back)).returncode == 0
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+    kvmlab("exec", "--name", "it", "--", "rm", "/tmp/blob")
+
+
+def test_cp_into_a_directory_keeps_the_name(lab, tmp_path):
+    src = tmp_path / "probe.txt"
+    src.write_text("hello\n")
+    assert kvmlab("cp", "--name", "it", str(src), ":/root").returncode == 0
+    assert kvmlab("exec", "--name", "it", "--", "cat", "/root/probe.txt").stdout == b"hello\n"
+    missing = kvmlab("cp", "--name", "it", ":/root/nope", str(tmp_path))
+    assert missing.returncode == 1 and b"nope" in missing.stderr
+
+
+def test_status_and_qmp(lab):
+    status = json.loads(kvmlab("status", "--name", "it", "--json").stdout)
+    assert status["up"] is True and status["status"] == "running"
+    assert status["kvm_mode"] == "VHE" and status["cpus"] == 2
+    reply = json.loads(kvmlab("qmp", "--name", "it", "query-status").stdout)
+    assert reply["return"]["running"] is True
+    bad = kvmlab("qmp", "--name", "it", "no-such-command")
+    assert bad.returncode == 1 and "CommandNotFound" in bad.stdout.decode()
+
+
+def test_up_of_a_running_name_says_so(lab):
+    again = kvmlab("up", "--name", "it")
+    assert again.returncode == 1
+    assert b"lab 'it' is already up" in again.stderr
+
+
+def test_lab_directory_is_private(lab, private_runtime):
+    lab_dir = private_runtime / "labs/it"
+    assert oct(lab_dir.stat().st_mode & 0o777) == "0o700"
+    assert oct((private_runtime / "labs").stat().st_mode & 0o777) == "0o700"
+
+
+def test_sockets_and_logs_are_the_users_alone(lab, private_runtime):
+    lab_dir = private_runtime / "labs/it"
+    for name in ("qmp.sock", "console.sock", "agent.sock", "console.log", "qemu.pid", "lab.json"):
+        assert (lab_dir / name).stat().st_mode & 0o077 == 0, name

@@ -1,0 +1,115 @@
+"""Starting and stopping labs for real: every path reaps its QEMU."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import kvmlab, qemu_pids_in
+
+pytestmark = pytest.mark.boot
+
+
+def test_down_leaves_no_process_and_no_sockets(private_runtime):
+    assert kvmlab("up", "--name", "downer").returncode == 0
+    lab_dir = private_runtime / "labs/downer"
+    pid = json.loads((lab_dir / "lab.json").read_text())["pid"]
+    assert qemu_pids_in(lab_dir) == [pid]
+    result = kvmlab("down", "--name", "downer")
+    assert result.returncode == 0 and b"powered down" in result.stdout
+    assert qemu_pids_in(lab_dir) == []
+    assert not any(lab_dir.glob("*.sock")) and not (lab_dir / "qemu.pid").exists()
+    assert kvmlab("status", "--name", "downer").returncode == 1
+    assert kvmlab("down", "--name", "downer").returncode == 1
+
+
+def test_ctrl_c_during_up_reaps_qemu_and_the_next_up_works(private_runtime):
+    lab_dir = private_runtime / "labs/intr"
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", "--name", "intr"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not qemu_pids_in(lab_dir):  # wait until QEMU runs: the boot is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err
+    assert qemu_pids_in(lab_dir) == []
+    assert not (lab_dir / "lab.json").exists()
+    assert kvmlab("up", "--name", "intr").returncode == 0
+    assert kvmlab("down", "--name", "intr").returncode == 0
+
+
+def test_sigterm_during_up_is_handled_like_ctrl_c(private_runtime):
+    lab_dir = private_runtime / "labs/term"
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", "--name", "term"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not qemu_pids_in(lab_dir):
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert qemu_pids_in(lab_dir) == []
+
+
+def test_two_labs_run_at_once(private_runtime):
+    assert kvmlab("up", "--name", "one", "--cpus", "1", "--memory", "1G").returncode == 0
+    try:
+        assert kvmlab("up", "--name", "two", "--thp", "never").returncode == 0
+        try:
+            assert kvmlab("exec", "--name", "one", "--", "nproc").stdout == b"1\n"
+            thp = kvmlab("exec", "--name", "two", "--", "cat", "/sys/kernel/mm/transparent_hugepage/enabled")
+            assert thp.stdout == b"always madvise [never]\n"
+        finally:
+            kvmlab("down", "--name", "two")
+    finally:
+        kvmlab("down", "--name", "one")
+    assert qemu_pids_in(private_runtime / "labs") == []
+
+
+def test_qemu_refusing_to_start_is_reported_with_its_words(tmp_path, private_runtime):
+    config = tmp_path / "bad-qemu.yaml"
+    config.write_text("lab:\n  name: badqemu\nqemu:\n  extra_args: ['-no-such-option']\n")
+    result = kvmlab("up", "--config", str(config))
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "QEMU exited with status 1 before L1 was ready" in err
+    assert "-no-such-option" in err  # QEMU's own complaint and the command line
+    assert qemu_pids_in(private_runtime / "labs/badqemu") == []
+
+
+def test_kernel_that_never_boots_times_out_with_the_console_tail(tmp_path, private_runtime):
+    image = tmp_path / "Image"  # a valid header and nothing behind it: the CPU spins in zeros
+    image.write_bytes(b"\0" * 0x38 + b"ARM\x64" + b"\0" * (2 << 20))
+    config = tmp_path / "dead.yaml"
+    config.write_text(f"lab:\n  name: dead\n  kernel: {image}\n  boot_timeout: 8\n")
+    start = time.monotonic()
+    result = kvmlab("up", "--config", str(config))
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "L1 was not ready after 8 s (lab.boot_timeout)" in err
+    assert "last lines of the L1 console" in err
+    assert time.monotonic() - start < 60
+    assert qemu_pids_in(private_runtime / "labs/dead") == []
+
+
+def test_stale_state_of_a_killed_lab_is_cleaned(private_runtime):
+    assert kvmlab("up", "--name", "stale").returncode == 0
+    lab_dir = private_runtime / "labs/stale"
+    pid = json.loads((lab_dir / "lab.json").read_text())["pid"]
+    import os
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while qemu_pids_in(lab_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = kvmlab("status", "--name", "stale")
+    assert status.returncode == 1 and b"down" in status.stdout
+    assert kvmlab("up", "--name", "stale").returncode == 0
+    assert kvmlab("down", "--name", "stale").returncode == 0

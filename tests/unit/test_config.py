@@ -1,0 +1,96 @@
+"""Config loading and validation: every bad value is one line naming file, key and value."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lab.cli import main
+from lab.config import DEFAULT_CONFIG, load_config, parse_size_mib
+from lab.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_loads_with_documented_defaults():
+    config = load_config()
+    assert (config.name, config.kernel, config.cpus, config.memory_mib, config.thp) == \
+        ("default", "trixie", 2, 2048, "always")
+    assert config.qemu_cpu == "max,pauth-impdef=on"
+    assert config.sources == [str(DEFAULT_CONFIG)]
+
+
+def test_user_file_overrides_default_and_cli_overrides_file(tmp_path):
+    path = write(tmp_path, "lab:\n  cpus: 4\n  memory: 1536M\n  thp: never\n")
+    config = load_config(path, {"lab.cpus": 1, "lab.thp": None})
+    assert config.cpus == 1  # CLI wins
+    assert config.memory_mib == 1536  # file wins over default
+    assert config.thp == "never"  # None means "option not given"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("lab:\n  cpus: two\n", "lab.yaml: lab.cpus: expected an integer from 1 to 16, got 'two'"),
+    ("lab:\n  cpus: true\n", "lab.cpus: expected an integer from 1 to 16, got True"),
+    ("lab:\n  cpus: 0\n", "lab.cpus: expected an integer from 1 to 16, got 0"),
+    ("lab:\n  cpuz: 2\n", "lab.cpuz: unknown key; known keys in lab: name, kernel, cpus"),
+    ("labs:\n  cpus: 2\n", "labs: unknown section; known sections: lab, qemu, images"),
+    ("lab: 3\n", "lab: expected a mapping of keys, got 3"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("lab:\n  memory: -1G\n", "lab.memory: expected a size such as 2G"),
+    ("lab:\n  memory: 100M\n", "lab.memory: expected a size from 256M to this machine's"),
+    ("lab:\n  memory: 10T\n", "lab.memory: expected a size from 256M"),
+    ("lab:\n  thp: sometimes\n", "lab.thp: expected one of always, madvise, never, got 'sometimes'"),
+    ("lab:\n  name: 'My Lab'\n", "lab.name: expected a name of lowercase letters"),
+    ("lab:\n  kernel: ./nope/Image\n", "lab.kernel: "),
+    ("qemu:\n  extra_args: -s\n", "qemu.extra_args: expected a list of strings, got '-s'"),
+    ("qemu:\n  cpu: 'max; rm -rf'\n", "qemu.cpu: expected a -cpu value"),
+    ("images:\n  userspace_suite: jessie\n", "images.userspace_suite: expected one of bullseye"),
+    ("images:\n  updates: yes please\n", "images.updates: expected true or false"),
+    ("lab:\n  cpus: [\n", "malformed YAML at line 3, column 1"),
+])
+def test_bad_values_are_rejected_naming_the_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert expected in info.value.message
+    assert str(tmp_path / "lab.yaml") in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_kernel_path_in_a_config_is_relative_to_that_file(tmp_path):
+    image = tmp_path / "Image"
+    image.write_bytes(b"\0" * 0x38 + b"ARM\x64" + b"\0" * 4)
+    config = load_config(write(tmp_path, "lab:\n  kernel: Image\n"))
+    assert config.kernel == str(image)
+    assert not config.kernel_is_suite
+
+
+def test_kernel_that_is_not_an_arm64_image_is_rejected(tmp_path):
+    gz = tmp_path / "vmlinuz"
+    gz.write_bytes(b"\x1f\x8b" + b"\0" * 100)
+    with pytest.raises(ConfigError, match="gzip-compressed"):
+        load_config(None, {"lab.kernel": str(gz)})
+
+
+@pytest.mark.parametrize("value, mib", [(2048, 2048), ("2G", 2048), ("2GiB", 2048), ("1536M", 1536),
+                                        ("1536 MB", 1536), ("524288K", 512)])
+def test_sizes(value, mib):
+    assert parse_size_mib(value) == mib
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    path = write(tmp_path, "lab:\n  cpus: lots\n")
+    result = CliRunner().invoke(main, ["up", "--config", str(path)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines == [f"kvmlab: error: {path}: lab.cpus: expected an integer from 1 to 16, got 'lots'"]
+
+
+def test_cli_bad_option_value_names_the_option():
+    result = CliRunner().invoke(main, ["up", "--memory", "lots"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("kvmlab: error: option --memory: lab.memory: expected a size such as 2G, "
+                                     "1536M or 2048 (MiB), got 'lots'")

@@ -1,0 +1,60 @@
+"""The L0 command line: what the field notes proved, and nothing that listens on a port."""
+
+from pathlib import Path
+
+from lab.config import load_config
+from lab.machine.qemu import LabPaths, build_command, kernel_cmdline
+
+
+def command(**overrides):
+    config = load_config(None, overrides)
+    paths = LabPaths(Path("/run/user/1000/kvmlab/labs/t"))
+    return config, paths, build_command(config, paths, Path("/cache/Image"), Path("/cache/root"))
+
+
+def value_after(cmd, flag):
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == flag]
+
+
+def test_l1_gets_el2_gicv3_and_the_configured_cpu():
+    _, _, cmd = command(**{"lab.cpus": 3, "lab.memory": "1G"})
+    assert value_after(cmd, "-M") == ["virt,virtualization=on,gic-version=3"]
+    assert value_after(cmd, "-cpu") == ["max,pauth-impdef=on"]
+    assert value_after(cmd, "-smp") == ["3"]
+    assert value_after(cmd, "-m") == ["1024M"]
+    assert value_after(cmd, "-kernel") == ["/cache/Image"]
+    assert "-no-reboot" in cmd and "-nodefaults" in cmd
+
+
+def test_thp_mode_and_extra_append_reach_the_kernel_command_line():
+    config, _, cmd = command(**{"lab.thp": "never"})
+    config.append = "loglevel=4"
+    assert kernel_cmdline(config) == "console=ttyAMA0 panic=-1 transparent_hugepage=never loglevel=4"
+    assert "transparent_hugepage=never" in value_after(cmd, "-append")[0]
+
+
+def test_every_socket_is_a_unix_socket_in_the_lab_directory():
+    _, paths, cmd = command()
+    chardevs = value_after(cmd, "-chardev")
+    assert len(chardevs) == 3
+    for spec in chardevs:
+        fields = dict(f.split("=", 1) for f in spec.split(",")[1:] if "=" in f)
+        assert spec.startswith("socket,")
+        assert Path(fields["path"]).parent == paths.dir
+        assert "host" not in fields and "port" not in fields
+    assert f"logfile={paths.console_log}" in chardevs[0]
+    joined = " ".join(cmd)
+    for network in ("tcp:", "-nic", "-netdev", "hostfwd", "-vnc", "-spice", "-gdb"):
+        assert network not in joined
+
+
+def test_root_is_read_only_and_the_share_is_the_lab_share():
+    _, paths, cmd = command()
+    fsdevs = value_after(cmd, "-fsdev")
+    assert fsdevs[0] == "local,id=rootfs,path=/cache/root,security_model=none,readonly=on"
+    assert fsdevs[1] == f"local,id=share,path={paths.share},security_model=none"
+
+
+def test_extra_args_come_last():
+    _, _, cmd = command(**{"qemu.extra_args": ["-d", "guest_errors"]})
+    assert cmd[-2:] == ["-d", "guest_errors"]

@@ -1,0 +1,32 @@
+"""What `up` reads back from L1: the ready file and KVM's init messages."""
+
+from lab.machine.lab import kvm_mode, parse_ready, thp_mode
+
+READY = """release=6.12.117+deb13-arm64
+kvm_device=yes
+thp=[always] madvise never
+uptime=1.93
+kvm_log=kvm [1]: IPA Size Limit: 52 bits
+kvm_log=kvm [1]: VHE mode initialized successfully
+"""
+
+
+def test_parse_ready():
+    values = parse_ready(READY)
+    assert values["release"] == "6.12.117+deb13-arm64"
+    assert values["kvm_device"] == "yes"
+    assert values["kvm_log"][-1] == "kvm [1]: VHE mode initialized successfully"
+
+
+def test_kvm_mode_from_each_kernel_generation():
+    assert kvm_mode(["kvm [1]: VHE mode initialized successfully"]) == "VHE"
+    assert kvm_mode(["kvm [1]: nVHE mode initialized successfully"]) == "nVHE"
+    assert kvm_mode(["kvm [1]: Hyp mode initialized successfully"]) == "nVHE"  # 5.10 without VHE
+    assert kvm_mode(["kvm [1]: Protected nVHE mode initialized successfully"]) == "protected"
+    assert kvm_mode(["kvm [1]: HYP mode not available"]) == ""
+    assert kvm_mode([]) == ""
+
+
+def test_thp_mode():
+    assert thp_mode("[always] madvise never") == "always"
+    assert thp_mode("always madvise [never]") == "never"
