@@ -35,6 +35,14 @@ RECIPE = IMAGES_DIR / "l1.yaml"
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
 
 
+def code_digest() -> str:
+    """The image-building code itself is an input: a change to it rebuilds."""
+    digest = hashlib.sha256()
+    for name in ("build.py", "cpio.py", "kmod.py", "debian.py"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()
+
+
 def load_recipe() -> dict[str, Any]:
     return yaml.safe_load(RECIPE.read_text())
 
@@ -52,6 +60,8 @@ class KernelImage:
     release: str
     label: str
     manifest: dict[str, Any]
+    #: Modules L1 loads once ready (power button, entropy), with their `order`.
+    late_modules: Path | None = None
 
 
 @dataclass
@@ -69,7 +79,7 @@ class Builder:
 
     # -- kernel -------------------------------------------------------------------------
     def kernel_inputs(self, suite: str, config: LabConfig) -> dict[str, Any]:
-        return {"kind": "kernel", "suite": suite, "package": self.recipe["kernel_package"],
+        return {"kind": "kernel", "suite": suite, "code": code_digest(), "package": self.recipe["kernel_package"],
                 "modules": self.recipe["modules"], "mirror": config.mirror, "updates": config.updates}
 
     def kernel(self, config: LabConfig) -> KernelImage:
@@ -95,26 +105,44 @@ class Builder:
         # and from sid on linux-binary-V, linux-modules-V, linux-base-V (config).
         kernel_debs = [d for d in debs if d.name.startswith(("linux-image-", "linux-binary-", "linux-modules-"))
                        or (d.name.startswith("linux-base-") and d.name[len("linux-base-"):][:1].isdigit())]
-        tree = work / "unpacked"
-        debian.unpack(kernel_debs, tree, step)
-        modules_root = _only(list(tree.glob("lib/modules/*")) + list(tree.glob("usr/lib/modules/*")),
+        unpacked = work / "unpacked"
+        debian.unpack(kernel_debs, unpacked, step)
+        modules_root = _only(list(unpacked.glob("lib/modules/*")) + list(unpacked.glob("usr/lib/modules/*")),
                              f"a lib/modules/VERSION directory in the {suite} kernel packages")
         release = modules_root.name
-        image = _only([p for p in [tree / f"boot/vmlinuz-{release}", modules_root / "vmlinuz"] if p.exists()],
+        image = _only([p for p in [unpacked / f"boot/vmlinuz-{release}", modules_root / "vmlinuz"] if p.exists()],
                       f"the kernel Image (boot/vmlinuz-{release} or {modules_root.name}/vmlinuz)")
         check_arm64_image(image)
-        config_file = next((p for p in [tree / f"boot/config-{release}", modules_root / "config"] if p.exists()), None)
+        config_file = next((p for p in [unpacked / f"boot/config-{release}", modules_root / "config"]
+                            if p.exists()), None)
 
         step.update("packing modules")
-        modules = ModuleTree(modules_root).load_order(self.recipe["modules"]["required"],
-                                                      self.recipe["modules"]["optional"])
+        tree = ModuleTree(modules_root)
+        wanted = self.recipe["modules"]
+        required = tree.load_order(wanted["required"])
+        modules = tree.load_order(wanted["required"], wanted["optional"])
+        # Required modules go into modules.cpio, loaded by the initramfs before L1's root is
+        # mounted; `order` has one line per dependency depth, whose modules load in
+        # parallel. The others go to late/, copied into the lab's share at `up` and loaded
+        # by L1 once it is ready.
         writer = CpioWriter()
-        names = []
-        for i, module in enumerate(modules):
+        late = work / "late"
+        late.mkdir()
+        levels: dict[int, list[str]] = {}
+        late_names: list[str] = []
+        depth: dict[str, int] = {}
+        for i, module in enumerate(modules):  # dependencies come first in `modules`
+            depth[module.name] = 1 + max((depth.get(d, 0) for d in module.depends), default=0)
             name = f"{i:02d}-{module.name}.ko"
-            writer.add_bytes(f"lib/modules/kvmlab/{name}", decompress(module.path))
-            names.append(name)
-        writer.add_bytes("lib/modules/kvmlab/order", ("\n".join(names) + "\n").encode())
+            if module in required:
+                writer.add_bytes(f"lib/modules/kvmlab/{name}", decompress(module.path))
+                levels.setdefault(depth[module.name], []).append(name)
+            else:
+                (late / name).write_bytes(decompress(module.path))
+                late_names.append(name)
+        writer.add_bytes("lib/modules/kvmlab/order",
+                         "".join(" ".join(levels[d]) + "\n" for d in sorted(levels)).encode())
+        (late / "order").write_text("".join(n + "\n" for n in late_names))
 
         shutil.copyfile(image, work / "Image")
         (work / "modules.cpio").write_bytes(writer.getvalue())
@@ -122,19 +150,20 @@ class Builder:
         if config_file is not None:
             shutil.copyfile(config_file, work / "config")
             artefacts.append("config")
-        shutil.rmtree(tree)
+        shutil.rmtree(work / "unpacked")
         shutil.rmtree(work / "debs")
         return {
             "suite": suite,
             "release": release,
             "packages": [d.as_dict() for d in kernel_debs],
             "modules": [m.name for m in modules],
+            "modules_late": [m.name for m in modules if m not in required],
             "artefacts": {name: debian.sha256_file(work / name) for name in artefacts},
         }
 
     # -- rootfs -------------------------------------------------------------------------
     def rootfs_inputs(self, config: LabConfig) -> dict[str, Any]:
-        return {"kind": "rootfs", "suite": config.userspace_suite,
+        return {"kind": "rootfs", "suite": config.userspace_suite, "code": code_digest(),
                 "packages": self.recipe["packages"] + config.extra_packages,
                 "applets": self.recipe["initramfs_applets"],
                 "initramfs": hash_files(IMAGES_DIR / "initramfs"), "overlay": hash_files(IMAGES_DIR / "rootfs"),
@@ -173,10 +202,18 @@ class Builder:
         busybox = root / "usr/bin/busybox"
         if not busybox.exists():
             raise ImageError("the L1 userspace has no /usr/bin/busybox; keep busybox-static in images/l1.yaml")
+        # Applet links made here, not by `busybox --install` at every boot. Last in PATH:
+        # Debian's own programs win where both exist.
+        applets = busybox_applets(busybox.read_bytes())
+        (root / "kvmlab/bin").mkdir(parents=True, exist_ok=True)
+        for applet in applets:
+            os.symlink("../../usr/bin/busybox", root / "kvmlab/bin" / applet)
         writer = CpioWriter()
-        for directory in ("dev", "proc", "sys", "newroot", "bin"):
+        for directory in ("dev", "newroot", "bin"):
             writer.mkdir(directory)
         writer.chardev("dev/console", 5, 1)
+        writer.chardev("dev/kmsg", 1, 11)
+        writer.chardev("dev/null", 1, 3, 0o666)
         writer.add_file("bin/busybox", busybox, 0o755)
         for applet in self.recipe["initramfs_applets"]:
             writer.symlink(f"bin/{applet}", "busybox")
@@ -189,6 +226,22 @@ class Builder:
             "artefacts": {"initramfs.cpio": debian.sha256_file(work / "initramfs.cpio"),
                           "root/": tree_digest(root)},
         }
+
+
+def busybox_applets(binary: bytes) -> list[str]:
+    """The applet names a busybox binary carries: one NUL-separated, sorted table that
+    starts with "[" and "[[" and ends with an empty name."""
+    start = binary.find(b"[\0[[\0")
+    if start < 0:
+        raise ImageError("cannot find busybox's applet table in /usr/bin/busybox")
+    names = []
+    for name in binary[start:].split(b"\0"):
+        if not name:
+            break
+        names.append(name.decode("ascii"))
+    if not {"sh", "mount", "cat", "insmod"} <= set(names) or "/" in "".join(names):
+        raise ImageError("busybox's applet table does not look as expected (no sh, mount, cat, insmod)")
+    return names
 
 
 def tree_digest(root: Path) -> str:
@@ -220,7 +273,7 @@ def _only(paths: list[Path], what: str) -> Path:
 
 def _kernel_from_entry(entry: Entry) -> KernelImage:
     return KernelImage(entry.file("Image"), entry.file("modules.cpio"), entry.manifest["release"],
-                       entry.manifest["suite"], entry.manifest)
+                       entry.manifest["suite"], entry.manifest, entry.file("late"))
 
 
 def _rootfs_from_entry(entry: Entry) -> Rootfs:

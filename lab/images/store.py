@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 from lab.errors import ImageError
 from lab.paths import cache_dir
 
-#: Bump when the layout of what is built changes: every key changes with it.
-FORMAT = 1
+#: Bump when the cache layout changes (the building code is keyed by its own digest).
+FORMAT = 2
 MANIFEST = "manifest.json"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import io
 import math
 import re
 import secrets
@@ -114,6 +115,11 @@ class Agent:
             for path in (spilled, cancel, kvmlab_dir / f"status-{token}"):
                 if path is not None:
                     path.unlink(missing_ok=True)
+
+    def run_capture(self, command: list[str] | str, timeout: float | None = 60) -> tuple[int, str]:
+        out = io.BytesIO()
+        status = self.run(command, out, timeout=timeout)
+        return status, out.getvalue().decode(errors="replace")
 
     def _stream(self, child, end: re.Pattern[bytes], out: BinaryIO, status_file: Path,
                 limit: float | None = None) -> int:

@@ -62,6 +62,11 @@ def parse_ready(text: str) -> dict[str, Any]:
     return values
 
 
+def kvm_messages(log: str) -> list[str]:
+    """KVM's init messages ("kvm [1]: ...") from an L1 log, without timestamps."""
+    return [m.group(1) for m in re.finditer(r"(kvm \[\d+\]: [^\r\n]*)", log)]
+
+
 def kvm_mode(kvm_log: list[str]) -> str:
     """'VHE', 'nVHE', 'hVHE' or 'protected' from KVM's init message; '' if KVM did not start."""
     for line in kvm_log:
@@ -173,6 +178,9 @@ class Lab:
 
             private_dir(self.paths.dir)
             self.paths.share.mkdir(mode=0o700)
+            self.paths.ready.parent.mkdir()
+            if kernel.late_modules is not None and kernel.late_modules.is_dir():
+                shutil.copytree(kernel.late_modules, self.paths.ready.parent / "modules")
             for log in (self.paths.console_log, self.paths.qemu_log):
                 log.unlink(missing_ok=True)
             # initramfs (busybox, /init) followed by the kernel's modules: one initrd.
@@ -186,7 +194,7 @@ class Lab:
             started = time.monotonic()
             state = {
                 "name": self.name, "config": config.as_dict(), "config_files": config.sources,
-                "command": command, "qemu_version": qemu.qemu_version(binary),
+                "command": command,
                 "kernel": {"image": str(kernel.image), "release": kernel.release, "label": kernel.label,
                            "manifest_key": kernel.manifest.get("key", "")},
                 "rootfs": {"root": str(rootfs.root), "manifest_key": rootfs.manifest["key"]},
@@ -198,7 +206,8 @@ class Lab:
                 with self.progress.step(f"Booting L1 ({kernel.label}, {config.cpus} CPUs, "
                                         f"{config.memory_mib} MiB, THP {config.thp})"):
                     pid = l0.start()
-                    state.update(pid=pid, started_at=time.time())
+                    # Asked while L1 boots: the other host CPU is idle then.
+                    state.update(pid=pid, started_at=time.time(), qemu_version=qemu.qemu_version(binary))
                     _write_json(self.paths.state, state)
                     ready = self._wait_ready(l0, config, started)
                 state["ready"] = ready.as_dict()
@@ -211,10 +220,16 @@ class Lab:
             l0.detach()
             return ready
 
+    def _ready_written(self) -> bool:
+        try:
+            return self.paths.ready.read_text().endswith("end=1\n")
+        except FileNotFoundError:
+            return False
+
     def _wait_ready(self, l0: L0Process, config: LabConfig, started: float) -> ReadyInfo:
         deadline = started + config.boot_timeout
         checked_console = 0
-        while not self.paths.ready.exists():
+        while not self._ready_written():
             code = l0.exit_code()
             if code is not None:
                 raise LaunchError(
@@ -232,6 +247,11 @@ class Lab:
             time.sleep(0.02)
         seconds = time.monotonic() - started
         values = parse_ready(self.paths.ready.read_text())
+        values["kvm_log"] = kvm_messages(self.paths.console_log.read_text(errors="replace"))
+        if not kvm_mode(values["kvm_log"]):
+            # A quiet console (loglevel) keeps KVM's messages out of the console log.
+            _, dmesg = Agent(self.paths).run_capture("dmesg")
+            values["kvm_log"] = kvm_messages(dmesg)
         info = ReadyInfo(
             release=values.get("release", "?"), kvm_device=values.get("kvm_device") == "yes",
             kvm_mode=kvm_mode(values["kvm_log"]), kvm_log=values["kvm_log"],
@@ -321,11 +341,8 @@ class Lab:
 
     def run(self, command: list[str] | str, timeout: float | None = 60) -> tuple[int, str]:
         """Runs a command in L1 and returns (status, output) — for code and tests."""
-        import io
-
-        out = io.BytesIO()
-        status = self.exec(command, out, timeout=timeout)
-        return status, out.getvalue().decode(errors="replace")
+        self._require_up()
+        return Agent(self.paths).run_capture(command, timeout=timeout)
 
     # -- files ---------------------------------------------------------------------------
     def _xfer(self) -> tuple[Path, str]:

@@ -6,6 +6,7 @@ owns one running QEMU: start, wait, stop, and always reap.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -124,11 +125,35 @@ def find_qemu(binary: str) -> str:
 
 
 def qemu_version(binary: str) -> str:
+    """`qemu-system-aarch64 --version`'s first line, remembered per binary (path, size,
+    mtime): asking costs a process start, on a host whose cores are busy booting L1."""
+    from lab.paths import cache_dir
+
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return "unknown"
+    key = f"{os.path.realpath(binary)}:{st.st_size}:{st.st_mtime_ns}"
+    memo = cache_dir() / "qemu-versions.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return out.splitlines()[0].strip() if out else "unknown"
+    version = out.splitlines()[0].strip() if out else "unknown"
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**known, key: version}))
+        os.replace(tmp, memo)
+    except OSError:
+        pass
+    return version
 
 
 def pid_alive(pid: int) -> bool:

@@ -41,15 +41,20 @@ def test_kernel_manifest_names_every_package_and_artefact(built):
     for name, digest in manifest["artefacts"].items():
         assert sha256(kernel.image.parent / name) == digest
     assert "9p" in manifest["modules"]
-    order = [n for n in read_names(kernel.modules_cpio.read_bytes()) if n.endswith(".ko")]
-    assert [n.split("-", 1)[1][:-3] for n in sorted(order)] == manifest["modules"]
+    early = [n for n in read_names(kernel.modules_cpio.read_bytes()) if n.endswith(".ko")]
+    late = [p.name for p in kernel.late_modules.glob("*.ko")]
+    names = sorted([n.rsplit("/", 1)[1] for n in early] + late)
+    assert [n.split("-", 1)[1][:-3] for n in names] == manifest["modules"]
+    assert [n.split("-", 1)[1][:-3] for n in sorted(late)] == manifest["modules_late"]
+    assert "9p" not in manifest["modules_late"]  # L1's root needs it before anything else
 
 
 def test_rootfs_has_the_l1_tools(built):
     _, rootfs = built
     packages = {p["name"]: p["version"] for p in rootfs.manifest["packages"]}
     assert {"busybox-static", "qemu-system-arm", "python3"} <= set(packages)
-    for tool in ("usr/bin/busybox", "usr/bin/qemu-system-aarch64", "usr/bin/python3", "kvmlab/run", "etc/inittab"):
+    for tool in ("usr/bin/busybox", "usr/bin/qemu-system-aarch64", "usr/bin/python3", "kvmlab/run", "etc/inittab",
+                 "kvmlab/bin/sh", "kvmlab/bin/insmod", "kvmlab/bin/sha256sum"):
         assert (rootfs.root / tool).exists(), tool
     assert "init" in read_names(rootfs.initramfs.read_bytes())
     assert sha256(rootfs.initramfs) == rootfs.manifest["artefacts"]["initramfs.cpio"]

@@ -33,3 +33,10 @@ def test_image_problem(tmp_path):
     assert "vmlinux" in image_problem(elf)
     assert image_problem(tmp_path / "missing") == "no such file"
     assert image_problem(tmp_path) == "a directory, not a file"
+
+
+def test_busybox_applet_table():
+    from lab.images.build import busybox_applets
+
+    blob = b"\x7fELF...junk\0" + b"[\0[[\0cat\0insmod\0mount\0sh\0zcat\0\0more junk"
+    assert busybox_applets(blob) == ["[", "[[", "cat", "insmod", "mount", "sh", "zcat"]

@@ -1,6 +1,6 @@
 """What `up` reads back from L1: the ready file and KVM's init messages."""
 
-from lab.machine.lab import kvm_mode, parse_ready, thp_mode
+from lab.machine.lab import kvm_messages, kvm_mode, parse_ready, thp_mode
 
 READY = """release=6.12.117+deb13-arm64
 kvm_device=yes
@@ -30,3 +30,11 @@ def test_kvm_mode_from_each_kernel_generation():
 def test_thp_mode():
     assert thp_mode("[always] madvise never") == "always"
     assert thp_mode("always madvise [never]") == "never"
+
+
+def test_kvm_messages_from_a_console_log():
+    log = ("[    0.912] kvm [1]: IPA Size Limit: 52 bits\r\n"
+           "[    0.950] kvm [1]: VHE mode initialized successfully\r\n"
+           "[    1.000] virtio-pci 0000:00:01.0: enabling device\r\n")
+    assert kvm_messages(log) == ["kvm [1]: IPA Size Limit: 52 bits", "kvm [1]: VHE mode initialized successfully"]
+    assert kvm_mode(kvm_messages(log)) == "VHE"
