@@ -217,7 +217,8 @@ class Builder:
         writer.add_file("bin/busybox", busybox, 0o755)
         for applet in self.recipe["initramfs_applets"]:
             writer.symlink(f"bin/{applet}", "busybox")
-        writer.add_file("init", IMAGES_DIR / "initramfs/init", 0o755)
+        for path in sorted((IMAGES_DIR / "initramfs").iterdir()):  # /init and the fstabs it mounts
+            writer.add_file(path.name, path)
         (work / "initramfs.cpio").write_bytes(writer.getvalue())
         shutil.rmtree(work / "debs")
         return {

@@ -244,7 +244,7 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LaunchError(f"L1 was not ready after {config.boot_timeout:g} s (lab.boot_timeout)",
                                   command=l0.command, detail=_detail(self.paths))
-            time.sleep(0.02)
+            time.sleep(0.01)
         seconds = time.monotonic() - started
         values = parse_ready(self.paths.ready.read_text())
         values["kvm_log"] = kvm_messages(self.paths.console_log.read_text(errors="replace"))
