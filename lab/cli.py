@@ -17,6 +17,7 @@ from lab.config import SUITES, THP_MODES, load_config
 from lab.errors import KvmlabError, UserError
 from lab.images.build import Builder
 from lab.images.store import Store, tree_size
+from lab.machine.agent import attach_console
 from lab.machine.lab import Lab, list_labs
 from lab.progress import Progress
 
@@ -153,24 +154,13 @@ def console(name) -> None:
 
     Kernel messages appear here too; the full log is console.log in the lab directory.
     """
-    import socket
-
-    import pexpect.fdpexpect
-
     lab = Lab(_lab_name(name))
     lab._require_up()
     if not sys.stdin.isatty():
         raise UserError("kvmlab console needs a terminal; use `kvmlab exec` from scripts")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(str(lab.paths.console))
     click.echo(f"Connected to L1's console of lab '{lab.name}'. Ctrl-] leaves.", err=True)
-    child = pexpect.fdpexpect.fdspawn(sock.fileno())
-    child.send(b"\n")
-    try:
-        child.interact(escape_character="\x1d")
-    finally:
-        sock.close()
-        click.echo("", err=True)
+    attach_console(lab.paths.console)
+    click.echo("", err=True)
 
 
 @main.command()

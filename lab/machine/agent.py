@@ -163,3 +163,40 @@ class Agent:
                 sys.stderr.write("kvmlab: warning: the agent channel lost the end of the output; "
                                  "the exit status comes from the share\n")
                 return int(status_file.read_text().strip() or 1)
+
+
+def attach_console(path: Path, escape: bytes = b"\x1d") -> None:
+    """Joins the terminal to L1's serial console socket until `escape` (Ctrl-]) is typed.
+
+    The terminal is in raw mode meanwhile, so keys such as Ctrl-C reach L1."""
+    import os
+    import select
+    import termios
+    import tty
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        raise LabError(f"cannot reach L1's console at {path}: {exc.strerror}") from None
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    saved = termios.tcgetattr(stdin)
+    try:
+        tty.setraw(stdin)
+        sock.sendall(b"\n")  # a fresh prompt
+        while True:
+            ready, _, _ = select.select([stdin, sock], [], [])
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                os.write(stdout, data)
+            if stdin in ready:
+                data = os.read(stdin, 1024)
+                if not data or escape in data:
+                    sock.sendall(data.split(escape)[0])
+                    break
+                sock.sendall(data)
+    finally:
+        termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        sock.close()

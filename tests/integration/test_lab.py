@@ -118,3 +118,24 @@ def test_sockets_and_logs_are_the_users_alone(lab, private_runtime):
     lab_dir = private_runtime / "labs/it"
     for name in ("qmp.sock", "console.sock", "agent.sock", "console.log", "qemu.pid", "lab.json"):
         assert (lab_dir / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_console_is_interactive_and_ctrl_bracket_leaves(lab):
+    import sys
+
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "lab.cli", "console", "--name", "it"], timeout=20)
+    child.expect("Ctrl-] leaves")
+    child.sendline("echo console-$((40 + 2))")
+    child.expect("console-42")
+    child.sendcontrol("]")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_console_without_a_terminal_is_refused(lab):
+    result = kvmlab("console", "--name", "it")
+    assert result.returncode == 2
+    assert b"needs a terminal" in result.stderr
