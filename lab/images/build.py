@@ -88,15 +88,19 @@ class Builder:
             check_arm64_image(path)
             return KernelImage(path, None, "", path.name, {"kind": "kernel", "path": str(path.resolve())})
         suite = config.kernel
-        inputs = self.kernel_inputs(suite, config)
-        key = content_key(inputs)
-        cached = self.store.get("kernel", suite, key)
-        if cached is not None:
-            return _kernel_from_entry(cached)
-        with self.progress.step(f"Building the {suite} kernel image") as step:
-            entry, _ = self.store.build("kernel", suite, key, inputs,
-                                        lambda work: self._build_kernel(work, suite, config, step))
+        entry = self._entry("kernel", suite, self.kernel_inputs(suite, config), f"the {suite} kernel image",
+                            lambda work, step: self._build_kernel(work, suite, config, step))
         return _kernel_from_entry(entry)
+
+    def _entry(self, kind: str, label: str, inputs: dict[str, Any], what: str, build) -> Entry:
+        """The cached entry for `inputs`, built (with progress) only when missing."""
+        key = content_key(inputs)
+        cached = self.store.get(kind, label, key)
+        if cached is not None:
+            return cached
+        with self.progress.step(f"Building {what}") as step:
+            entry, _ = self.store.build(kind, label, key, inputs, lambda work: build(work, step))
+        return entry
 
     def _build_kernel(self, work: Path, suite: str, config: LabConfig, step) -> dict[str, Any]:
         debs = debian.fetch(suite, [self.recipe["kernel_package"]], work / "debs", mirror=config.mirror,
@@ -170,15 +174,9 @@ class Builder:
                 "mirror": config.mirror, "updates": config.updates}
 
     def rootfs(self, config: LabConfig) -> Rootfs:
-        suite = config.userspace_suite
         inputs = self.rootfs_inputs(config)
-        key = content_key(inputs)
-        cached = self.store.get("rootfs", suite, key)
-        if cached is not None:
-            return _rootfs_from_entry(cached)
-        with self.progress.step(f"Building the {suite} L1 userspace") as step:
-            entry, _ = self.store.build("rootfs", suite, key, inputs,
-                                        lambda work: self._build_rootfs(work, config, inputs["packages"], step))
+        entry = self._entry("rootfs", config.userspace_suite, inputs, f"the {config.userspace_suite} L1 userspace",
+                            lambda work, step: self._build_rootfs(work, config, inputs["packages"], step))
         return _rootfs_from_entry(entry)
 
     def _build_rootfs(self, work: Path, config: LabConfig, packages: list[str], step) -> dict[str, Any]:
