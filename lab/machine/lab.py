@@ -48,18 +48,9 @@ class ReadyInfo:
         return dict(self.__dict__)
 
 
-def parse_ready(text: str) -> dict[str, Any]:
-    """The key=value file L1 writes when it is ready (images/rootfs/kvmlab/ready)."""
-    values: dict[str, Any] = {"kvm_log": []}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        if key == "kvm_log":
-            values["kvm_log"].append(value)
-        else:
-            values[key] = value
-    return values
+def parse_ready(text: str) -> dict[str, str]:
+    """The key=value file L1's agent writes when it is ready (images/rootfs/kvmlab/agent)."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def kvm_messages(log: str) -> list[str]:
@@ -181,8 +172,6 @@ class Lab:
             self.paths.ready.parent.mkdir()
             if kernel.late_modules is not None and kernel.late_modules.is_dir():
                 shutil.copytree(kernel.late_modules, self.paths.ready.parent / "modules")
-            for log in (self.paths.console_log, self.paths.qemu_log):
-                log.unlink(missing_ok=True)
             # initramfs (busybox, /init) followed by the kernel's modules: one initrd.
             with open(self.paths.initrd, "wb") as initrd:
                 initrd.write(rootfs.initramfs.read_bytes())
@@ -206,7 +195,7 @@ class Lab:
                 with self.progress.step(f"Booting L1 ({kernel.label}, {config.cpus} CPUs, "
                                         f"{config.memory_mib} MiB, THP {config.thp})"):
                     pid = l0.start()
-                    # Asked while L1 boots: the other host CPU is idle then.
+                    # Remembered per binary; the first time, asked while L1 boots.
                     state.update(pid=pid, started_at=time.time(), qemu_version=qemu.qemu_version(binary))
                     _write_json(self.paths.state, state)
                     ready = self._wait_ready(l0, config, started)
@@ -247,14 +236,14 @@ class Lab:
             time.sleep(0.01)
         seconds = time.monotonic() - started
         values = parse_ready(self.paths.ready.read_text())
-        values["kvm_log"] = kvm_messages(self.paths.console_log.read_text(errors="replace"))
-        if not kvm_mode(values["kvm_log"]):
+        kvm_log = kvm_messages(self.paths.console_log.read_text(errors="replace"))
+        if not kvm_mode(kvm_log):
             # A quiet console (loglevel) keeps KVM's messages out of the console log.
             _, dmesg = Agent(self.paths).run_capture("dmesg")
-            values["kvm_log"] = kvm_messages(dmesg)
+            kvm_log = kvm_messages(dmesg)
         info = ReadyInfo(
             release=values.get("release", "?"), kvm_device=values.get("kvm_device") == "yes",
-            kvm_mode=kvm_mode(values["kvm_log"]), kvm_log=values["kvm_log"],
+            kvm_mode=kvm_mode(kvm_log), kvm_log=kvm_log,
             thp=thp_mode(values.get("thp", "")), seconds=round(seconds, 2),
             guest_uptime=float(values.get("uptime", "0") or 0))
         if not info.kvm_device or not info.kvm_mode:

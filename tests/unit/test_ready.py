@@ -6,8 +6,7 @@ READY = """release=6.12.117+deb13-arm64
 kvm_device=yes
 thp=[always] madvise never
 uptime=1.93
-kvm_log=kvm [1]: IPA Size Limit: 52 bits
-kvm_log=kvm [1]: VHE mode initialized successfully
+end=1
 """
 
 
@@ -15,7 +14,8 @@ def test_parse_ready():
     values = parse_ready(READY)
     assert values["release"] == "6.12.117+deb13-arm64"
     assert values["kvm_device"] == "yes"
-    assert values["kvm_log"][-1] == "kvm [1]: VHE mode initialized successfully"
+    assert values["thp"] == "[always] madvise never"
+    assert values["end"] == "1"
 
 
 def test_kvm_mode_from_each_kernel_generation():
