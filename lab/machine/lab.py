@@ -268,9 +268,16 @@ class Lab:
                 raise LabError(f"lab {self.name!r} is not up")
             how = "killed"
             try:
-                with self.qmp(timeout=5) as monitor:
-                    monitor.cmd("system_powerdown")
-                if qemu.wait_pid(pid, timeout):
+                # Right after `up`, L1 may still be arming its power button (images/rootfs/kvmlab/late).
+                flags = self.paths.share / ".kvmlab"
+                deadline = time.monotonic() + 5
+                while not any((flags / f).exists() for f in ("powerbutton", "no-powerbutton")) \
+                        and time.monotonic() < deadline and qemu.pid_alive(pid):
+                    time.sleep(0.02)
+                if (flags / "powerbutton").exists():
+                    with self.qmp(timeout=5) as monitor:
+                        monitor.cmd("system_powerdown")
+                if qemu.wait_pid(pid, timeout if (flags / "powerbutton").exists() else 0):
                     how = "powered down"
                 else:
                     with self.qmp(timeout=5) as monitor:
