@@ -87,7 +87,9 @@ def fetch(suite: str, packages: list[str], dest: Path, *, mirror: str = "", upda
     cmd = [
         mmdebstrap, "--variant=extract", "--architectures=arm64", "--skip=extract",
         "--include=" + ",".join(packages),
-        "--extract-hook=cp \"$1\"/var/cache/apt/archives/*.deb " + shlex.quote(str(dest)) + "/",
+        # sync-out, not cp: as an ordinary user mmdebstrap runs hooks inside a user
+        # namespace, where only its own copy commands can write to the user's files.
+        f"--extract-hook=sync-out /var/cache/apt/archives {shlex.quote(str(dest))}",
     ]
     for option in _host_apt_options():
         cmd.append("--aptopt=" + option)
