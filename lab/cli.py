@@ -232,7 +232,7 @@ def images_build(progress: Progress, config, kernels) -> None:
 @images.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def images_list(as_json) -> None:
-    """List cached images with their packages' versions."""
+    """List cached images: what each holds, and whether this kvmlab still uses it."""
     store = Store()
     entries = store.entries()
     if as_json:
@@ -244,26 +244,31 @@ def images_list(as_json) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("entry", "kind", "suite", "contents", "size", "built")
+    current = Builder().current_keys(load_config())
+    table = Table("kind", "suite", "contents", "key", "size", "built", "state", title=str(store.images))
     for entry in entries:
         m = entry.manifest
-        if m["kind"] == "kernel":
-            contents = f"{m['release']} ({len(m['modules'])} modules)"
-        else:
-            contents = f"{len(m['packages'])} packages"
-        table.add_row(entry.name, m["kind"], m["suite"], contents,
-                      f"{tree_size(entry.path) / 2**20:.0f} MiB", m["built_at"])
-    Console().print(table)
+        contents = (f"{m['release']}, {len(m['modules'])} modules" if m["kind"] == "kernel"
+                    else f"{len(m['packages'])} packages")
+        table.add_row(m["kind"], m["suite"], contents, m["key"][:12], f"{tree_size(entry.path) / 2**20:.0f} MiB",
+                      m["built_at"][:16].replace("T", " "), "current" if m["key"] in current else "stale")
+    Console(width=max(100, Console().width)).print(table)
+    if any(e.manifest["key"] not in current for e in entries):
+        click.echo("`kvmlab images clean --stale` removes the stale ones.")
 
 
 @images.command("clean")
-def images_clean() -> None:
-    """Remove every cached image (rebuilt on the next `up`)."""
+@click.option("--stale", is_flag=True,
+              help="Only what this kvmlab would no longer build (older code, recipe or config).")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="The config whose images --stale keeps.")
+def images_clean(stale, config) -> None:
+    """Remove cached images (rebuilt on the next `up`)."""
     running = [n for n in list_labs() if Lab(n).is_up()]
     if running:
         raise UserError(f"labs are running on these images ({', '.join(running)}); `kvmlab down --all` first")
-    freed = Store().clean()
-    click.echo(f"Removed the cached images ({freed / 2**20:.0f} MiB).")
+    keep = Builder().current_keys(_config(config)) if stale else None
+    freed = Store().clean(keep)
+    click.echo(f"Removed {'stale' if stale else 'all'} cached images ({freed / 2**20:.0f} MiB).")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from lab.config import LabConfig
+from lab.config import SUITES, LabConfig
 from lab.errors import ImageError, UserError
 from lab.images import debian
 from lab.images.arm64 import image_problem
@@ -76,6 +76,12 @@ class Builder:
         self.store = store or Store()
         self.progress = progress or Progress(quiet=True)
         self.recipe = load_recipe()
+
+    def current_keys(self, config: LabConfig) -> set[str]:
+        """Keys of what this code and recipe build, for every suite: the entries to keep."""
+        keys = {content_key(self.rootfs_inputs(config))}
+        keys.update(content_key(self.kernel_inputs(suite, config)) for suite in SUITES)
+        return keys
 
     # -- kernel -------------------------------------------------------------------------
     def kernel_inputs(self, suite: str, config: LabConfig) -> dict[str, Any]:

@@ -67,22 +67,11 @@ class Store:
         return self.images / f"{kind}-{label}-{key[:16]}"
 
     def get(self, kind: str, label: str, key: str) -> Entry | None:
-        path = self.entry_path(kind, label, key)
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        return Entry(path, manifest)
+        return self.get_path(self.entry_path(kind, label, key))
 
     def entries(self) -> list[Entry]:
-        out = []
-        if self.images.is_dir():
-            for path in sorted(self.images.iterdir()):
-                try:
-                    out.append(Entry(path, json.loads((path / MANIFEST).read_text())))
-                except (OSError, ValueError):
-                    continue
-        return out
+        paths = sorted(self.images.iterdir()) if self.images.is_dir() else []
+        return [entry for entry in map(self.get_path, paths) if entry is not None]
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
@@ -139,15 +128,28 @@ class Store:
                 shutil.rmtree(work, ignore_errors=True)
             return Entry(self.entry_path(kind, label, key), manifest), True
 
-    def clean(self) -> int:
-        """Removes every entry (and leftovers); returns the bytes freed."""
+    def clean(self, keep: set[str] | None = None) -> int:
+        """Removes every entry whose key is not in `keep` (all if None), and leftovers of
+        interrupted builds; returns the bytes freed."""
         freed = 0
-        for sub in (self.images, self.tmp):
-            if sub.is_dir():
-                for path in sub.iterdir():
-                    freed += tree_size(path)
-                    shutil.rmtree(path, ignore_errors=True)
+        doomed = []
+        if self.images.is_dir():
+            for path in self.images.iterdir():
+                entry = self.get_path(path)
+                if keep is None or entry is None or entry.manifest.get("key") not in keep:
+                    doomed.append(path)
+        if self.tmp.is_dir() and keep is None:
+            doomed += list(self.tmp.iterdir())
+        for path in doomed:
+            freed += tree_size(path)
+            shutil.rmtree(path, ignore_errors=True)
         return freed
+
+    def get_path(self, path: Path) -> Entry | None:
+        try:
+            return Entry(path, json.loads((path / MANIFEST).read_text()))
+        except (OSError, ValueError):
+            return None
 
 
 def tree_size(path: Path) -> int:

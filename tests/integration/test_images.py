@@ -90,3 +90,25 @@ def test_interrupted_build_leaves_no_entry(tmp_path):
     assert proc.returncode == 130
     assert list((cache / "images").iterdir()) == []
     assert list((cache / "tmp").iterdir()) == []
+
+
+def test_images_list_marks_current_entries(built):
+    table = kvmlab("images", "list").stdout.decode()
+    assert "current" in table and "trixie" in table
+
+
+def test_clean_stale_keeps_what_this_kvmlab_uses(built, tmp_path):
+    import shutil
+
+    from lab.images.store import Store
+
+    store = Store()
+    kernel, _ = built
+    old = store.images / "kernel-trixie-0000000000000000"
+    shutil.copytree(kernel.image.parent, old, ignore=shutil.ignore_patterns("Image"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "key": "0" * 64}))
+    result = kvmlab("images", "clean", "--stale")
+    assert result.returncode == 0 and b"Removed stale" in result.stdout
+    assert not old.exists()
+    assert kernel.image.exists()

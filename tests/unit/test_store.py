@@ -97,3 +97,11 @@ def test_entries_lists_only_complete_ones(tmp_path):
     assert store.clean() > 0
     assert store.entries() == []
     assert os.listdir(store.images) == []
+
+
+def test_clean_keeps_the_given_keys(tmp_path):
+    store = Store(tmp_path)
+    store.build("kernel", "trixie", "a" * 64, {}, builder_writing([]))
+    store.build("kernel", "trixie", "b" * 64, {}, builder_writing([]))
+    assert store.clean(keep={"a" * 64}) > 0
+    assert [e.manifest["key"] for e in store.entries()] == ["a" * 64]
