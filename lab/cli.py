@@ -33,13 +33,15 @@ def _fail(exc: KvmlabError) -> None:
 
 
 def _terminate(signum, frame):
-    # SIGTERM unwinds like Ctrl-C, so QEMUs being started are stopped and reaped.
+    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so QEMUs being started
+    # are stopped and reaped and half-built images removed.
     raise KeyboardInterrupt
 
 
 class Kvmlab(click.Group):
     def invoke(self, ctx):
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGHUP, _terminate)
         try:
             return super().invoke(ctx)
         except KvmlabError as exc:

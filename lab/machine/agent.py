@@ -2,10 +2,11 @@
 lab's agent socket and driven with pexpect.
 
 The kernel logs to ttyAMA0, not here, so what a command prints is not interleaved with
-kernel messages. Each command runs in a subshell with stdin from /dev/null, framed by a
-begin and an end marker carrying a random token; the end marker carries the exit status.
-Output between the markers is streamed as it arrives. The shell runs with no echo and no
-output processing, so bytes arrive as the command wrote them (stdout and stderr merged).
+kernel messages. L1's /kvmlab/run runs each command in a session of its own with stdin
+from /dev/null, framed by a begin and an end marker carrying a random token; the end
+marker carries the exit status. Output between the markers is streamed as it arrives.
+The tty has no echo and no output processing, so bytes arrive as the command wrote them
+(stdout and stderr merged).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import shlex
 import socket
 import sys
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import pexpect
@@ -30,7 +31,7 @@ import pexpect.fdpexpect
 from lab.errors import LabError
 from lab.machine.qemu import LabPaths
 
-#: Guest path of the lab's share (images/rootfs/kvmlab/boot mounts it).
+#: Guest path of the lab's share (mounted by the initramfs, images/initramfs/fstab).
 GUEST_SHARE = "/mnt/share"
 #: Canonical-mode tty lines stop at 4095 bytes; longer scripts travel through the share.
 MAX_LINE = 3000

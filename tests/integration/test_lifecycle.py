@@ -28,7 +28,7 @@ def test_down_leaves_no_process_and_no_sockets(private_runtime):
     assert kvmlab("down", "--name", "downer").returncode == 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_signal_during_up_reaps_qemu_and_the_next_up_works(sig, private_runtime):
     name = f"intr-{sig.name.lower()}"
     lab_dir = private_runtime / "labs" / name
