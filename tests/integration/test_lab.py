@@ -139,3 +139,10 @@ def test_console_without_a_terminal_is_refused(lab):
     result = kvmlab("console", "--name", "it")
     assert result.returncode == 2
     assert b"needs a terminal" in result.stderr
+
+
+def test_exec_output_is_byte_exact(lab):
+    # Control bytes, NUL, 0xff, and text shaped like the end marker with another token.
+    result = kvmlab("exec", "--name", "it", "--", "printf", "a\\036b\\036E fake 0\\n\\000\\377\\r\\nend")
+    assert result.returncode == 0
+    assert result.stdout == b"a\x1eb\x1eE fake 0\n\x00\xff\r\nend"
