@@ -249,7 +249,8 @@ class Lab:
         if not info.kvm_device or not info.kvm_mode:
             raise LaunchError(
                 "KVM did not initialise in L1 (" + ("no /dev/kvm" if not info.kvm_device else
-                                                   "no 'mode initialized successfully' message") + ")",
+                                                   "no 'mode initialized successfully' message") + "); "
+                "KVM in L1 needs EL2: -M virt,virtualization=on and a -cpu that has it (max does)",
                 command=l0.command,
                 detail="\n".join(["L1's kvm messages:"] + (info.kvm_log or ["(none)"])))
         return info

@@ -102,3 +102,14 @@ def test_stale_state_of_a_killed_lab_is_cleaned(private_runtime):
     assert status.returncode == 1 and b"down" in status.stdout
     assert kvmlab("up", "--name", "stale").returncode == 0
     assert kvmlab("down", "--name", "stale").returncode == 0
+
+
+def test_l1_without_el2_is_reported_as_kvm_not_initialised(tmp_path, private_runtime):
+    config = tmp_path / "noel2.yaml"
+    config.write_text("lab:\n  name: noel2\nqemu:\n  extra_args: ['-machine', 'virtualization=off']\n")
+    result = kvmlab("up", "--config", str(config))
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "KVM did not initialise in L1 (no /dev/kvm)" in err
+    assert "HYP mode not available" in err  # L1's own words
+    assert qemu_pids_in(private_runtime / "labs/noel2") == []
