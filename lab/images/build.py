@@ -11,6 +11,7 @@ At boot the initrd is initramfs.cpio followed by modules.cpio: the kernel unpack
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -35,6 +36,7 @@ RECIPE = IMAGES_DIR / "l1.yaml"
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
 
 
+@functools.lru_cache(maxsize=None)
 def code_digest() -> str:
     """The image-building code itself is an input: a change to it rebuilds."""
     digest = hashlib.sha256()
