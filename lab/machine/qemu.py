@@ -18,10 +18,6 @@ from pathlib import Path
 from lab.config import LabConfig
 from lab.errors import LaunchError, UserError
 
-#: 9p message size: larger messages, fewer round trips through TCG (all four kernels accept it).
-MSIZE = 262144
-
-
 @dataclass(frozen=True)
 class LabPaths:
     """Everything one lab keeps, in one private directory."""
