@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -63,37 +64,41 @@ def test_two_labs_run_at_once(private_runtime):
     assert qemu_pids_in(private_runtime / "labs") == []
 
 
-def test_qemu_refusing_to_start_is_reported_with_its_words(tmp_path, private_runtime):
-    config = tmp_path / "bad-qemu.yaml"
-    config.write_text("lab:\n  name: badqemu\nqemu:\n  extra_args: ['-no-such-option']\n")
-    result = kvmlab("up", "--config", str(config))
-    err = result.stderr.decode()
-    assert result.returncode == 1
-    assert "QEMU exited with status 1 before L1 was ready" in err
-    assert "-no-such-option" in err  # QEMU's own complaint and the command line
-    assert qemu_pids_in(private_runtime / "labs/badqemu") == []
+# Each way `up` can fail: (lab name, config, what stderr must say). Every one exits 1,
+# says why in the lab's own words, and leaves no QEMU behind.
+UP_FAILURES = {
+    "qemu-refuses": ("qemu:\n  extra_args: ['-no-such-option']\n",
+                     ["QEMU exited with status 1 before L1 was ready",
+                      "-no-such-option"]),  # QEMU's own complaint and the command line
+    "never-boots": ("lab:\n  kernel: {image}\n  boot_timeout: 8\n",
+                    ["L1 was not ready after 8 s (lab.boot_timeout)", "last lines of the L1 console"]),
+    "no-el2": ("qemu:\n  extra_args: ['-machine', 'virtualization=off']\n",
+               ["KVM did not initialise in L1 (no /dev/kvm)", "HYP mode not available"]),
+}
 
 
-def test_kernel_that_never_boots_times_out_with_the_console_tail(tmp_path, private_runtime):
-    image = tmp_path / "Image"  # a valid header and nothing behind it: the CPU spins in zeros
+@pytest.mark.parametrize("name", list(UP_FAILURES))
+def test_up_failures_are_reported_and_leave_nothing_running(name, tmp_path, private_runtime):
+    # A valid Image header with nothing behind it: the CPU spins in zeros, L1 never speaks.
+    image = tmp_path / "Image"
     image.write_bytes(b"\0" * 0x38 + b"ARM\x64" + b"\0" * (2 << 20))
-    config = tmp_path / "dead.yaml"
-    config.write_text(f"lab:\n  name: dead\n  kernel: {image}\n  boot_timeout: 8\n")
+    text, expected = UP_FAILURES[name]
+    config = tmp_path / "lab.yaml"
+    config.write_text(f"lab:\n  name: {name}\n" + text.format(image=image).replace("lab:\n", ""))
     start = time.monotonic()
     result = kvmlab("up", "--config", str(config))
     err = result.stderr.decode()
-    assert result.returncode == 1
-    assert "L1 was not ready after 8 s (lab.boot_timeout)" in err
-    assert "last lines of the L1 console" in err
+    assert result.returncode == 1, err
+    for fragment in expected:
+        assert fragment in err
     assert time.monotonic() - start < 60
-    assert qemu_pids_in(private_runtime / "labs/dead") == []
+    assert qemu_pids_in(private_runtime / "labs" / name) == []
 
 
 def test_stale_state_of_a_killed_lab_is_cleaned(private_runtime):
     assert kvmlab("up", "--name", "stale").returncode == 0
     lab_dir = private_runtime / "labs/stale"
     pid = json.loads((lab_dir / "lab.json").read_text())["pid"]
-    import os
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while qemu_pids_in(lab_dir) and time.monotonic() < deadline:
@@ -102,14 +107,3 @@ def test_stale_state_of_a_killed_lab_is_cleaned(private_runtime):
     assert status.returncode == 1 and b"down" in status.stdout
     assert kvmlab("up", "--name", "stale").returncode == 0
     assert kvmlab("down", "--name", "stale").returncode == 0
-
-
-def test_l1_without_el2_is_reported_as_kvm_not_initialised(tmp_path, private_runtime):
-    config = tmp_path / "noel2.yaml"
-    config.write_text("lab:\n  name: noel2\nqemu:\n  extra_args: ['-machine', 'virtualization=off']\n")
-    result = kvmlab("up", "--config", str(config))
-    err = result.stderr.decode()
-    assert result.returncode == 1
-    assert "KVM did not initialise in L1 (no /dev/kvm)" in err
-    assert "HYP mode not available" in err  # L1's own words
-    assert qemu_pids_in(private_runtime / "labs/noel2") == []
