@@ -208,6 +208,46 @@ def cp(name, src, dst) -> None:
         raise UserError("cp: exactly one of SRC and DST must be an L1 path written :PATH, e.g. :/root/file")
 
 
+@main.command("test")
+@click.argument("targets", nargs=-1)
+@click.option("-k", "keyword", help="Only scenarios whose name contains KEYWORD (or matches it as a glob).")
+@click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
+@name_option
+@click.option("--kernel", help="Kernel for a lab this command starts (a suite or an Image path).")
+@click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
+@click.option("--keep-up", is_flag=True, help="Leave a lab this command started running.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
+@click.pass_obj
+def test(progress: Progress, targets, keyword, list_only, config, name, kernel, results, keep_up, verbose) -> None:
+    """Run scenario suites (default: thp) and judge stage-2 mappings.
+
+    \b
+    TARGETS: suite names (configs/SUITE/), scenario files or directories.
+    Uses the running lab, or brings one up and down around the run.
+    Exit status: 0 all passed (or skipped), 1 a scenario failed, 2 bad input.
+    """
+    from lab import report
+    from lab.scenarios import model
+
+    scenarios = model.resolve(list(targets), keyword)
+    if list_only:
+        report.print_list(scenarios, model.suites())
+        return
+    cfg = _config(config, name=name, kernel=kernel)
+    lab = Lab(cfg.name, progress)
+    started_here = False
+    if not lab.is_up():
+        lab.up(cfg)
+        started_here = True
+    try:
+        summary = report.run_suite(lab, scenarios, targets, results, progress, verbose)
+    finally:
+        if started_here and not keep_up:
+            lab.down()
+    sys.exit(0 if summary["passed"] else 1)
+
+
 @main.group()
 def images() -> None:
     """Build, list and remove the cached L1 images."""
@@ -251,8 +291,9 @@ def images_list(as_json) -> None:
     for entry in entries:
         m = entry.manifest
         contents = (f"{m['release']}, {len(m['modules'])} modules" if m["kind"] == "kernel"
-                    else f"{len(m['packages'])} packages")
-        table.add_row(m["kind"], m["suite"], contents, m["key"][:12], f"{tree_size(entry.path) / 2**20:.0f} MiB",
+                    else f"{len(m['packages'])} packages" if m["kind"] == "rootfs"
+                    else "L1 tools, " + ", ".join(m.get("params_offset", {})))
+        table.add_row(m["kind"], m.get("suite", "-"), contents, m["key"][:12], f"{tree_size(entry.path) / 2**20:.0f} MiB",
                       m["built_at"][:16].replace("T", " "), "current" if m["key"] in current else "stale")
     Console(width=max(100, Console().width)).print(table)
     if any(e.manifest["key"] not in current for e in entries):

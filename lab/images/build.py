@@ -4,7 +4,9 @@ Two kinds of cache entry:
 - kernel-SUITE-KEY: the arm64 `Image`, its config, and `modules.cpio` (the modules the
   recipe asks for, decompressed, with an `order` file for the initramfs);
 - rootfs-SUITE-KEY: `root/` (L1's root filesystem, exported read-only over 9p) and
-  `initramfs.cpio` (busybox and /init: mounts that root and switches to it).
+  `initramfs.cpio` (busybox and /init: mounts that root and switches to it);
+- tools-KEY: what kvmlab runs in L1 (the lab/l1 package) and the L2 guest payloads,
+  assembled from lab/l1/payload with binutils-aarch64-linux-gnu.
 
 At boot the initrd is initramfs.cpio followed by modules.cpio: the kernel unpacks both.
 """
@@ -23,7 +25,7 @@ import yaml
 
 from lab.config import SUITES, LabConfig
 from lab.errors import ImageError, UserError
-from lab.images import debian
+from lab.images import debian, payload
 from lab.images.arm64 import image_problem
 from lab.images.cpio import CpioWriter
 from lab.images.kmod import ModuleTree, decompress
@@ -32,6 +34,7 @@ from lab.paths import IMAGES_DIR
 from lab.progress import Progress
 
 RECIPE = IMAGES_DIR / "l1.yaml"
+L1_DIR = Path(__file__).resolve().parent.parent / "l1"
 #: Directories L1 mounts something on: they must exist in the read-only root.
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
 
@@ -67,6 +70,20 @@ class KernelImage:
 
 
 @dataclass
+class Tools:
+    dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    def payload(self, name: str) -> tuple[bytes, int]:
+        """(the payload's bytes, where its parameter block is)."""
+        return (self.dir / name).read_bytes(), self.manifest["params_offset"][name]
+
+
+@dataclass
 class Rootfs:
     root: Path
     initramfs: Path
@@ -81,7 +98,7 @@ class Builder:
 
     def current_keys(self, config: LabConfig) -> set[str]:
         """Keys of what this code and recipe build, for every suite: the entries to keep."""
-        keys = {content_key(self.rootfs_inputs(config))}
+        keys = {content_key(self.rootfs_inputs(config)), content_key(self.tools_inputs())}
         keys.update(content_key(self.kernel_inputs(suite, config)) for suite in SUITES)
         return keys
 
@@ -173,6 +190,15 @@ class Builder:
             "artefacts": {name: debian.sha256_file(work / name) for name in artefacts},
         }
 
+    # -- tools (what runs in L1, and the L2 payloads) ------------------------------------
+    def tools_inputs(self) -> dict[str, Any]:
+        return {"kind": "tools", "code": code_digest(), "l1": hash_files(L1_DIR),
+                "payload": hashlib.sha256(Path(payload.__file__).read_bytes()).hexdigest()}
+
+    def tools(self) -> Tools:
+        entry = self._entry("tools", "l1", self.tools_inputs(), "the L1 tools and guest payloads", _build_tools)
+        return Tools(entry.path, entry.manifest)
+
     # -- rootfs -------------------------------------------------------------------------
     def rootfs_inputs(self, config: LabConfig) -> dict[str, Any]:
         return {"kind": "rootfs", "suite": config.userspace_suite, "code": code_digest(),
@@ -233,6 +259,13 @@ class Builder:
             "artefacts": {"initramfs.cpio": debian.sha256_file(work / "initramfs.cpio"),
                           "root/": tree_digest(root)},
         }
+
+
+def _build_tools(work: Path, step) -> dict[str, Any]:
+    step.update("assembling the guest payloads")
+    offsets = payload.build(work)
+    shutil.copytree(L1_DIR, work / "l1", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return {"params_offset": offsets, "artefacts": hash_files(work)}
 
 
 def busybox_applets(binary: bytes) -> list[str]:

@@ -37,7 +37,7 @@ def hash_files(root: Path) -> dict[str, str]:
     """sha256 of every file below `root` (a recipe folder), by relative path."""
     out = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file():
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
             rel = str(path.relative_to(root))
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() + ("+x" if os.access(path, os.X_OK) else "")
     return out

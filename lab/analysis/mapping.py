@@ -1,0 +1,165 @@
+"""From stage-2 faults to how KVM mapped each region of guest physical memory.
+
+The tracepoint does not say the mapping size; the faults do (4 KiB granule, 40-bit IPA):
+- arm64 KVM maps exactly what one fault resolves, nothing around it. A 2 MiB region
+  mapped with pages faults once per page touched; the first at level 2 (or 1) because no
+  level-3 table exists yet, every later one at level 3. A region mapped as one block
+  faults once, at level 2 or 1, and never at level 3.
+- So: any level-3 fault in a region means pages; faults only at levels 1-2 mean a block,
+  provided the guest touched more than one page of it (one page proves nothing).
+- A permission or access-flag fault at level 2 is the hardware saying "a block lives
+  here"; at level 3, "a page". Such a fault followed by level-3 faults in the same region
+  is a block broken into pages (dirty logging).
+- Regions the guest touched that never fault: mapped by an earlier fault of a larger
+  block (1 GiB: the only fault of the GiB is at level 1) or before the window observed.
+
+Pure functions over decoded faults; lab/analysis/trace.py turns raw traces into Faults.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from lab.analysis.esr import Esr
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+PAGE = 4 * KiB
+REGION = 2 * MiB
+
+BLOCK, PAGES, SPLIT, BLOCK_1G, NONE, UNKNOWN = "block", "page", "split", "block-1g", "untouched", "unknown"
+#: What each mapping label means, for people.
+LABELS = {BLOCK: "2 MiB block", PAGES: "4 KiB pages", SPLIT: "block split into pages",
+          BLOCK_1G: "inside a 1 GiB block", NONE: "no faults", UNKNOWN: "too few pages touched to tell"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    ipa: int
+    esr: int
+    ts: int = 0
+    cpu: int = 0
+    phase: int = 0
+    pc: int = 0
+
+    @property
+    def decoded(self) -> Esr:
+        return Esr(self.esr)
+
+
+@dataclass
+class Region:
+    start: int
+    size: int = REGION
+    faults: int = 0
+    pages: set[int] = field(default_factory=set)
+    kinds: Counter = field(default_factory=Counter)  # ("translation", 2) -> n
+    writes: int = 0
+    mapping: str = NONE
+    first_level: int | None = None
+
+    @property
+    def level3(self) -> int:
+        return sum(n for (kind, level), n in self.kinds.items() if level == 3)
+
+    def evidence(self) -> str:
+        if not self.faults:
+            return "no faults"
+        parts = ", ".join(f"{n} {kind} L{level}" for (kind, level), n in sorted(self.kinds.items(), key=lambda kv: (kv[0][1], kv[0][0])))
+        return f"{self.faults} fault{'s' if self.faults != 1 else ''} ({parts})"
+
+
+def regions_of(faults: list[Fault], size: int = REGION) -> dict[int, Region]:
+    """Faults grouped by `size`-aligned IPA region, in time order within each."""
+    out: dict[int, Region] = {}
+    for f in faults:
+        start = f.ipa // size * size
+        r = out.get(start)
+        if r is None:
+            r = out[start] = Region(start, size)
+        d = f.decoded
+        r.faults += 1
+        r.pages.add(f.ipa // PAGE)
+        r.kinds[(d.kind, d.level if d.level is not None else -1)] += 1
+        r.writes += d.write
+        if r.first_level is None:
+            r.first_level = d.level
+    return out
+
+
+def classify(region: Region, touched_pages: int | None = None) -> str:
+    """block, page, split, unknown or untouched for one 2 MiB region (see the module doc)."""
+    if not region.faults:
+        return NONE
+    if region.level3:
+        block_first = any(kind in ("permission", "access flag") and level == 2
+                          for (kind, level) in region.kinds)
+        return SPLIT if block_first else PAGES
+    if any(kind in ("permission", "access flag") and level == 2 for (kind, level) in region.kinds):
+        return BLOCK
+    touched = touched_pages if touched_pages is not None else len(region.pages)
+    return BLOCK if touched > 1 else UNKNOWN
+
+
+@dataclass
+class Touched:
+    """What the guest accessed: [base, base+size) every `stride` bytes."""
+    base: int
+    size: int
+    stride: int = PAGE
+
+    def pages_in(self, start: int, length: int) -> int:
+        lo, hi = max(start, self.base), min(start + length, self.base + self.size)
+        if lo >= hi:
+            return 0
+        first = (lo - self.base + self.stride - 1) // self.stride
+        last = (hi - self.base - 1) // self.stride
+        return max(0, last - first + 1)
+
+
+def infer(faults: list[Fault], touched: Touched | None = None, window: tuple[int, int] | None = None) -> dict[int, Region]:
+    """Every 2 MiB region in `window` (default: where the guest touched, else where faults
+    fell), classified. Touched regions without faults inside a GiB whose only faults are
+    at level 1 are `block-1g`."""
+    if window is None and touched is not None:
+        window = (touched.base, touched.base + touched.size)
+    if window is not None:
+        faults = [f for f in faults if window[0] <= f.ipa < window[1]]
+    regions = regions_of(faults)
+    if touched is not None:
+        lo = (window[0] if window else touched.base) // REGION * REGION
+        hi = window[1] if window else touched.base + touched.size
+        for start in range(lo, hi, REGION):
+            if touched.pages_in(start, REGION) and start not in regions:
+                regions[start] = Region(start)
+    gigs = regions_of(faults, GiB)
+    for start, r in regions.items():
+        n = touched.pages_in(start, REGION) if touched else None
+        r.mapping = classify(r, n)
+        gig = gigs.get(start // GiB * GiB)
+        if gig is not None and not any(level in (2, 3) for (_, level) in gig.kinds) and r.mapping in (NONE, UNKNOWN, BLOCK):
+            # the whole GiB took faults only at level 1: one 1 GiB block
+            # ... unless the guest touched only one 2 MiB region of it (its first fault is L1 too)
+            if touched is not None and sum(1 for s in range(gig.start, gig.start + GiB, REGION)
+                                      if touched.pages_in(s, REGION)) > 1:
+                r.mapping = BLOCK_1G
+    return dict(sorted(regions.items()))
+
+
+def summary(regions: dict[int, Region]) -> Counter:
+    return Counter(r.mapping for r in regions.values())
+
+
+def describe(regions: dict[int, Region]) -> str:
+    """e.g. '32 block (1 fault each)' or '30 block, 2 page (512 faults each)'."""
+    parts = []
+    for mapping, n in sorted(summary(regions).items(), key=lambda kv: -kv[1]):
+        counts = sorted({r.faults for r in regions.values() if r.mapping == mapping})
+        if not counts or mapping == NONE:
+            each = ""
+        elif len(counts) == 1:
+            each = f" ({counts[0]} fault{'s' if counts[0] != 1 else ''} each)"
+        else:
+            each = f" ({counts[0]}-{counts[-1]} faults each)"
+        parts.append(f"{n} {mapping}{each}")
+    return ", ".join(parts) or "no regions"

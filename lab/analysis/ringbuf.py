@@ -1,0 +1,161 @@
+"""Decoding the kernel's raw trace pages (per_cpu/cpuN/trace_pipe_raw) on the host.
+
+A page is a header (u64 timestamp, local_t commit: the length of the data, with bit 31
+"events were lost before this page" and bit 30 "the count of lost events is stored") and
+then events, each behind a 32-bit header: type_len (5 bits) and time_delta (27 bits).
+type_len 1-28: data of type_len*4 bytes follows; 0: a u32 length (counting itself), then
+data; 29: padding (time_delta 0: the rest of the page is empty); 30: time extend (+8
+bytes); 31: absolute time stamp. Field layouts come from the event's `format` file, as
+the kernel that wrote the trace describes them (see kernel/trace/ring_buffer.c).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RB_MISSED_EVENTS = 1 << 31
+RB_MISSED_STORED = 1 << 30
+PADDING, TIME_EXTEND, TIME_STAMP = 29, 30, 31
+
+
+class TraceFormatError(ValueError):
+    pass
+
+
+@dataclass
+class Field:
+    name: str
+    offset: int
+    size: int
+    signed: bool
+    is_string: bool = False
+
+
+@dataclass
+class EventFormat:
+    system: str
+    name: str
+    id: int
+    fields: dict[str, Field] = field(default_factory=dict)
+
+    def decode(self, data: bytes) -> dict[str, int | str]:
+        out: dict[str, int | str] = {}
+        for f in self.fields.values():
+            if f.name.startswith("common_"):
+                continue
+            raw = data[f.offset:f.offset + f.size] if f.size else data[f.offset:]
+            if f.is_string:
+                out[f.name] = raw.split(b"\0", 1)[0].decode(errors="replace")
+            else:
+                out[f.name] = int.from_bytes(raw, "little", signed=f.signed)
+        return out
+
+
+_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);(\s*signed:(?P<signed>\d+);)?")
+
+
+def parse_format(text: str, system: str = "") -> EventFormat:
+    """An events/SYSTEM/EVENT/format file."""
+    name = re.search(r"^name:\s*(\S+)", text, re.M)
+    ident = re.search(r"^ID:\s*(\d+)", text, re.M)
+    if not name or not ident:
+        raise TraceFormatError("not an event format file (no name: or ID: line)")
+    fmt = EventFormat(system, name.group(1), int(ident.group(1)))
+    for m in _FIELD.finditer(text):
+        decl = m.group("decl").strip()
+        is_array = decl.endswith("]")
+        fname = re.sub(r"\[.*\]$", "", decl).split()[-1].lstrip("*")
+        is_string = is_array and decl.split()[0] in ("char", "unsigned") and "char" in decl
+        fmt.fields[fname] = Field(fname, int(m.group("offset")), int(m.group("size")),
+                                  m.group("signed") == "1", is_string)
+    return fmt
+
+
+def parse_header_page(text: str) -> tuple[int, int]:
+    """(offset of data, page size) from events/header_page."""
+    for m in _FIELD.finditer(text):
+        if m.group("decl").split()[-1] == "data":
+            return int(m.group("offset")), int(m.group("offset")) + int(m.group("size"))
+    raise TraceFormatError("events/header_page has no data field")
+
+
+@dataclass
+class Event:
+    cpu: int
+    ts: int  # ns, per the trace clock
+    name: str
+    pid: int
+    fields: dict[str, int | str]
+
+
+@dataclass
+class DecodedCpu:
+    events: list[Event]
+    pages: int
+    missed_pages: int  # pages flagged "events lost before this page"
+    unknown: int  # events of a type we have no format for
+
+
+def decode_cpu(data: bytes, cpu: int, formats: dict[int, EventFormat], data_offset: int = 16,
+               page_size: int = 4096) -> DecodedCpu:
+    if len(data) % page_size:
+        raise TraceFormatError(f"cpu{cpu}: {len(data)} bytes is not a whole number of {page_size}-byte pages")
+    events: list[Event] = []
+    missed = unknown = 0
+    unpack_u32 = struct.Struct("<I").unpack_from
+    unpack_type = struct.Struct("<H").unpack_from
+    for page_start in range(0, len(data), page_size):
+        ts, commit = struct.unpack_from("<Qq", data, page_start)
+        if commit & RB_MISSED_EVENTS:
+            missed += 1
+        length = commit & (RB_MISSED_STORED - 1)
+        if length > page_size - data_offset:
+            raise TraceFormatError(f"cpu{cpu}: page {page_start // page_size} claims {length} bytes of data")
+        pos = page_start + data_offset
+        end = pos + length
+        while pos < end:
+            header, = unpack_u32(data, pos)
+            type_len, delta = header & 0x1F, header >> 5
+            if type_len == PADDING:
+                if delta == 0:
+                    break
+                pos += 4 + unpack_u32(data, pos + 4)[0]
+                continue
+            if type_len == TIME_EXTEND:
+                ts += (unpack_u32(data, pos + 4)[0] << 27) + delta
+                pos += 8
+                continue
+            if type_len == TIME_STAMP:
+                ts = (unpack_u32(data, pos + 4)[0] << 27) | delta
+                pos += 8
+                continue
+            if type_len == 0:
+                size = unpack_u32(data, pos + 4)[0] - 4
+                start = pos + 8
+            else:
+                size = type_len * 4
+                start = pos + 4
+            ts += delta
+            payload = data[start:start + size]
+            pos = start + size
+            fmt = formats.get(unpack_type(payload, 0)[0])
+            if fmt is None:
+                unknown += 1
+                continue
+            pid = int.from_bytes(payload[4:8], "little", signed=True)
+            events.append(Event(cpu, ts, fmt.name, pid, fmt.decode(payload)))
+    return DecodedCpu(events, len(data) // page_size, missed, unknown)
+
+
+def load_formats(directory: Path) -> tuple[dict[int, EventFormat], int, int]:
+    """The *.format files `l1/tracefs.py` saved: (formats by id, data offset, page size)."""
+    formats: dict[int, EventFormat] = {}
+    data_offset, page_size = parse_header_page((directory / "header_page.format").read_text())
+    for path in sorted(directory.glob("*--*.format")):
+        system = path.name.split("--", 1)[0]
+        fmt = parse_format(path.read_text(), system)
+        formats[fmt.id] = fmt
+    return formats, data_offset, page_size

@@ -1,0 +1,83 @@
+"""A captured trace (the files l1/tracefs.py left in a run directory) as faults, markers
+and a loss check.
+
+The check is strict: every CPU's ring buffer must report no overrun, no commit overrun
+and no dropped events; no page may carry the "events lost" flag; and the number of events
+decoded must equal the number of entries the kernel counted. Anything else is
+"trace incomplete", whatever the faults look like.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.analysis.mapping import Fault
+from lab.analysis.ringbuf import Event, decode_cpu, load_formats
+
+FAULT_EVENT = "kvm_guest_fault"
+
+
+@dataclass
+class Trace:
+    events: list[Event]
+    faults: list[Fault]
+    markers: list[tuple[int, str]]  # (ts, text)
+    problems: list[str] = field(default_factory=list)
+    entries: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+def loss_problems(stats: dict[str, dict], decoded: int, missed_pages: int, unknown: int) -> list[str]:
+    """Why a capture is not evidence (empty if it is)."""
+    problems = []
+    for cpu, s in sorted(stats.items()):
+        for key in ("overrun", "commit_overrun", "dropped_events"):
+            if s.get(key):
+                problems.append(f"cpu{cpu}: {s[key]} {key.replace('_', ' ')}")
+    if missed_pages:
+        problems.append(f"{missed_pages} trace page(s) flagged 'events lost'")
+    entries = sum(int(s.get("entries", 0)) for s in stats.values())
+    if decoded + unknown != entries:
+        problems.append(f"decoded {decoded + unknown} events but the kernel counted {entries}")
+    if unknown:
+        problems.append(f"{unknown} events of a type with no format file")
+    return problems
+
+
+def load(run_dir: Path, info: dict | None = None) -> Trace:
+    """`info` is result.json's "trace" (read from run_dir if not given)."""
+    if info is None:
+        info = json.loads((run_dir / "result.json").read_text())["trace"]
+    formats, data_offset, page_size = load_formats(run_dir)
+    events: list[Event] = []
+    missed = unknown = 0
+    for cpu, name in info["files"].items():
+        decoded = decode_cpu((run_dir / name).read_bytes(), int(cpu), formats, data_offset, page_size)
+        events += decoded.events
+        missed += decoded.missed_pages
+        unknown += decoded.unknown
+    events.sort(key=lambda e: (e.ts, e.cpu))
+    problems = loss_problems(info["stats"], len(events), missed, unknown)
+    return from_events(events, problems, sum(int(s.get("entries", 0)) for s in info["stats"].values()))
+
+
+def from_events(events: list[Event], problems: list[str] | None = None, entries: int = 0) -> Trace:
+    """Faults numbered by phase: "kvmlab: phase N" markers (written by the probe VMM at
+    each pause, after its actions) start phase N."""
+    faults, markers = [], []
+    phase = 0
+    for e in events:
+        if e.name == "print":
+            text = str(e.fields.get("buf", "")).strip()
+            markers.append((e.ts, text))
+            if text.startswith("kvmlab: phase "):
+                phase = int(text.split()[-1])
+        elif e.name == FAULT_EVENT:
+            esr = int(e.fields.get("hsr", e.fields.get("esr", 0)))
+            faults.append(Fault(int(e.fields["ipa"]), esr, e.ts, e.cpu, phase, int(e.fields.get("vcpu_pc", 0))))
+    return Trace(events, faults, markers, list(problems or []), entries)

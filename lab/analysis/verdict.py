@@ -1,0 +1,172 @@
+"""A scenario's verdict from what was measured: pure, so every rule is unit-tested.
+
+Order of judgement: skipped (L1 could not set the scenario up) > error (kvmlab or the
+VMM failed) > trace incomplete > L1 log not clean > expectations. Every verdict carries
+its reasons in the reader's units ("64 MiB written: 32/32 regions mapped as 2 MiB blocks
+(1 fault each)").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.analysis import mapping
+from lab.analysis.crash import Crash
+from lab.analysis.mapping import LABELS, Fault, Region, Touched
+from lab.analysis.trace import Trace
+from lab.scenarios.model import MiB, Scenario, versions_match
+
+PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
+
+
+@dataclass
+class Verdict:
+    status: str
+    observed: str = ""
+    reasons: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    regions: dict[int, Region] = field(default_factory=dict)
+    faults: int = 0
+
+    @property
+    def explanation(self) -> str:
+        return "; ".join(self.reasons)
+
+    def counts(self) -> dict[str, int]:
+        return dict(mapping.summary(self.regions))
+
+
+def human_size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"
+
+
+def touched_of(scenario: Scenario) -> Touched:
+    g = scenario.guest
+    return Touched(g.base, g.size, g.stride)
+
+
+def _access_words(scenario: Scenario) -> str:
+    passes = scenario.guest.passes
+    word = {"read": "read", "write": "written", "read-write": "read and written"}
+    if len(passes) == 1:
+        return word[passes[0]]
+    return " then ".join(word[p] for p in passes)
+
+
+def check_regions(scenario: Scenario, faults: list[Fault], release: str) -> tuple[list[dict[str, Any]], dict[int, Region]]:
+    touched = touched_of(scenario)
+    checks = []
+    shown: dict[int, Region] = {}
+    for exp in scenario.regions:
+        if not versions_match(exp.kernels, release):
+            continue
+        start = exp.start if exp.start is not None else touched.base
+        size = exp.size if exp.size is not None else touched.size
+        window = (start, start + size)
+        chosen = [f for f in faults if exp.phase is None or f.phase == exp.phase]
+        regions = {a: r for a, r in mapping.infer(chosen, touched, window).items()
+                   if touched.pages_in(a, mapping.REGION)}
+        if exp.phase is None or not shown:
+            shown = shown or regions
+        total = len(regions)
+        ok_regions = [r for r in regions.values() if exp.mapping is None or r.mapping == exp.mapping]
+        if exp.faults:
+            ok_regions = [r for r in ok_regions if exp.faults[0] <= r.faults <= exp.faults[1]]
+        ok = total > 0 and len(ok_regions) == total
+        what = f"{human_size(size)} at {start:#x}" + (f", phase {exp.phase}" if exp.phase is not None else "")
+        label = LABELS.get(exp.mapping or "", "any mapping")
+        counts = sorted({r.faults for r in ok_regions})
+        each = ""
+        if counts:
+            each = f" ({counts[0]} fault{'s' if counts[0] != 1 else ''} each)" if len(counts) == 1 else \
+                f" ({counts[0]}-{counts[-1]} faults each)"
+        text = f"{what}: {len(ok_regions)}/{total} regions {('mapped as ' + label) if exp.mapping else 'within bounds'}{each}"
+        if not ok:
+            bad = [r for r in regions.values() if r not in ok_regions][:3]
+            text += "; not: " + ", ".join(f"{r.start:#x} {r.mapping} ({r.evidence()})" for r in bad)
+            if total == 0:
+                text += "; the guest touched no region in this range"
+        checks.append({"check": "regions", "expected": exp.describe(), "ok": ok, "text": text,
+                       "observed": mapping.describe(regions)})
+    return checks, shown
+
+
+def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Trace | None,
+             probe: dict[str, Any] | None, crashes: list[Crash]) -> Verdict:
+    if result.get("skip"):
+        return Verdict(SKIP, "", [result["skip"]])
+    if result.get("error"):
+        return Verdict(ERROR, "", [f"in L1: {result['error']}"])
+    if scenario.kernels and not versions_match(scenario.kernels, release):
+        return Verdict(SKIP, "", [f"needs a kernel {scenario.kernels}, L1 runs {release}"])
+    verdict = Verdict(PASS)
+    touched = touched_of(scenario)
+    in_range = [f for f in (trace.faults if trace else []) if touched.base <= f.ipa < touched.base + touched.size]
+    verdict.faults = len(in_range)
+    if trace is not None:
+        verdict.regions = {a: r for a, r in mapping.infer(trace.faults, touched).items()
+                           if touched.pages_in(a, mapping.REGION)}
+        verdict.observed = mapping.describe(verdict.regions)
+
+    vmm = result.get("vmm") or {}
+    problems: list[str] = []
+    if vmm.get("timeout"):
+        problems.append(f"VMM {vmm['timeout']}")
+    if scenario.kill_after is not None:
+        if not vmm.get("killed"):
+            problems.append("the VMM ended before it could be killed (kill_after too long?)")
+        else:
+            verdict.reasons.append(f"VMM killed: {vmm['killed']}")
+    elif not vmm.get("timeout") and vmm.get("exit_code") != 0:
+        detail = (probe or {}).get("error") or vmm.get("error") or f"exit status {vmm.get('exit_code', vmm.get('signal'))}"
+        problems.append(f"the VMM failed: {detail}")
+    if problems:
+        verdict.status = ERROR
+        verdict.reasons = problems + verdict.reasons
+        return verdict
+
+    if trace is None or not trace.complete:
+        verdict.status = FAIL
+        verdict.reasons.insert(0, "trace incomplete: " + ("; ".join(trace.problems) if trace else "no trace"))
+        return verdict
+
+    if scenario.clean_log and crashes:
+        verdict.status = FAIL
+        verdict.reasons.insert(0, f"L1 log: {crashes[0].title}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else ""))
+        verdict.checks.append({"check": "clean_log", "ok": False, "text": crashes[0].excerpt})
+    elif scenario.clean_log:
+        verdict.checks.append({"check": "clean_log", "ok": True, "text": "L1 log clean"})
+        if scenario.kill_after is not None:
+            verdict.reasons.append("L1 log clean")
+
+    checks, shown = check_regions(scenario, trace.faults, release)
+    if shown:
+        verdict.regions = shown
+        verdict.observed = mapping.describe(shown)
+    verdict.checks += checks
+    for c in checks:
+        verdict.reasons.append(f"{human_size(touched.size)} {_access_words(scenario)}: {c['text']}"
+                               if c["ok"] and len(checks) == 1 else c["text"])
+    if scenario.total_faults:
+        lo, hi = scenario.total_faults
+        ok = lo <= len(in_range) <= hi
+        verdict.checks.append({"check": "faults", "ok": ok, "text": f"{len(in_range)} faults (expected {lo}-{hi})"})
+        verdict.reasons.append(f"{len(in_range)} faults in the touched range (expected {lo}-{hi})")
+    if scenario.smaps:
+        seen = ((probe or {}).get("smaps", {}).get("end", {}) or {}).get("1", {})
+        for key, (lo, hi) in scenario.smaps.items():
+            value = seen.get(key, 0) * 1024
+            ok = lo <= value <= hi
+            verdict.checks.append({"check": f"smaps.{key}", "ok": ok, "text": f"{key} {human_size(value) if value else '0'}"})
+            verdict.reasons.append(f"VMM smaps {key}: {human_size(value) if value else '0'}"
+                                   + ("" if ok else f" (expected {human_size(lo)}-{human_size(hi)})"))
+    if any(not c["ok"] for c in verdict.checks):
+        verdict.status = FAIL
+        failed = [c["text"] for c in verdict.checks if not c["ok"] and c["check"] != "clean_log"]
+        verdict.reasons = [r for r in verdict.reasons if r not in failed]
+        verdict.reasons = failed + verdict.reasons
+    return verdict

@@ -1,0 +1,256 @@
+"""The KVM API (arm64) and memory backings, through ctypes and fcntl.ioctl.
+
+Numbers are from include/uapi/linux/kvm.h and arch/arm64/include/uapi/asm/kvm.h; the
+backing names follow tools/testing/selftests/kvm/lib (vm_mem_backing_src_type).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import struct
+
+KVMIO = 0xAE
+
+
+def _io(nr: int) -> int:
+    return (KVMIO << 8) | nr
+
+
+def _iow(nr: int, size: int) -> int:
+    return (1 << 30) | (size << 16) | (KVMIO << 8) | nr
+
+
+def _ior(nr: int, size: int) -> int:
+    return (2 << 30) | (size << 16) | (KVMIO << 8) | nr
+
+
+class UserspaceMemoryRegion(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("guest_phys_addr", ctypes.c_uint64),
+                ("memory_size", ctypes.c_uint64), ("userspace_addr", ctypes.c_uint64)]
+
+
+class VcpuInit(ctypes.Structure):
+    _fields_ = [("target", ctypes.c_uint32), ("features", ctypes.c_uint32 * 7)]
+
+
+class OneReg(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint64), ("addr", ctypes.c_uint64)]
+
+
+class DirtyLog(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint32), ("padding", ctypes.c_uint32), ("bitmap", ctypes.c_uint64)]
+
+
+KVM_GET_API_VERSION = _io(0x00)
+KVM_CREATE_VM = _io(0x01)
+KVM_CHECK_EXTENSION = _io(0x03)
+KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
+KVM_CREATE_VCPU = _io(0x41)
+KVM_GET_DIRTY_LOG = _iow(0x42, ctypes.sizeof(DirtyLog))
+KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(UserspaceMemoryRegion))
+KVM_RUN = _io(0x80)
+KVM_SET_ONE_REG = _iow(0xAC, ctypes.sizeof(OneReg))
+KVM_ARM_VCPU_INIT = _iow(0xAE, ctypes.sizeof(VcpuInit))
+KVM_ARM_PREFERRED_TARGET = _ior(0xAF, ctypes.sizeof(VcpuInit))
+
+KVM_MEM_LOG_DIRTY_PAGES = 1
+KVM_ARM_VCPU_POWER_OFF = 0
+KVM_ARM_VCPU_PSCI_0_2 = 2
+
+KVM_EXIT_MMIO = 6
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_SYSTEM_EVENT = 24
+EXIT_NAMES = {0: "UNKNOWN", 1: "EXCEPTION", 4: "DEBUG", 6: "MMIO", 8: "SHUTDOWN", 9: "FAIL_ENTRY",
+              10: "INTR", 17: "INTERNAL_ERROR", 24: "SYSTEM_EVENT", 28: "ARM_NISV"}
+SYSTEM_EVENTS = {1: "shutdown", 2: "reset", 3: "crash"}
+
+# struct kvm_run: exit_reason at 8; the exit union at 32.
+RUN_EXIT_REASON = 8
+RUN_MMIO = 32  # u64 phys_addr; u8 data[8]; u32 len; u8 is_write
+
+# KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | (offset in struct kvm_regs) / 4
+_CORE = 0x6000000000000000 | 0x0030000000000000 | 0x0010 << 16
+
+
+def core_reg_x(n: int) -> int:
+    return _CORE | (n * 8 // 4)
+
+
+REG_PC = _CORE | (32 * 8 // 4)  # regs[31], sp, then pc
+
+# mmap and madvise (arm64 uses the generic values)
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+MAP_NORESERVE, MAP_HUGETLB, MAP_HUGE_SHIFT = 0x4000, 0x40000, 26
+MADV = {"normal": 0, "dontneed": 4, "remove": 9, "dontfork": 10, "hugepage": 14, "nohugepage": 15,
+        "pageout": 21, "populate_read": 22, "populate_write": 23, "collapse": 25}
+MFD_HUGETLB = 4
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+PAGE = 4 * KiB
+
+#: name -> (kind, madvise, huge page size). Every scenario names one of these.
+BACKINGS = {
+    "anonymous": ("anonymous", None, 0),
+    "anonymous_thp": ("anonymous", "hugepage", 0),
+    "anonymous_nothp": ("anonymous", "nohugepage", 0),
+    "shmem": ("shmem", None, 0),
+    "shmem_thp": ("shmem", "hugepage", 0),
+    "memfd": ("memfd", None, 0),
+    "memfd_thp": ("memfd", "hugepage", 0),
+    "hugetlb_64k": ("hugetlb", None, 64 * KiB),
+    "hugetlb_2m": ("hugetlb", None, 2 * MiB),
+    "hugetlb_32m": ("hugetlb", None, 32 * MiB),
+    "hugetlb_1g": ("hugetlb", None, GiB),
+}
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _check(result: int, what: str) -> int:
+    if result == -1 or result == MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def mmap_at(addr: int, size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    return _check(libc.mmap(addr or None, size, prot, flags, fd, offset), "mmap")
+
+
+def munmap(addr: int, size: int) -> None:
+    _check(libc.munmap(addr, size), "munmap")
+
+
+def madvise(addr: int, size: int, advice: str) -> None:
+    _check(libc.madvise(addr, size, MADV[advice]), f"madvise({advice})")
+
+
+def mprotect(addr: int, size: int, prot: int) -> None:
+    _check(libc.mprotect(addr, size, prot), "mprotect")
+
+
+class Memory:
+    """One memslot's host memory: `size` bytes of `backing` at an address `offset` bytes
+    past a boundary of `align` (the block size, or the huge page size if larger)."""
+
+    def __init__(self, backing: str, size: int, offset: int = 0, align: int = 2 * MiB):
+        if backing not in BACKINGS:
+            raise ValueError(f"unknown backing {backing!r}; known: {', '.join(BACKINGS)}")
+        kind, advice, huge = BACKINGS[backing]
+        self.backing, self.size, self.offset, self.fd = backing, size, offset, -1
+        self.huge = huge
+        align = max(align, huge)
+        # Reserve address space, then place the mapping at the chosen alignment inside it.
+        reserve = mmap_at(0, size + 2 * align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+        start = (reserve + align - 1) // align * align + offset
+        munmap(reserve, size + 2 * align)
+        prot = PROT_READ | PROT_WRITE
+        if kind == "anonymous":
+            flags = MAP_PRIVATE | MAP_ANONYMOUS
+        elif kind == "shmem":
+            flags = MAP_SHARED | MAP_ANONYMOUS
+        elif kind == "memfd":
+            self.fd = os.memfd_create(f"kvmlab-{backing}", os.MFD_CLOEXEC)
+            os.ftruncate(self.fd, size)
+            flags = MAP_SHARED
+        else:  # hugetlb: the page size is in the mmap flags
+            flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (huge.bit_length() - 1) << MAP_HUGE_SHIFT
+        self.addr = mmap_at(start, size, prot, flags | MAP_FIXED, self.fd)
+        if advice:
+            madvise(self.addr, size, advice)
+
+    def alias(self, offset: int) -> int:
+        """A second mapping of the same memfd, `offset` bytes past a 2 MiB boundary."""
+        if self.fd < 0:
+            raise ValueError(f"a second mapping needs a memfd backing, not {self.backing}")
+        reserve = mmap_at(0, self.size + 4 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+        start = (reserve + 2 * MiB - 1) // (2 * MiB) * (2 * MiB) + offset
+        munmap(reserve, self.size + 4 * MiB)
+        return mmap_at(start, self.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.fd)
+
+
+def ioctl(fd: int, request: int, arg=0) -> int:
+    while True:
+        try:
+            return fcntl.ioctl(fd, request, arg)
+        except InterruptedError:
+            continue
+
+
+class VM:
+    def __init__(self):
+        self.kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        self.fd = ioctl(self.kvm, KVM_CREATE_VM, 0)
+        self.run_size = ioctl(self.kvm, KVM_GET_VCPU_MMAP_SIZE, 0)
+        self.slots: dict[int, UserspaceMemoryRegion] = {}
+
+    def set_memslot(self, slot: int, ipa: int, size: int, addr: int, dirty_log: bool = False) -> None:
+        region = UserspaceMemoryRegion(slot, KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0, ipa, size, addr)
+        ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, region)
+        self.slots[slot] = region
+
+    def set_dirty_log(self, slot: int, on: bool) -> None:
+        old = self.slots[slot]
+        self.set_memslot(slot, old.guest_phys_addr, old.memory_size, old.userspace_addr, on)
+
+    def dirty_pages(self, slot: int) -> int:
+        """KVM_GET_DIRTY_LOG: pages written since logging started (or since the last call)."""
+        pages = self.slots[slot].memory_size // PAGE
+        bitmap = ctypes.create_string_buffer((pages + 63) // 64 * 8)
+        ioctl(self.fd, KVM_GET_DIRTY_LOG, DirtyLog(slot, 0, ctypes.addressof(bitmap)))
+        return sum(bin(b).count("1") for b in bitmap.raw)
+
+    def vcpu(self, index: int, powered_off: bool) -> "Vcpu":
+        return Vcpu(self, index, powered_off)
+
+
+class Vcpu:
+    def __init__(self, vm: VM, index: int, powered_off: bool):
+        self.index = index
+        self.fd = ioctl(vm.fd, KVM_CREATE_VCPU, index)
+        init = VcpuInit()
+        ioctl(vm.fd, KVM_ARM_PREFERRED_TARGET, init)
+        init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2
+        if powered_off:
+            init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF
+        ioctl(self.fd, KVM_ARM_VCPU_INIT, init)
+        self.run_page = mmap.mmap(self.fd, vm.run_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def set_reg(self, reg: int, value: int) -> None:
+        holder = ctypes.c_uint64(value)
+        ioctl(self.fd, KVM_SET_ONE_REG, OneReg(reg, ctypes.addressof(holder)))
+
+    def run(self) -> int:
+        """KVM_RUN once; returns the exit reason (EINTR counts as KVM_EXIT_INTR)."""
+        try:
+            fcntl.ioctl(self.fd, KVM_RUN, 0)
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                return KVM_EXIT_INTR
+            raise
+        return struct.unpack_from("<I", self.run_page, RUN_EXIT_REASON)[0]
+
+    def mmio(self) -> tuple[int, int, bool, int]:
+        """(IPA, length, is_write, value written) of the MMIO exit."""
+        phys, data, length, is_write = struct.unpack_from("<Q8sIB", self.run_page, RUN_MMIO)
+        return phys, length, bool(is_write), int.from_bytes(data[:length], "little")
+
+    def mmio_answer(self, value: int, length: int) -> None:
+        self.run_page[RUN_MMIO + 8:RUN_MMIO + 8 + length] = value.to_bytes(length, "little")
+
+    def system_event(self) -> str:
+        kind = struct.unpack_from("<I", self.run_page, RUN_MMIO)[0]
+        return SYSTEM_EVENTS.get(kind, f"type {kind}")

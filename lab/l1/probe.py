@@ -1,0 +1,309 @@
+"""The probe VMM: a minimal KVM VMM for what QEMU cannot set up.
+
+It places memslots at exact IPAs and host addresses (co-alignment offsets, sizes that are
+not a multiple of 2 MiB), backs them any way in kvm.BACKINGS, runs the touch payload on
+one or more vCPUs, and does the scenario's VMM actions at set points:
+
+    start      after the memslots exist, before any vCPU runs
+    pause N    when the guest reaches its N-th pause (between two passes)
+    end        after the guest has powered off
+
+Actions: prefault, dirty_log, dirty_pages, madvise, mprotect, munmap, fork_child, alias,
+smaps, sleep, churn. At every pause the probe writes "kvmlab: phase N" to trace_marker,
+so the trace itself says which faults came after which action.
+
+Input: a JSON job (written by the host, lab/scenarios/runner.py). Output: a JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from . import kvm
+
+UART_DR, UART_FR = 0x00, 0x18
+FR_RXFE, FR_TXFE = 0x10, 0x80
+
+TRACE_MARKER = "/sys/kernel/tracing/trace_marker"
+
+
+def marker(text: str) -> None:
+    try:
+        with open(TRACE_MARKER, "w") as f:
+            f.write(text + "\n")
+    except OSError:
+        pass
+
+
+def smaps_for(addr: int) -> dict[str, int]:
+    """The /proc/self/smaps entry of the mapping containing addr (sizes in KiB)."""
+    found: dict[str, int] = {}
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                if inside:
+                    break
+                inside = lo <= addr < hi
+                if inside:
+                    found["start"], found["end"] = lo, hi
+            elif inside and len(head) >= 2 and head[0].endswith(":") and head[1].isdigit():
+                found[head[0][:-1]] = int(head[1])
+    return found
+
+
+def vmstat() -> dict[str, int]:
+    out = {}
+    with open("/proc/vmstat") as f:
+        for line in f:
+            key, value = line.split()
+            if key.startswith(("thp_", "nr_anon_transparent", "nr_shmem_hugepages", "compact_")):
+                out[key] = int(value)
+    return out
+
+
+class Probe:
+    def __init__(self, job: dict[str, Any]):
+        self.job = job
+        self.report: dict[str, Any] = {"uart": "", "pauses": 0, "actions": [], "dirty_pages": {},
+                                       "smaps": {}, "exits": {}, "events": []}
+        self.vmstat_before = vmstat()
+        self.vm = kvm.VM()
+        self.memory: dict[int, kvm.Memory] = {}
+        self.children: list[int] = []
+        self.done = threading.Event()
+        self.error: str | None = None
+        self.lock = threading.Lock()
+        self.pending_pause = False
+        self.answered = False
+        started = time.monotonic()
+        for slot in job["memslots"]:
+            mem = kvm.Memory(slot["backing"], slot["size"], slot.get("offset", 0))
+            self.memory[slot["slot"]] = mem
+            self.vm.set_memslot(slot["slot"], slot["ipa"], slot["size"], mem.addr, slot.get("dirty_log", False))
+        # The payload: its own small anonymous memslot (slot 0).
+        code = open(job["payload"], "rb").read()
+        code_size = max(64 * 1024, (len(code) + 0xFFFF) // 0x10000 * 0x10000)
+        self.code = kvm.Memory("anonymous_nothp", code_size, 0)
+        ctypes_memmove(self.code.addr, code)
+        self.vm.set_memslot(0, job["code_ipa"], code_size, self.code.addr)
+        self.vcpus = [self.vm.vcpu(i, powered_off=i > 0) for i in range(job["vcpus"])]
+        self.vcpus[0].set_reg(kvm.REG_PC, job["code_ipa"])
+        self.report["setup_seconds"] = round(time.monotonic() - started, 3)
+        self.report["memslots"] = [
+            {"slot": s["slot"], "ipa": s["ipa"], "size": s["size"], "backing": s["backing"],
+             "userspace_addr": self.memory[s["slot"]].addr} for s in job["memslots"]]
+
+    # -- actions -------------------------------------------------------------------------
+    def actions_at(self, point: str) -> None:
+        for action in self.job.get("actions", []):
+            if action["at"] == point:
+                started = time.monotonic()
+                self.do(action)
+                self.report["actions"].append({"at": point, "do": action["do"],
+                                               "seconds": round(time.monotonic() - started, 3)})
+
+    def _ranges(self, action: dict[str, Any], mem: kvm.Memory):
+        """(address, length) pieces an action applies to: [offset, offset+size) of the slot,
+        or `size` bytes at every `every` bytes."""
+        offset = action.get("offset", 0)
+        size = action.get("size", mem.size - offset)
+        every = action.get("every")
+        if every:
+            for at in range(offset, mem.size, every):
+                yield mem.addr + at, min(size, mem.size - at)
+        else:
+            yield mem.addr + offset, size
+
+    def do(self, action: dict[str, Any]) -> None:
+        what = action["do"]
+        mem = self.memory.get(action.get("slot", 1))
+        if what == "prefault":
+            if action.get("access", "write") == "write":
+                for addr, length in self._ranges(action, mem):
+                    ctypes_memset(addr, 1, length)
+            else:
+                for addr, length in self._ranges(action, mem):
+                    read_pages(addr, length)
+        elif what == "dirty_log":
+            self.vm.set_dirty_log(action.get("slot", 1), action.get("on", True))
+        elif what == "dirty_pages":
+            slot = action.get("slot", 1)
+            self.report["dirty_pages"].setdefault(str(slot), []).append(self.vm.dirty_pages(slot))
+        elif what in ("madvise", "mprotect", "munmap"):
+            apply_ops([action], self._ranges, mem)
+        elif what == "fork_child":
+            self.fork_child(action, mem)
+        elif what == "alias":
+            addr = mem.alias(action.get("offset", 4096))
+            if action.get("access", "write") == "write":
+                ctypes_memset(addr, 2, mem.size)
+            else:
+                read_pages(addr, mem.size)
+            self.report["alias"] = {"addr": addr, "smaps": smaps_for(addr)}
+        elif what == "smaps":
+            self.report["smaps"][action.get("label", "at")] = self.smaps()
+        elif what == "sleep":
+            time.sleep(action.get("seconds", 1))
+        elif what == "churn":
+            threading.Thread(target=self.churn, args=(action, mem), daemon=True).start()
+        else:
+            raise ValueError(f"unknown action {what!r}")
+
+    def fork_child(self, action: dict[str, Any], mem: kvm.Memory) -> None:
+        """A child process changes its own copy of the mapping; it stays alive (holding
+        its mappings) until the probe ends."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_fd)
+                apply_ops(action.get("ops", []), self._ranges, mem)
+                os.write(write_fd, b"ok")
+                while True:
+                    time.sleep(3600)
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        answer = os.read(read_fd, 2)
+        os.close(read_fd)
+        self.children.append(pid)
+        if answer != b"ok":
+            raise RuntimeError("the forked child failed to change its mapping")
+
+    def churn(self, action: dict[str, Any], mem: kvm.Memory) -> None:
+        count = 0
+        while not self.done.is_set():
+            apply_ops([{**action, "do": action.get("op", "madvise")}], self._ranges, mem)
+            count += 1
+            self.report["churn_rounds"] = count
+
+    def smaps(self) -> dict[str, Any]:
+        return {str(slot): smaps_for(mem.addr) for slot, mem in self.memory.items()}
+
+    # -- running -------------------------------------------------------------------------
+    def vcpu_loop(self, vcpu: kvm.Vcpu) -> None:
+        uart = self.job.get("uart", 0x09000000)
+        try:
+            while not self.done.is_set():
+                reason = vcpu.run()
+                self.report["exits"][kvm.EXIT_NAMES.get(reason, str(reason))] = \
+                    self.report["exits"].get(kvm.EXIT_NAMES.get(reason, str(reason)), 0) + 1
+                if reason == kvm.KVM_EXIT_MMIO:
+                    phys, length, is_write, value = vcpu.mmio()
+                    if phys == uart + UART_DR and is_write:
+                        with self.lock:
+                            self.report["uart"] += chr(value & 0xFF)
+                            if self.report["uart"].endswith("kvmlab-touch: pause\n"):
+                                self.pending_pause = True
+                    elif phys == uart + UART_FR and not is_write:
+                        vcpu.mmio_answer(self.flag_register(), length)
+                    elif phys == uart + UART_DR:
+                        vcpu.mmio_answer(ord("g"), length)
+                    else:
+                        raise RuntimeError(f"vCPU {vcpu.index}: MMIO {'write' if is_write else 'read'} "
+                                           f"at IPA {phys:#x} outside every memslot")
+                elif reason == kvm.KVM_EXIT_SYSTEM_EVENT:
+                    self.report["system_event"] = vcpu.system_event()
+                    self.done.set()
+                elif reason != kvm.KVM_EXIT_INTR:
+                    raise RuntimeError(f"vCPU {vcpu.index}: unexpected exit {kvm.EXIT_NAMES.get(reason, reason)}")
+        except Exception as exc:  # reported, and the run ends
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.done.set()
+
+    def flag_register(self) -> int:
+        """The guest polls FR after a pause: run that pause's actions, then say 'byte ready'."""
+        if self.pending_pause:
+            self.pending_pause = False
+            self.report["pauses"] += 1
+            n = self.report["pauses"]
+            marker(f"kvmlab: pause {n}")
+            self.actions_at(f"pause {n}")
+            marker(f"kvmlab: phase {n}")
+            return FR_TXFE
+        return FR_TXFE
+
+    def run(self, timeout: float) -> dict[str, Any]:
+        self.actions_at("start")
+        marker("kvmlab: phase 0")
+        started = time.monotonic()
+        threads = [threading.Thread(target=self.vcpu_loop, args=(v,), daemon=True) for v in self.vcpus]
+        for t in threads:
+            t.start()
+        if not self.done.wait(timeout):
+            self.error = f"the guest did not power off within {timeout:g} s"
+        self.report["guest_seconds"] = round(time.monotonic() - started, 3)
+        marker("kvmlab: end")
+        if self.error is None:
+            self.actions_at("end")
+        self.report["smaps"]["end"] = self.smaps()
+        after = vmstat()
+        self.report["vmstat"] = {k: after[k] - self.vmstat_before.get(k, 0) for k in after}
+        self.report["error"] = self.error
+        for pid in self.children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        return self.report
+
+
+def apply_ops(ops, ranges, mem: kvm.Memory) -> None:
+    for op in ops:
+        what = op.get("op", op.get("do"))
+        for addr, length in ranges(op, mem):
+            if what == "madvise":
+                kvm.madvise(addr, length, op["advice"])
+            elif what == "mprotect":
+                prot = {"none": kvm.PROT_NONE, "read": kvm.PROT_READ,
+                        "write": kvm.PROT_READ | kvm.PROT_WRITE}[op.get("prot", "read")]
+                kvm.mprotect(addr, length, prot)
+            elif what == "munmap":
+                kvm.munmap(addr, length)
+            else:
+                raise ValueError(f"unknown memory operation {what!r}")
+
+
+def ctypes_memset(addr: int, value: int, length: int) -> None:
+    import ctypes
+
+    ctypes.memset(addr, value, length)
+
+
+def ctypes_memmove(addr: int, data: bytes) -> None:
+    import ctypes
+
+    ctypes.memmove(addr, data, len(data))
+
+
+def read_pages(addr: int, length: int) -> None:
+    try:
+        kvm.madvise(addr, length, "populate_read")  # 5.14 and later
+        return
+    except OSError:
+        pass
+    import ctypes
+
+    for at in range(addr, addr + length, kvm.PAGE):
+        ctypes.c_char.from_address(at).value
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(open(argv[0]).read())
+    report = Probe(job).run(job.get("timeout", 60))
+    tmp = job["report"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.rename(tmp, job["report"])
+    return 0 if report["error"] is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

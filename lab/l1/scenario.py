@@ -1,0 +1,189 @@
+"""One scenario (or one `kvmlab trace` command) in L1, end to end:
+
+1. L1 settings: THP modes, huge page reservations (checked: too few is a skip, not a
+   silent change of scenario); page cache dropped and memory compacted so THP
+   allocations do not depend on what ran before;
+2. tracing on, following the VMM's process tree;
+3. the VMM: the probe (forked from here: no second interpreter start), L1's QEMU, or a
+   shell command; killed with SIGKILL after `kill_after` seconds if the scenario asks,
+   and after `timeout` seconds in any case;
+4. tracing off; stats, formats and raw buffers written to the run directory (the share);
+5. settings restored; result.json written last (the host waits for it).
+
+    python3 -m l1.scenario JOB.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+from . import tracefs
+
+MM = "/sys/kernel/mm"
+
+
+def read_setting(path: str) -> str:
+    with open(path) as f:
+        text = f.read().strip()
+    if "[" in text:  # "always [madvise] never"
+        return text.split("[", 1)[1].split("]", 1)[0]
+    return text
+
+
+def write_setting(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+class Settings:
+    """Applies L1 settings and remembers the old values for restore()."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, str]] = []
+
+    def set(self, path: str, value: Any) -> None:
+        self.saved.append((path, read_setting(path)))
+        write_setting(path, str(value))
+
+    def restore(self) -> None:
+        for path, value in reversed(self.saved):
+            try:
+                write_setting(path, value)
+            except OSError:
+                pass
+        self.saved.clear()
+
+
+def apply_l1(spec: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """Returns (what L1 now has, a reason to skip or None)."""
+    thp = f"{MM}/transparent_hugepage"
+    for key, path in (("thp", "enabled"), ("defrag", "defrag"), ("shmem_thp", "shmem_enabled")):
+        if spec.get(key):
+            settings.set(f"{thp}/{path}", spec[key])
+    write_setting("/proc/sys/vm/drop_caches", "3")
+    if os.path.exists("/proc/sys/vm/compact_memory"):
+        write_setting("/proc/sys/vm/compact_memory", "1")
+    have = {"thp": read_setting(f"{thp}/enabled"), "defrag": read_setting(f"{thp}/defrag"),
+            "shmem_thp": read_setting(f"{thp}/shmem_enabled"), "hugepages": {}}
+    for size_kb, count in (spec.get("hugepages") or {}).items():
+        path = f"{MM}/hugepages/hugepages-{size_kb}kB/nr_hugepages"
+        if not os.path.exists(path):
+            return have, f"this kernel has no {size_kb} KiB huge pages"
+        settings.set(path, count)
+        got = int(read_setting(path))
+        have["hugepages"][size_kb] = got
+        if got < int(count):
+            return have, f"L1 could reserve only {got} of {count} huge pages of {size_kb} KiB (memory too fragmented or too small)"
+    return have, None
+
+
+def run_vmm(job: dict[str, Any], out_dir: str) -> tuple[int, dict[str, Any]]:
+    """Starts the VMM in a child process; returns (pid, how to wait for it)."""
+    kind = job["vmm"]
+    if kind == "probe":
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                from . import probe
+
+                code = probe.main([os.path.join(out_dir, "probe-job.json")])
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        return pid, {}
+    if kind == "qemu":
+        from . import qemu_vmm
+
+        return qemu_vmm.start(job["qemu"], out_dir)
+    # A shell command (kvmlab trace), its output kept in the run directory.
+    log = open(os.path.join(out_dir, "command.log"), "wb")
+    proc = subprocess.Popen(["sh", "-c", job["command"]], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd="/root")
+    return proc.pid, {"proc": proc}
+
+
+def wait_vmm(pid: int, job: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    started = time.monotonic()
+    kill_after = job.get("kill_after")
+    timeout = job.get("timeout", 120)
+    outcome: dict[str, Any] = {}
+    if job["vmm"] == "qemu":
+        from . import qemu_vmm
+
+        outcome.update(qemu_vmm.drive(extra, job["qemu"], kill_after))
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        elapsed = time.monotonic() - started
+        if kill_after is not None and elapsed >= kill_after and "killed" not in outcome:
+            os.kill(pid, signal.SIGKILL)
+            outcome["killed"] = f"SIGKILL after {elapsed:.2f} s, as the scenario asks"
+        elif elapsed >= timeout and "timeout" not in outcome:
+            os.kill(pid, signal.SIGKILL)
+            outcome["timeout"] = f"still running after {timeout:g} s: killed"
+        time.sleep(0.01)
+    outcome["seconds"] = round(time.monotonic() - started, 3)
+    if os.WIFSIGNALED(status):
+        outcome["signal"] = os.WTERMSIG(status)
+    else:
+        outcome["exit_code"] = os.WEXITSTATUS(status)
+    return outcome
+
+
+def main(argv: list[str]) -> int:
+    job_path = argv[0]
+    job = json.loads(open(job_path).read())
+    out_dir = os.path.dirname(job_path)
+    result: dict[str, Any] = {"started": time.time()}
+    settings = Settings()
+    capture = None
+    started = time.monotonic()
+    try:
+        result["l1"], skip = apply_l1(job.get("l1", {}), settings)
+        result["l1_release"] = open("/proc/sys/kernel/osrelease").read().strip()
+        if skip:
+            result["skip"] = skip
+            return 0
+        trace = job.get("trace") or {}
+        capture = tracefs.Capture(trace.get("events", ["kvm:kvm_guest_fault"]), trace.get("buffer_kb", 4096),
+                                  follow_pid=os.getpid() if trace.get("follow", True) else None)
+        capture.start()
+        result["setup_seconds"] = round(time.monotonic() - started, 3)
+        pid, extra = run_vmm(job, out_dir)
+        result["vmm"] = wait_vmm(pid, job, extra)
+        capture.stop()
+        dumped = time.monotonic()
+        result["trace"] = capture.dump(out_dir)
+        result["trace"]["dump_seconds"] = round(time.monotonic() - dumped, 3)
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+        if capture is not None:
+            try:
+                capture.stop()
+            except OSError:
+                pass
+    finally:
+        settings.restore()
+        result["seconds"] = round(time.monotonic() - started, 3)
+        tmp = os.path.join(out_dir, "result.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.rename(tmp, os.path.join(out_dir, "result.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,239 @@
+"""Running scenarios on a lab that is up, and keeping everything they produce.
+
+Per scenario: a run directory in the lab's share (job files, the patched payload), one
+`python3 -m l1.scenario` in L1, then on the host: the raw trace decoded and checked for
+losses, the L1 log lines the scenario produced scanned for crashes, the verdict, and the
+run directory moved into the results directory:
+
+    RESULTS/summary.json        the run: lab, kernel, QEMU, every scenario's verdict
+    RESULTS/l1-console.log      L1's whole console log
+    RESULTS/NAME/               job.json, result.json, cpuN.raw + *.format (the trace),
+                                probe.json or l2-console.log, l1.log, verdict.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lab.analysis import crash
+from lab.analysis import trace as tracefile
+from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP, Verdict, evaluate
+from lab.errors import LabError
+from lab.images import payload
+from lab.images.build import Builder, Tools
+from lab.machine.agent import GUEST_SHARE
+from lab.machine.lab import Lab
+from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
+
+GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    description: str
+    expected: str
+    status: str
+    observed: str = ""
+    faults: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    artefacts: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def buffer_kb(scenario: Scenario) -> int:
+    """Per-CPU ring buffer: every event may land on one CPU; ~48 bytes each, doubled."""
+    if scenario.trace_buffer_kb:
+        return scenario.trace_buffer_kb
+    return int(min(256 * 1024, max(1024, math.ceil(scenario.expected_faults() * 96 / 1024))))
+
+
+def make_probe_job(scenario: Scenario, run_guest: str) -> dict[str, Any]:
+    return {
+        "vcpus": scenario.guest.vcpus, "code_ipa": PROBE_CODE_IPA, "uart": UART,
+        "payload": f"{run_guest}/touch.bin", "report": f"{run_guest}/probe.json",
+        "memslots": [{"slot": m.slot, "ipa": m.ipa, "size": m.size, "backing": m.backing, "offset": m.offset,
+                      "dirty_log": m.dirty_log} for m in scenario.memslots],
+        "actions": scenario.actions,
+        # The probe stops waiting a little before L1's runner would kill it.
+        "timeout": scenario.timeout,
+    }
+
+
+def touch_params(scenario: Scenario) -> payload.TouchParams:
+    g = scenario.guest
+    return payload.TouchParams(base=g.base, size=g.size, stride=g.stride, order=g.order, vcpus=g.vcpus, uart=UART,
+                               passes=g.passes, pauses=g.pauses, forever=g.forever)
+
+
+class Runner:
+    def __init__(self, lab: Lab, results: Path, builder: Builder | None = None,
+                 on_result: Callable[[ScenarioResult], None] | None = None, progress=None):
+        self.lab = lab
+        self.results = results
+        self.builder = builder or Builder()
+        self.on_result = on_result
+        self.progress = progress
+        state = lab._require_up()
+        self.state = state
+        self.release = state.get("ready", {}).get("release", "")
+        self.summary: dict[str, Any] = {
+            "lab": lab.name, "kernel": state["kernel"]["label"], "release": self.release,
+            "kvm_mode": state.get("ready", {}).get("kvm_mode"), "qemu_version": state.get("qemu_version"),
+            "l1_cpus": state["config"]["lab"]["cpus"], "l1_memory": state["config"]["lab"]["memory"],
+            "l1_thp_at_boot": state.get("ready", {}).get("thp"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "results_dir": str(results), "scenarios": [],
+        }
+
+    # -- set-up --------------------------------------------------------------------------
+    def _sync_tools(self) -> Tools:
+        tools = self.builder.tools()
+        target = self.lab.paths.share / ".kvmlab" / "tools"
+        if not (target / f".key-{tools.key}").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(tools.dir, target)
+            (target / f".key-{tools.key}").touch()
+        return tools
+
+    def run(self, scenarios: list[Scenario]) -> dict[str, Any]:
+        self.results.mkdir(parents=True, exist_ok=True)
+        tools = self._sync_tools()
+        self.summary["tools_key"] = tools.key
+        started = time.monotonic()
+        try:
+            for scenario in scenarios:
+                result = self.run_one(scenario, tools)
+                self.summary["scenarios"].append(result.as_dict())
+                self._save_summary(time.monotonic() - started)
+                if self.on_result:
+                    self.on_result(result)
+                if result.status == ERROR and not self.lab.is_up():
+                    break
+        finally:
+            self._save_summary(time.monotonic() - started)
+            try:
+                shutil.copyfile(self.lab.paths.console_log, self.results / "l1-console.log")
+            except OSError:
+                pass
+        return self.summary
+
+    def _save_summary(self, seconds: float) -> None:
+        statuses = [s["status"] for s in self.summary["scenarios"]]
+        self.summary["seconds"] = round(seconds, 2)
+        self.summary["counts"] = {k: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
+        self.summary["passed"] = not any(s in (FAIL, ERROR) for s in statuses)
+        _write_json(self.results / "summary.json", self.summary)
+
+    # -- one scenario --------------------------------------------------------------------
+    def run_one(self, scenario: Scenario, tools: Tools) -> ScenarioResult:
+        started = time.monotonic()
+        out = ScenarioResult(scenario.name, scenario.description, scenario.expected, ERROR)
+        run_host = self.lab.paths.share / ".kvmlab" / "runs" / scenario.name
+        run_guest = f"{GUEST_KVMLAB}/runs/{scenario.name}"
+        shutil.rmtree(run_host, ignore_errors=True)
+        run_host.mkdir(parents=True)
+        artefacts = self.results / scenario.name
+        shutil.rmtree(artefacts, ignore_errors=True)
+        job: dict[str, Any] = {
+            "name": scenario.name, "vmm": scenario.vmm, "l1": scenario.l1, "timeout": scenario.timeout,
+            "kill_after": scenario.kill_after,
+            "trace": {"events": ["kvm:kvm_guest_fault"], "buffer_kb": buffer_kb(scenario)},
+        }
+        params = touch_params(scenario)
+        if scenario.vmm == "probe":
+            blob, offset = tools.payload("touch.bin")
+            (run_host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
+            _write_json(run_host / "probe-job.json", make_probe_job(scenario, run_guest))
+        else:
+            blob, offset = tools.payload("touch.elf")
+            (run_host / "touch.elf").write_bytes(payload.patched(blob, offset, params))
+            job["qemu"] = {**scenario.qemu, "kernel": f"{run_guest}/touch.elf", "smp": scenario.guest.vcpus,
+                           "actions": scenario.actions}
+        _write_json(run_host / "job.json", job)
+        console = self.lab.paths.console_log
+        mark = console.stat().st_size if console.exists() else 0
+        command = f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json"
+        output = ""
+        try:
+            status, output = self.lab.run(command, timeout=scenario.timeout + 120)
+        except LabError as exc:
+            status, output = -1, str(exc)
+        l1_seconds = time.monotonic() - started
+        log = _read_from(console, mark)
+        try:
+            shutil.move(str(run_host), str(artefacts))
+        except OSError:
+            artefacts.mkdir(parents=True, exist_ok=True)
+        (artefacts / "l1.log").write_text(log)
+        if output.strip():
+            (artefacts / "l1-runner.out").write_text(output)
+
+        result_file = artefacts / "result.json"
+        if not result_file.exists():
+            reason = "the lab died" if not self.lab.is_up() else "L1's scenario runner left no result"
+            out.reasons = [f"{reason} (exit status {status}): {output.strip()[-500:]}"]
+            crashes = crash.scan(log)
+            if crashes:
+                out.reasons.append(f"L1 log: {crashes[0].title}")
+            return self._finish(out, artefacts, started)
+        result = json.loads(result_file.read_text())
+        probe_file = artefacts / "probe.json"
+        probe = json.loads(probe_file.read_text()) if probe_file.exists() else None
+        analysed = time.monotonic()
+        trace = None
+        if "trace" in result:
+            try:
+                trace = tracefile.load(artefacts, result["trace"])
+            except (ValueError, OSError) as exc:
+                out.reasons = [f"the trace could not be decoded: {exc}"]
+                return self._finish(out, artefacts, started)
+        verdict: Verdict = evaluate(scenario, result.get("l1_release", self.release), result, trace, probe,
+                                    crash.scan(log))
+        out.status, out.observed, out.reasons = verdict.status, verdict.observed, verdict.reasons
+        out.faults, out.counts, out.checks = verdict.faults, verdict.counts(), verdict.checks
+        out.timings = {"l1": round(l1_seconds, 2), "analysis": round(time.monotonic() - analysed, 2),
+                       "vmm": (result.get("vmm") or {}).get("seconds", 0),
+                       "guest": (probe or {}).get("guest_seconds", 0),
+                       "trace_dump": (result.get("trace") or {}).get("dump_seconds", 0)}
+        if trace is not None:
+            out.timings["events"] = len(trace.events)
+        return self._finish(out, artefacts, started, verdict)
+
+    def _finish(self, out: ScenarioResult, artefacts: Path, started: float,
+                verdict: Verdict | None = None) -> ScenarioResult:
+        out.seconds = round(time.monotonic() - started, 2)
+        out.artefacts = str(artefacts)
+        data = out.as_dict()
+        if verdict is not None:
+            data["regions"] = [{"start": hex(r.start), "mapping": r.mapping, "faults": r.faults,
+                                "pages": len(r.pages), "evidence": r.evidence()} for r in verdict.regions.values()]
+        _write_json(artefacts / "verdict.json", data)
+        return out
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace").replace("\r", "")
+    except OSError:
+        return ""
