@@ -58,6 +58,7 @@ def _access_words(scenario: Scenario) -> str:
 
 
 def check_regions(scenario: Scenario, faults: list[Fault], release: str) -> tuple[list[dict[str, Any]], dict[int, Region]]:
+    """One check per region expectation (those whose `kernels` condition L1 meets)."""
     touched = touched_of(scenario)
     checks = []
     shown: dict[int, Region] = {}
@@ -70,21 +71,21 @@ def check_regions(scenario: Scenario, faults: list[Fault], release: str) -> tupl
         chosen = [f for f in faults if exp.phase is None or f.phase == exp.phase]
         regions = {a: r for a, r in mapping.infer(chosen, touched, window).items()
                    if touched.pages_in(a, mapping.REGION)}
-        if exp.phase is None or not shown:
-            shown = shown or regions
+        shown.update(regions)
         total = len(regions)
         ok_regions = [r for r in regions.values() if exp.mapping is None or r.mapping == exp.mapping]
         if exp.faults:
             ok_regions = [r for r in ok_regions if exp.faults[0] <= r.faults <= exp.faults[1]]
         ok = total > 0 and len(ok_regions) == total
-        what = f"{human_size(size)} at {start:#x}" + (f", phase {exp.phase}" if exp.phase is not None else "")
+        what = f"{human_size(size)} at {start:#x}: " if exp.start is not None else ""
+        what += f"phase {exp.phase}: " if exp.phase is not None else ""
         label = LABELS.get(exp.mapping or "", "any mapping")
         counts = sorted({r.faults for r in ok_regions})
         each = ""
         if counts:
             each = f" ({counts[0]} fault{'s' if counts[0] != 1 else ''} each)" if len(counts) == 1 else \
                 f" ({counts[0]}-{counts[-1]} faults each)"
-        text = f"{what}: {len(ok_regions)}/{total} regions {('mapped as ' + label) if exp.mapping else 'within bounds'}{each}"
+        text = f"{what}{len(ok_regions)}/{total} regions {('mapped as ' + label) if exp.mapping else 'within bounds'}{each}"
         if not ok:
             bad = [r for r in regions.values() if r not in ok_regions][:3]
             text += "; not: " + ", ".join(f"{r.start:#x} {r.mapping} ({r.evidence()})" for r in bad)
@@ -116,6 +117,8 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
     problems: list[str] = []
     if vmm.get("timeout"):
         problems.append(f"VMM {vmm['timeout']}")
+    if vmm.get("error"):
+        problems.append(f"driving the VMM: {vmm['error']}")
     if scenario.kill_after is not None:
         if not vmm.get("killed"):
             problems.append("the VMM ended before it could be killed (kill_after too long?)")
@@ -143,10 +146,14 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
         if scenario.kill_after is not None:
             verdict.reasons.append("L1 log clean")
 
-    checks, shown = check_regions(scenario, trace.faults, release)
-    if shown:
-        verdict.regions = shown
-        verdict.observed = mapping.describe(shown)
+    checks, _ = check_regions(scenario, trace.faults, release)
+    phases = sorted({r.phase for r in scenario.regions if r.phase is not None})
+    if phases:
+        # One summary per phase the expectations name: what each phase changed.
+        verdict.observed = "; ".join(
+            f"phase {p}: " + mapping.describe({a: r for a, r in mapping.infer(
+                [f for f in trace.faults if f.phase == p], touched).items() if touched.pages_in(a, mapping.REGION)})
+            for p in phases)
     verdict.checks += checks
     for c in checks:
         verdict.reasons.append(f"{human_size(touched.size)} {_access_words(scenario)}: {c['text']}"

@@ -121,7 +121,7 @@ def wait_vmm(pid: int, job: dict[str, Any], extra: dict[str, Any]) -> dict[str, 
     if job["vmm"] == "qemu":
         from . import qemu_vmm
 
-        outcome.update(qemu_vmm.drive(extra, job["qemu"], kill_after))
+        outcome = qemu_vmm.drive(extra, job["qemu"], kill_after)  # filled in as the guest runs
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:

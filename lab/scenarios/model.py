@@ -129,7 +129,8 @@ class RegionExpectation:
     def describe(self) -> str:
         text = self.mapping or "any"
         if self.faults:
-            text += f" ({self.faults[0]}-{self.faults[1]} faults/region)"
+            lo, hi = self.faults
+            text += f" ({lo if lo == hi else f'{lo}-{hi}'}/region)"
         if self.phase is not None:
             text = f"phase {self.phase}: {text}"
         return text
