@@ -332,7 +332,9 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     kind = c.get(g, "kind", "guest.kind", _choice(GUESTS), "touch")
     if kind == "linux" and vmm != "qemu":
         c.fail("guest.kind", kind, "touch with the probe VMM (the L2 Linux guest runs under vmm: qemu)")
-    if vmm == "qemu":
+    if kind == "linux":
+        default_base, default_size = QEMU_RAM_BASE, qemu_cfg["memory"]
+    elif vmm == "qemu":
         default_base, default_size = QEMU_RAM_BASE + 2 * MiB, qemu_cfg["memory"] - 4 * MiB
     else:
         default_base, default_size = memslots[0].ipa, memslots[0].size

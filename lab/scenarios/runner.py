@@ -144,18 +144,34 @@ class Runner:
         _write_json(self.results / "summary.json", self.summary)
 
     # -- one scenario --------------------------------------------------------------------
-    def run_one(self, scenario: Scenario, tools: Tools) -> ScenarioResult:
-        started = time.monotonic()
-        out = ScenarioResult(scenario.name, scenario.description, scenario.expected, ERROR)
-        run_host = self.lab.paths.share / ".kvmlab" / "runs" / scenario.name
-        run_guest = f"{GUEST_KVMLAB}/runs/{scenario.name}"
+    def _l2_files(self, scenario: Scenario, run_host: Path, run_guest: str) -> dict[str, str]:
+        """The L2 Linux guest: L1's own kernel Image (copied into the share once per lab)
+        and a busybox initramfs whose /init runs the scenario's workload, then powers off."""
+        l2_dir = self.lab.paths.share / ".kvmlab" / "l2"
+        image = l2_dir / "Image"
+        if not image.exists():
+            l2_dir.mkdir(parents=True, exist_ok=True)
+            tmp = l2_dir / "Image.tmp"
+            shutil.copyfile(self.state["kernel"]["image"], tmp)
+            os.replace(tmp, image)
+        busybox = Path(self.state["rootfs"]["root"]) / "usr/bin/busybox"
+        (run_host / "l2-initrd.cpio").write_bytes(l2_initramfs(busybox.read_bytes(), scenario.guest.workload))
+        return {"kernel": f"{GUEST_KVMLAB}/l2/Image", "initrd": f"{run_guest}/l2-initrd.cpio",
+                "append": "console=ttyAMA0 panic=-1 quiet rdinit=/init"}
+
+    def execute(self, scenario: Scenario, tools: Tools, name: str, l1_overrides: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        """Runs the scenario once in L1; returns what it left (artefacts moved to the results)."""
+        run_host = self.lab.paths.share / ".kvmlab" / "runs" / name
+        run_guest = f"{GUEST_KVMLAB}/runs/{name}"
         shutil.rmtree(run_host, ignore_errors=True)
         run_host.mkdir(parents=True)
-        artefacts = self.results / scenario.name
+        artefacts = self.results / name
         shutil.rmtree(artefacts, ignore_errors=True)
+        artefacts.parent.mkdir(parents=True, exist_ok=True)
         job: dict[str, Any] = {
-            "name": scenario.name, "vmm": scenario.vmm, "l1": scenario.l1, "timeout": scenario.timeout,
-            "kill_after": scenario.kill_after,
+            "name": scenario.name, "vmm": scenario.vmm, "l1": {**scenario.l1, **(l1_overrides or {})},
+            "timeout": scenario.timeout, "kill_after": scenario.kill_after,
             "trace": {"events": ["kvm:kvm_guest_fault"], "buffer_kb": buffer_kb(scenario)},
         }
         params = touch_params(scenario)
@@ -163,6 +179,9 @@ class Runner:
             blob, offset = tools.payload("touch.bin")
             (run_host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
             _write_json(run_host / "probe-job.json", make_probe_job(scenario, run_guest))
+        elif scenario.guest.kind == "linux":
+            job["qemu"] = {**scenario.qemu, **self._l2_files(scenario, run_host, run_guest), "smp": scenario.guest.vcpus,
+                           "actions": scenario.actions}
         else:
             blob, offset = tools.payload("touch.elf")
             (run_host / "touch.elf").write_bytes(payload.patched(blob, offset, params))
@@ -172,7 +191,7 @@ class Runner:
         console = self.lab.paths.console_log
         mark = console.stat().st_size if console.exists() else 0
         command = f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json"
-        output = ""
+        started = time.monotonic()
         try:
             status, output = self.lab.run(command, timeout=scenario.timeout + 120)
         except LabError as exc:
@@ -186,37 +205,84 @@ class Runner:
         (artefacts / "l1.log").write_text(log)
         if output.strip():
             (artefacts / "l1-runner.out").write_text(output)
-
-        result_file = artefacts / "result.json"
-        if not result_file.exists():
-            reason = "the lab died" if not self.lab.is_up() else "L1's scenario runner left no result"
-            out.reasons = [f"{reason} (exit status {status}): {output.strip()[-500:]}"]
-            crashes = crash.scan(log)
-            if crashes:
-                out.reasons.append(f"L1 log: {crashes[0].title}")
-            return self._finish(out, artefacts, started)
-        result = json.loads(result_file.read_text())
-        probe_file = artefacts / "probe.json"
-        probe = json.loads(probe_file.read_text()) if probe_file.exists() else None
-        analysed = time.monotonic()
-        trace = None
-        if "trace" in result:
+        run: dict[str, Any] = {"artefacts": artefacts, "log": log, "status": status, "output": output,
+                               "l1_seconds": l1_seconds, "result": None, "probe": None, "trace": None}
+        if (artefacts / "result.json").exists():
+            run["result"] = json.loads((artefacts / "result.json").read_text())
+        if (artefacts / "probe.json").exists():
+            run["probe"] = json.loads((artefacts / "probe.json").read_text())
+        if run["result"] and "trace" in run["result"]:
             try:
-                trace = tracefile.load(artefacts, result["trace"])
+                run["trace"] = tracefile.load(artefacts, run["result"]["trace"])
             except (ValueError, OSError) as exc:
-                out.reasons = [f"the trace could not be decoded: {exc}"]
-                return self._finish(out, artefacts, started)
+                run["trace_error"] = f"the trace could not be decoded: {exc}"
+        return run
+
+    def _no_result(self, run: dict[str, Any]) -> list[str] | None:
+        if run["result"] is None:
+            reason = "the lab died" if not self.lab.is_up() else "L1's scenario runner left no result"
+            reasons = [f"{reason} (exit status {run['status']}): {run['output'].strip()[-500:]}"]
+            crashes = crash.scan(run["log"])
+            if crashes:
+                reasons.append(f"L1 log: {crashes[0].title}")
+            return reasons
+        if run.get("trace_error"):
+            return [run["trace_error"]]
+        return None
+
+    def run_one(self, scenario: Scenario, tools: Tools) -> ScenarioResult:
+        started = time.monotonic()
+        out = ScenarioResult(scenario.name, scenario.description, scenario.expected, ERROR)
+        if scenario.compare_thp:
+            return self._compare(scenario, tools, out, started)
+        run = self.execute(scenario, tools, scenario.name)
+        artefacts = run["artefacts"]
+        problem = self._no_result(run)
+        if problem:
+            out.reasons = problem
+            return self._finish(out, artefacts, started)
+        result, probe, trace = run["result"], run["probe"], run["trace"]
+        analysed = time.monotonic()
         verdict: Verdict = evaluate(scenario, result.get("l1_release", self.release), result, trace, probe,
-                                    crash.scan(log))
+                                    crash.scan(run["log"]))
         out.status, out.observed, out.reasons = verdict.status, verdict.observed, verdict.reasons
         out.faults, out.counts, out.checks = verdict.faults, verdict.counts(), verdict.checks
-        out.timings = {"l1": round(l1_seconds, 2), "analysis": round(time.monotonic() - analysed, 2),
+        out.timings = {"l1": round(run["l1_seconds"], 2), "analysis": round(time.monotonic() - analysed, 2),
                        "vmm": (result.get("vmm") or {}).get("seconds", 0),
                        "guest": (probe or {}).get("guest_seconds", 0),
                        "trace_dump": (result.get("trace") or {}).get("dump_seconds", 0)}
         if trace is not None:
             out.timings["events"] = len(trace.events)
         return self._finish(out, artefacts, started, verdict)
+
+    def _compare(self, scenario: Scenario, tools: Tools, out: ScenarioResult, started: float) -> ScenarioResult:
+        """The same workload under two L1 THP modes; the verdict is on the fault ratio."""
+        artefacts = self.results / scenario.name
+        verdicts = []
+        for mode in scenario.compare_thp:
+            run = self.execute(scenario, tools, f"{scenario.name}/thp-{mode}", {"thp": mode})
+            problem = self._no_result(run)
+            if problem:
+                out.reasons = [f"THP {mode}: {p}" for p in problem]
+                return self._finish(out, artefacts, started)
+            v = evaluate(scenario, run["result"].get("l1_release", self.release), run["result"], run["trace"],
+                         run["probe"], crash.scan(run["log"]))
+            if v.status != PASS:
+                out.status, out.reasons = v.status, [f"THP {mode}: {r}" for r in v.reasons]
+                return self._finish(out, artefacts, started)
+            verdicts.append((mode, v))
+        (first, a), (second, b) = verdicts
+        ratio = b.faults / max(1, a.faults)
+        ok = ratio >= (scenario.fault_ratio or 1)
+        out.status = PASS if ok else FAIL
+        out.faults = a.faults + b.faults
+        out.counts = {f"{k} ({first})": n for k, n in a.counts().items()}
+        out.observed = f"{second}/{first} = {ratio:.1f}x ({b.faults}/{a.faults} faults)"
+        out.reasons = [f"L2 Linux boot and workload: {a.faults} faults with THP {first} ({mapping_words(a)}), "
+                       f"{b.faults} with THP {second} ({mapping_words(b)}): {ratio:.1f}x"
+                       + ("" if ok else f", expected at least {scenario.fault_ratio:g}x")]
+        out.checks = [{"check": "fault_ratio", "ok": ok, "text": out.observed}]
+        return self._finish(out, artefacts, started)
 
     def _finish(self, out: ScenarioResult, artefacts: Path, started: float,
                 verdict: Verdict | None = None) -> ScenarioResult:
@@ -228,6 +294,37 @@ class Runner:
                                 "pages": len(r.pages), "evidence": r.evidence()} for r in verdict.regions.values()]
         _write_json(artefacts / "verdict.json", data)
         return out
+
+
+def mapping_words(v: Verdict) -> str:
+    from lab.analysis.mapping import describe
+
+    return describe(v.regions)
+
+
+L2_INIT = """#!/bin/sh
+# L2's /init (built by kvmlab for one scenario): the workload, then power off (PSCI).
+mount -t proc proc /proc
+echo "kvmlab-l2: up $(cut -d' ' -f1 /proc/uptime) s"
+{workload}
+echo "kvmlab-l2: done $(cut -d' ' -f1 /proc/uptime) s"
+poweroff -f
+"""
+L2_APPLETS = ("sh", "mount", "echo", "cut", "cat", "dd", "poweroff", "sync", "rm", "sleep", "head", "sha256sum")
+
+
+def l2_initramfs(busybox: bytes, workload: str) -> bytes:
+    from lab.images.cpio import CpioWriter
+
+    writer = CpioWriter()
+    for directory in ("bin", "dev", "proc", "sys", "tmp"):
+        writer.mkdir(directory)
+    writer.chardev("dev/console", 5, 1)
+    writer.add_bytes("bin/busybox", busybox, 0o755)
+    for applet in L2_APPLETS:
+        writer.symlink(f"bin/{applet}", "busybox")
+    writer.add_bytes("init", L2_INIT.format(workload=workload or "true").encode(), 0o755)
+    return writer.getvalue()
 
 
 def _read_from(path: Path, offset: int) -> str:
