@@ -248,6 +248,57 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
     sys.exit(0 if summary["passed"] else 1)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@name_option
+@click.option("--event", "-e", "events", multiple=True, help="SYSTEM:EVENT to record (repeatable; "
+              "default kvm:kvm_guest_fault).")
+@click.option("--analyze", "-a", is_flag=True, help="Decode the faults: kinds, levels, block/page per 2 MiB region.")
+@click.option("--buffer-kb", type=click.IntRange(64, 4 * 1024 * 1024), default=65536, show_default=True,
+              help="Ring buffer per L1 CPU; a full buffer is reported as lost events.")
+@click.option("--timeout", "-t", type=float, default=300, show_default=True, help="Seconds before CMD is killed.")
+@click.option("--results", type=click.Path(file_okay=False), help="Where to keep the trace (default ./kvmlab-results).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
+    """Record tracepoints in L1 around COMMAND (run in L1), with the suite's loss checks.
+
+    \b
+    kvmlab cp ./repro :/root/repro && kvmlab trace --analyze -- /root/repro
+    Keeps the raw per-CPU buffers, formats, events.txt and the L1 log.
+    Exit status: 1 if events were lost or L1 logged a crash, else the command's.
+    """
+    from lab.report import results_dir
+    from lab.scenarios import adhoc
+
+    lab = Lab(_lab_name(name))
+    lab._require_up()
+    out = results_dir(results, "trace")
+    done = adhoc.run(lab, list(command), list(events) or ["kvm:kvm_guest_fault"], buffer_kb, timeout, out)
+    vmm = done.result.get("vmm", {})
+    if done.output:
+        click.echo(done.output.rstrip())
+    counts = {}
+    for e in done.trace.events:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    click.echo(f"kvmlab: {len(done.trace.events)} events recorded "
+               f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items())) or 'none'}) in {vmm.get('seconds', 0):.1f} s; "
+               f"kept in {done.artefacts}")
+    if analyze:
+        for line in adhoc.analysis_lines(done.trace):
+            click.echo(line)
+    status = vmm.get("exit_code", 128 + vmm.get("signal", 0))
+    if vmm.get("timeout"):
+        click.echo(f"kvmlab: the command {vmm['timeout']}", err=True)
+        status = 124
+    if not done.trace.complete:
+        click.echo("kvmlab: trace incomplete: " + "; ".join(done.trace.problems)
+                   + " (raise --buffer-kb)", err=True)
+        status = 1
+    for c in done.crashes:
+        click.echo(f"kvmlab: L1 log: {c.title}\n{c.excerpt}", err=True)
+        status = 1
+    sys.exit(status)
+
+
 @main.group()
 def images() -> None:
     """Build, list and remove the cached L1 images."""

@@ -27,10 +27,12 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4 * KiB
 REGION = 2 * MiB
 
-BLOCK, PAGES, SPLIT, BLOCK_1G, NONE, UNKNOWN = "block", "page", "split", "block-1g", "untouched", "unknown"
+BLOCK, PAGES, SPLIT, BLOCK_1G, NONE, UNKNOWN, MMIO = "block", "page", "split", "block-1g", "untouched", "block?", "mmio"
 #: What each mapping label means, for people.
 LABELS = {BLOCK: "2 MiB block", PAGES: "4 KiB pages", SPLIT: "block split into pages",
-          BLOCK_1G: "inside a 1 GiB block", NONE: "no faults", UNKNOWN: "too few pages touched to tell"}
+          BLOCK_1G: "inside a 1 GiB block", NONE: "no faults",
+          UNKNOWN: "one fault below level 3: a block, unless only one page was touched",
+          MMIO: "the same page faulting again and again: MMIO (no memslot there)"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def classify(region: Region, touched_pages: int | None = None) -> str:
     """block, page, split, unknown or untouched for one 2 MiB region (see the module doc)."""
     if not region.faults:
         return NONE
+    if len(region.pages) == 1 and region.faults >= 3 and touched_pages is None:
+        return MMIO
     if region.level3:
         block_first = any(kind in ("permission", "access flag") and level == 2
                           for (kind, level) in region.kinds)
