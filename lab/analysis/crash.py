@@ -3,8 +3,8 @@ patterns (after syzkaller's pkg/report: a table, each entry proven by sample log
 tests/data/crash/).
 
 Patterns are tried in order on every line; the first that matches a line gives the title.
-Specific forms (KASAN, lockdep, hung task, RCU stall) come before the generic BUG: and
-WARNING: ones they would otherwise fall under.
+Specific forms (KASAN, lockdep, hung task, RCU stall, a panic whose reason quotes
+"BUG:") come before the generic BUG: and WARNING: ones they would otherwise fall under.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _p(name: str, regex: str, title: str) -> Pattern:
 
 PATTERNS: list[Pattern] = [
     _p("kasan", r"BUG: KASAN: ([\w-]+) in ([\w.]+)", "KASAN: {0} in {1}"),
-    _p("kfence", r"BUG: KFENCE: ([\w-]+) in ([\w.]+)", "KFENCE: {0} in {1}"),
+    _p("kfence", r"BUG: KFENCE: ([\w-]+)(?: read| write)? in ([\w.]+)", "KFENCE: {0} in {1}"),
     _p("ubsan", r"UBSAN: ([\w-]+(?: [\w-]+)*) in (\S+)", "UBSAN: {0} in {1}"),
     _p("lockdep", r"WARNING: (possible circular locking dependency detected|possible recursive locking detected|"
                   r"inconsistent lock state|suspicious RCU usage|bad unlock balance detected!?)",
@@ -39,6 +39,7 @@ PATTERNS: list[Pattern] = [
        "RCU stall"),
     _p("soft-lockup", r"BUG: soft lockup - CPU#(\d+) stuck", "soft lockup on CPU {0}"),
     _p("kernel-bug", r"kernel BUG at ([^\s!]+)!?", "kernel BUG at {0}"),
+    _p("panic", r"Kernel panic - not syncing: (.+?)\s*$", "Kernel panic: {0}"),
     _p("bug", r"BUG: (.+?)\s*$", "BUG: {0}"),
     _p("warning", r"WARNING: CPU: \d+ PID: \d+ at (\S+)(?: (\S+?)\+0x)?", "WARNING at {0} {1}"),
     _p("warning-other", r"WARNING: (.+?)\s*$", "WARNING: {0}"),
@@ -46,7 +47,6 @@ PATTERNS: list[Pattern] = [
        "Unable to handle kernel {0} at {1}"),
     _p("oops", r"Internal error: (.+?)\s*$", "Internal error: {0}"),
     _p("unhandled-fault", r"Unhandled fault: (.+?)\s*$", "Unhandled fault: {0}"),
-    _p("panic", r"Kernel panic - not syncing: (.+?)\s*$", "Kernel panic: {0}"),
 ]
 
 EXCERPT_END = re.compile(r"---\[ end (?:trace|Kernel panic)")
@@ -72,6 +72,11 @@ def scan(text: str, max_lines: int = 40) -> list[Crash]:
             if not m:
                 continue
             if i <= covered:
+                break
+            if pattern.name == "panic" and crashes and i - covered <= 3:
+                # The panic an oops ends in is part of that report.
+                crashes[-1].excerpt += "\n" + "\n".join(lines[covered + 1:i + 1])
+                covered = i
                 break
             end = i + 1
             while end < len(lines) and end - i < max_lines:

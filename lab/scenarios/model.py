@@ -277,7 +277,7 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     if not isinstance(data, dict):
         raise UserError(f"{where}: a scenario is a mapping of keys ({', '.join(TOP_KEYS)}); fix the scenario file")
     c.mapping("top level", data, TOP_KEYS)
-    name = c.get(data, "name", "name", _text, path.stem if path else None)
+    name = c.get(data, "name", "name", _text, (path or Path(where)).stem)
     if not name or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", name):
         c.fail("name", name, "lowercase letters, digits, '.', '_' or '-'")
     description = c.get(data, "description", "description", _text, "")
