@@ -1,0 +1,132 @@
+"""`kvmlab test thp` on the default kernel, for real: every scenario passes, the results
+are complete, and a wrong expectation fails the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab.scenarios import model
+from tests.conftest import kvmlab, qemu_pids_in
+
+pytestmark = pytest.mark.boot
+
+
+@pytest.fixture(scope="module")
+def lab(private_runtime):
+    result = kvmlab("up", "--name", "thp")
+    assert result.returncode == 0, result.stderr.decode()
+    yield "thp"
+    assert kvmlab("down", "--name", "thp").returncode == 0
+    assert qemu_pids_in(private_runtime / "labs/thp") == []
+
+
+@pytest.fixture(scope="module")
+def suite(lab, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    run = kvmlab("test", "thp", "--name", lab, "--results", str(results), timeout=900)
+    summary_file = next(results.glob("*/summary.json"))
+    return run, json.loads(summary_file.read_text()), summary_file.parent
+
+
+def test_every_thp_scenario_passes(suite):
+    run, summary, _ = suite
+    assert run.returncode == 0, run.stdout.decode()[-3000:]
+    names = {s.name for s in model.resolve(["thp"])}
+    assert {s["name"] for s in summary["scenarios"]} == names
+    bad = {s["name"]: s["reasons"] for s in summary["scenarios"] if s["status"] not in ("pass", "skip")}
+    assert bad == {}
+    skipped = {s["name"] for s in summary["scenarios"] if s["status"] == "skip"}
+    assert skipped <= {"hugetlb-1g"}  # needs 1 GiB of contiguous L1 memory
+
+
+def test_results_are_complete(suite):
+    _, summary, results = suite
+    assert summary["release"].startswith("6.12.") and summary["kvm_mode"] == "VHE"
+    assert "QEMU emulator version" in summary["qemu_version"]
+    assert (results / "l1-console.log").stat().st_size > 0
+    for s in summary["scenarios"]:
+        d = results / s["name"]
+        assert (d / "verdict.json").exists()
+        if s["status"] != "pass":
+            continue
+        # A scenario compared under two THP modes keeps one run directory per mode.
+        runs = [d] if (d / "result.json").exists() else sorted(p for p in d.iterdir() if p.is_dir())
+        assert runs
+        for r in runs:
+            assert (r / "l1.log").exists()
+            result = json.loads((r / "result.json").read_text())
+            for cpu, name in result["trace"]["files"].items():
+                assert (r / name).exists()
+            assert (r / "kvm--kvm_guest_fault.format").exists() and (r / "job.json").exists()
+
+
+def test_verdicts_carry_their_evidence(suite):
+    _, summary, _ = suite
+    by_name = {s["name"]: s for s in summary["scenarios"]}
+    always = by_name["anon-thp-always"]
+    assert always["observed"] == "32 block (1 fault each)" and always["faults"] == 32
+    assert "64 MiB written: 32/32 regions mapped as 2 MiB block (1 fault each)" in always["reasons"]
+    assert by_name["anon-thp-never"]["counts"] == {"page": 16}
+    assert by_name["l2-linux-thp"]["status"] == "pass"
+
+
+def test_a_wrong_expectation_fails_the_run(lab, tmp_path):
+    data = yaml.safe_load((model.suites()["thp"] / "anon-thp-always.yaml").read_text())
+    data["name"] = "wrong-expectation"
+    data["expect"] = {"regions": [{"mapping": "page"}]}
+    path = tmp_path / "wrong.yaml"
+    path.write_text(yaml.safe_dump(data))
+    run = kvmlab("test", str(path), "--name", lab, "--results", str(tmp_path / "r"))
+    assert run.returncode == 1
+    out = run.stdout.decode()
+    assert "FAIL  wrong-expectation  32 block (1 fault each)" in out
+    assert "0/32 regions mapped as 4 KiB pages; not: 0x40000000 block" in out
+
+
+def test_bad_scenario_is_exit_2_and_one_line(lab, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("memslots: [{ipa: 1G, size: 64M, backing: swap}]\n")
+    run = kvmlab("test", str(path), "--name", lab, "--results", str(tmp_path / "r"))
+    assert run.returncode == 2
+    err = run.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "bad.yaml: memslots[0].backing: expected one of anonymous" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_and_keyword(lab):
+    listed = kvmlab("test", "--list").stdout.decode()
+    assert "thp (" in listed and "anon-thp-always" in listed
+    assert kvmlab("test", "thp", "-k", "no-such-scenario", "--name", lab).returncode == 2
+
+
+def test_trace_any_command(lab, tmp_path):
+    run = kvmlab("trace", "--name", lab, "--analyze", "--results", str(tmp_path), "--",
+                 "sh", "-c", "echo reproducer; exit 3")
+    assert run.returncode == 3
+    out = run.stdout.decode()
+    assert "reproducer" in out and "0 events recorded" in out
+    assert list(tmp_path.glob("*/trace/cpu0.raw"))
+
+
+def test_trace_reports_lost_events(lab, tmp_path):
+    # A 64 KiB buffer per CPU cannot hold the faults of 32 MiB of 4 KiB pages.
+    from lab.images import payload
+    from lab.images.build import Builder
+
+    blob, offset = Builder().tools().payload("touch.bin")
+    (tmp_path / "touch.bin").write_bytes(payload.patched(blob, offset, payload.TouchParams(1 << 30, 32 << 20)))
+    assert kvmlab("cp", "--name", lab, str(tmp_path / "touch.bin"), ":/root/touch.bin").returncode == 0
+    job = {"vcpus": 1, "code_ipa": model.PROBE_CODE_IPA, "payload": "/root/touch.bin",
+           "memslots": [{"slot": 1, "ipa": 1 << 30, "size": 32 << 20, "backing": "anonymous_nothp"}],
+           "report": "/tmp/probe.json", "timeout": 60}
+    script = tmp_path / "job.json"
+    script.write_text(json.dumps(job))
+    assert kvmlab("cp", "--name", lab, str(script), ":/root/job.json").returncode == 0
+    run = kvmlab("trace", "--name", lab, "--buffer-kb", "64", "--results", str(tmp_path), "--",
+                 "sh", "-c", "cd /mnt/share/.kvmlab/tools && python3 -m l1.probe /root/job.json")
+    assert run.returncode == 1, run.stdout.decode() + run.stderr.decode()
+    assert "trace incomplete" in run.stderr.decode()
