@@ -313,13 +313,14 @@ def images_build(progress: Progress, config, kernels) -> None:
     """Build (or find cached) the kernel and userspace images."""
     builder = Builder(progress=progress)
     cfg = _config(config)
-    built = [builder.rootfs(cfg)]
+    built = [builder.rootfs(cfg), builder.tools()]
     for suite in kernels or [cfg.kernel]:
         built.append(builder.kernel(_config(config, kernel=suite)))
     for item in built:
         manifest = item.manifest
-        click.echo(f"{manifest.get('kind', 'kernel')}: {manifest.get('release') or manifest.get('suite')} "
-                   f"{manifest.get('key', '')[:16]}  {getattr(item, 'image', None) or item.root}")
+        where = getattr(item, "image", None) or getattr(item, "root", None) or getattr(item, "dir", "")
+        click.echo(f"{manifest.get('kind', 'kernel')}: {manifest.get('release') or manifest.get('suite') or 'l1'} "
+                   f"{manifest.get('key', '')[:16]}  {where}")
 
 
 @images.command("list")
