@@ -181,22 +181,25 @@ class LabConfig:
         }
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, missing: str, fix: str = "fix the file") -> Any:
+    """A YAML file's data; a missing, unreadable or malformed file is one UserError line."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file; give an existing file to --config") from None
+        raise ConfigError(f"{path}: {missing}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        where = ""
         mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}; fix the file") from None
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}; {fix}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml(path, "no such config file; give an existing file to --config")
     if data is None:
         return {}
     if not isinstance(data, dict):

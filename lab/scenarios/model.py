@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
+from lab.config import read_yaml
 from lab.errors import UserError
 from lab.l1.kvm import BACKINGS
 from lab.paths import CONFIGS_DIR
@@ -443,20 +443,8 @@ def _pauses(value: Any, passes: int) -> list[int]:
 
 
 def load(path: Path) -> Scenario:
+    data = read_yaml(path, "no such scenario file; `kvmlab test --list` shows the suites", "fix the scenario file")
     where = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such scenario file; `kvmlab test --list` shows the suites") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise UserError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', None) or 'syntax error'}; "
-                        "fix the scenario file") from None
     return parse(data, where, path)
 
 
