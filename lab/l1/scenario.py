@@ -150,6 +150,10 @@ def main(argv: list[str]) -> int:
     settings = Settings()
     capture = None
     started = time.monotonic()
+    vmm_pid = None
+    # Interrupted from the host (kvmlab's Ctrl-C, a timeout): unwind, so the VMM is killed
+    # and L1's settings are restored before this process ends.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result["l1"], skip = apply_l1(job.get("l1", {}), settings)
         result["l1_release"] = open("/proc/sys/kernel/osrelease").read().strip()
@@ -161,14 +165,15 @@ def main(argv: list[str]) -> int:
                                   follow_pid=os.getpid() if trace.get("follow", True) else None)
         capture.start()
         result["setup_seconds"] = round(time.monotonic() - started, 3)
-        pid, extra = run_vmm(job, out_dir)
-        result["vmm"] = wait_vmm(pid, job, extra)
+        vmm_pid, extra = run_vmm(job, out_dir)
+        result["vmm"] = wait_vmm(vmm_pid, job, extra)
+        vmm_pid = None
         capture.stop()
         dumped = time.monotonic()
         result["trace"] = capture.dump(out_dir)
         result["trace"]["dump_seconds"] = round(time.monotonic() - dumped, 3)
-    except Exception as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else "interrupted"
         result["traceback"] = traceback.format_exc()
         if capture is not None:
             try:
@@ -176,6 +181,12 @@ def main(argv: list[str]) -> int:
             except OSError:
                 pass
     finally:
+        if vmm_pid is not None:
+            try:
+                os.kill(vmm_pid, signal.SIGKILL)
+                os.waitpid(vmm_pid, 0)
+            except OSError:
+                pass
         settings.restore()
         result["seconds"] = round(time.monotonic() - started, 3)
         tmp = os.path.join(out_dir, "result.json.tmp")

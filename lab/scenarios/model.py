@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-
 from lab.config import read_yaml
 from lab.errors import UserError
 from lab.l1.kvm import BACKINGS
