@@ -130,3 +130,11 @@ def test_trace_reports_lost_events(lab, tmp_path):
                  "sh", "-c", "cd /mnt/share/.kvmlab/tools && python3 -m l1.probe /root/job.json")
     assert run.returncode == 1, run.stdout.decode() + run.stderr.decode()
     assert "trace incomplete" in run.stderr.decode()
+
+
+def test_the_more_suite_passes(lab, tmp_path):
+    # Scenarios kept out of the default suite for its time budget (hugetlbfs + prealloc in
+    # L1's QEMU costs ~5 s).
+    run = kvmlab("test", "more", "--name", lab, "--results", str(tmp_path))
+    assert run.returncode == 0, run.stdout.decode()[-2000:]
+    assert "PASS  qemu-hugetlbfs-prealloc  8 block (1 fault each)" in run.stdout.decode()
