@@ -210,7 +210,7 @@ def cp(name, src, dst) -> None:
 
 @main.command("test")
 @click.argument("targets", nargs=-1)
-@click.option("-k", "keyword", help="Only scenarios whose name contains KEYWORD (or matches it as a glob).")
+@click.option("-k", "keyword", metavar="KEYWORD", help="Only scenarios whose name contains KEYWORD (or matches it as a glob).")
 @click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
 @name_option
