@@ -318,7 +318,7 @@ def images_build(progress: Progress, config, kernels) -> None:
         built.append(builder.kernel(_config(config, kernel=suite)))
     for item in built:
         manifest = item.manifest
-        where = getattr(item, "image", None) or getattr(item, "root", None) or getattr(item, "dir", "")
+        where = getattr(item, "image", None) or getattr(item, "root", None) or getattr(item, "path", "")
         click.echo(f"{manifest.get('kind', 'kernel')}: {manifest.get('release') or manifest.get('suite') or 'l1'} "
                    f"{manifest.get('key', '')[:16]}  {where}")
 

@@ -69,10 +69,8 @@ class KernelImage:
     late_modules: Path | None = None
 
 
-@dataclass
-class Tools:
-    dir: Path
-    manifest: dict[str, Any]
+class Tools(Entry):
+    """The tools cache entry: the lab/l1 package and the assembled payloads."""
 
     @property
     def key(self) -> str:
@@ -80,7 +78,7 @@ class Tools:
 
     def payload(self, name: str) -> tuple[bytes, int]:
         """(the payload's bytes, where its parameter block is)."""
-        return (self.dir / name).read_bytes(), self.manifest["params_offset"][name]
+        return (self.path / name).read_bytes(), self.manifest["params_offset"][name]
 
 
 @dataclass
@@ -197,7 +195,7 @@ class Builder:
 
     def tools(self) -> Tools:
         entry = self._entry("tools", "l1", self.tools_inputs(), "the L1 tools and guest payloads", _build_tools)
-        return Tools(entry.path, entry.manifest)
+        return Tools(entry.path, entry.manifest)  # the same entry, with the payload helpers
 
     # -- rootfs -------------------------------------------------------------------------
     def rootfs_inputs(self, config: LabConfig) -> dict[str, Any]:

@@ -110,7 +110,7 @@ class Runner:
         target = self.lab.paths.share / ".kvmlab" / "tools"
         if not (target / f".key-{tools.key}").exists():
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(tools.dir, target)
+            shutil.copytree(tools.path, target)
             (target / f".key-{tools.key}").touch()
         return tools
 
