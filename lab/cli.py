@@ -66,6 +66,16 @@ def name_option(f):
     return click.option("--name", "-n", default=None, help="Lab name (config key lab.name; default 'default').")(f)
 
 
+KERNEL_HELP = ("What L1 boots: a Debian suite (" + ", ".join(SUITES) + "), SUITE:VERSION (bookworm:6.1.176-1), "
+               "a Debian ABI (6.1.0-50), or an arm64 Image / kernel build directory.")
+
+
+def kernel_options(f):
+    f = click.option("--modules", type=click.Path(file_okay=False),
+                     help="With an Image: its modules (lib/modules/RELEASE or INSTALL_MOD_PATH).")(f)
+    return click.option("--kernel", "-k", metavar="KERNEL", help=KERNEL_HELP)(f)
+
+
 def _config(config: str | None, **overrides):
     return load_config(config, {f"lab.{k}": v for k, v in overrides.items()})
 
@@ -77,14 +87,14 @@ def _lab_name(name: str | None) -> str:
 @main.command()
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="A lab config (YAML); see configs/lab.yaml.")
 @name_option
-@click.option("--kernel", "-k", help=f"A Debian suite ({', '.join(SUITES)}) or the path of an arm64 Image.")
+@kernel_options
 @click.option("--cpus", type=int, help="L1 vCPUs.")
 @click.option("--memory", "-m", help="L1 memory, e.g. 2G.")
 @click.option("--thp", type=click.Choice(THP_MODES), help="L1 transparent_hugepage at boot.")
 @click.pass_obj
-def up(progress: Progress, config, name, kernel, cpus, memory, thp) -> None:
+def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp) -> None:
     """Start a lab: build images if needed, boot L1, wait until KVM is ready."""
-    cfg = _config(config, name=name, kernel=kernel, cpus=cpus, memory=memory, thp=thp)
+    cfg = _config(config, name=name, kernel=kernel, modules=modules, cpus=cpus, memory=memory, thp=thp)
     lab = Lab(cfg.name, progress)
     info = lab.up(cfg)
     state = lab.state() or {}
@@ -214,12 +224,13 @@ def cp(name, src, dst) -> None:
 @click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
 @name_option
-@click.option("--kernel", help="Kernel for a lab this command starts (a suite or an Image path).")
+@kernel_options
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @click.option("--keep-up", is_flag=True, help="Leave a lab this command started running.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
 @click.pass_obj
-def test(progress: Progress, targets, keyword, list_only, config, name, kernel, results, keep_up, verbose) -> None:
+def test(progress: Progress, targets, keyword, list_only, config, name, kernel, modules, results, keep_up,
+         verbose) -> None:
     """Run scenario suites (default: thp) and judge stage-2 mappings.
 
     \b
@@ -234,9 +245,14 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
     if list_only:
         report.print_list(scenarios, model.suites())
         return
-    cfg = _config(config, name=name, kernel=kernel)
+    cfg = _config(config, name=name, kernel=kernel, modules=modules)
     lab = Lab(cfg.name, progress)
     started_here = False
+    if lab.is_up() and kernel:
+        running = (lab.state() or {}).get("config", {}).get("lab", {}).get("kernel")
+        if running != cfg.kernel:
+            raise UserError(f"--kernel {kernel}: lab {cfg.name!r} is already up with {running}; "
+                            f"`kvmlab down --name {cfg.name}` first, or pick another --name")
     if not lab.is_up():
         lab.up(cfg)
         started_here = True
@@ -246,6 +262,48 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
         if started_here and not keep_up:
             lab.down()
     sys.exit(0 if summary["passed"] else 1)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--kernels", "kernel_list", metavar="K1,K2,...", help="Kernels, comma-separated (as for --kernel).")
+@click.option("--kernel", "-K", "kernel_opts", multiple=True, metavar="KERNEL", help="A kernel (repeatable).")
+@click.option("-k", "keyword", metavar="KEYWORD", help="Only scenarios whose name contains KEYWORD (or matches it).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
+@click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the matrix JSON here.")
+@click.pass_obj
+def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs, config, results, json_file) -> None:
+    """Run a suite (default: thp) on several kernels; show the mappings side by side.
+
+    \b
+    kvmlab matrix --kernels bullseye,bookworm,trixie,sid thp
+    Rows where kernels map differently are marked; RESULTS/matrix.json has it all.
+    Exit status: 0 every kernel's suite passed, 1 otherwise, 2 bad input.
+    """
+    import os
+
+    from lab.report import results_dir
+    from lab.scenarios import matrix as mx
+    from lab.scenarios import model
+
+    kernels = [k.strip() for k in (kernel_list or "").split(",") if k.strip()] + list(kernel_opts)
+    if not kernels:
+        raise UserError("matrix: give the kernels, e.g. --kernels bullseye,bookworm,trixie,sid")
+    scenarios = model.resolve(list(targets), keyword)
+    _config(config)  # the config file itself is checked once, before any kernel
+    columns = mx.plan(kernels, lambda kernel, lab_name: _config(config, kernel=kernel, name=lab_name))
+    jobs = jobs or max(1, min(len(columns), (os.cpu_count() or 2) // 2))
+    label = "matrix-" + "-".join(Path(t).stem for t in targets or ["thp"])
+    out = results_dir(results, label[:40])
+    click.echo(f"Running {len(scenarios)} scenarios on {len(columns)} kernels ({', '.join(c.label for c in columns)}), "
+               f"{jobs} lab{'s' if jobs > 1 else ''} at a time; results in {out}")
+    result = mx.run(columns, scenarios, list(targets), out, jobs, progress, click.echo)
+    mx.print_table(result)
+    if json_file:
+        mx.write_json(Path(json_file), result)
+    sys.exit(0 if result["passed"] else 1)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -300,14 +358,49 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
 
 
 @main.group()
+def kernel() -> None:
+    """Build L1 kernels from source."""
+
+
+@kernel.command("build")
+@click.option("--src", required=True, type=click.Path(file_okay=False), help="A Linux source tree (left unwritten).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Build directory (make O=); default: one per tree under the cache, so rebuilds are incremental.")
+@click.option("--config-fragment", "fragments", multiple=True, type=click.Path(dir_okay=False),
+              help="Another config fragment, merged after configs/kernel/kvmlab.config (repeatable).")
+@click.option("--base", default="defconfig", show_default=True,
+              help="The config the fragments go onto: defconfig, tinyconfig (small, quick), allnoconfig or a file.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j (default: the CPU count).")
+@click.option("--print-image", is_flag=True, help="Print only the Image's path on stdout (for scripts, e.g. bisect).")
+@click.pass_obj
+def kernel_build(progress: Progress, src, out, fragments, base, jobs, print_image) -> None:
+    """Cross-compile an arm64 Image that boots as L1 with no modules.
+
+    \b
+    kvmlab kernel build --src ~/linux --base tinyconfig
+    kvmlab up --kernel ~/.cache/kvmlab/builds/linux-.../   (the path it prints)
+    """
+    from lab.kernels import source
+
+    result = source.build(Path(src), Path(out) if out else None, [Path(f) for f in fragments], base, jobs, progress)
+    if print_image:
+        click.echo(str(result.image))
+        return
+    click.echo(f"Built {result.release}{' at ' + result.commit[:12] if result.commit else ''} in {result.seconds:.0f} s: "
+               f"{result.image}")
+    click.echo(f"  config {result.out / '.config'}, log {result.out / 'kvmlab-build.log'}")
+    click.echo(f"Boot it: kvmlab up --kernel {result.out}")
+
+
+@main.group()
 def images() -> None:
     """Build, list and remove the cached L1 images."""
 
 
 @images.command("build")
 @click.option("--config", "-c", type=click.Path(dir_okay=False))
-@click.option("--kernel", "-k", "kernels", multiple=True,
-              help="Suite of a kernel to build (repeatable); default: the config's.")
+@click.option("--kernel", "-k", "kernels", multiple=True, metavar="KERNEL",
+              help="A kernel to build or fetch (repeatable; as for `up --kernel`); default: the config's.")
 @click.pass_obj
 def images_build(progress: Progress, config, kernels) -> None:
     """Build (or find cached) the kernel and userspace images."""

@@ -15,11 +15,11 @@ from typing import Any, Callable
 import yaml
 
 from lab.errors import ConfigError
-from lab.images.arm64 import image_problem
+from lab.kernels import spec as kernel_spec
+from lab.kernels.spec import SUITES, KernelSpec
 from lab.paths import CONFIGS_DIR
 
 DEFAULT_CONFIG = CONFIGS_DIR / "lab.yaml"
-SUITES = ("bullseye", "bookworm", "trixie", "sid")
 THP_MODES = ("always", "madvise", "never")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -113,13 +113,22 @@ def _memory(value: Any) -> int:
 
 
 def _kernel(value: Any) -> str:
-    expected = "a Debian suite (" + ", ".join(SUITES) + ") or the path of an arm64 Image"
-    if not isinstance(value, str) or not value:
-        raise ValueError(expected)
-    if value not in SUITES:
-        problem = image_problem(Path(value).expanduser())
-        if problem:
-            raise Invalid(f"{value}: {problem}; give {expected}")
+    try:
+        spec = kernel_spec.parse(value)
+    except ValueError as exc:
+        raise Invalid(f"{exc}") from None
+    return str(spec.path) if spec.path is not None else spec.text
+
+
+def _modules(value: Any) -> str:
+    """'' or a directory holding a kernel's modules (lib/modules/RELEASE, or a folder with it)."""
+    if value in ("", None):
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("the path of a modules directory, or empty")
+    if not Path(value).is_dir():
+        raise Invalid(f"{value}: no such directory; give lib/modules/RELEASE of the kernel, "
+                      "or the INSTALL_MOD_PATH it was installed to")
     return value
 
 
@@ -127,6 +136,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
     "lab": {
         "name": _string(NAME_RE, "a name of lowercase letters, digits, '.', '_' or '-' (at most 32)"),
         "kernel": _kernel,
+        "modules": _modules,
         "cpus": _int_range(1, 16),
         "memory": _memory,
         "thp": _choice(THP_MODES),
@@ -151,6 +161,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
 class LabConfig:
     name: str
     kernel: str
+    modules: str
     cpus: int
     memory_mib: int
     thp: str
@@ -167,12 +178,16 @@ class LabConfig:
     sources: list[str] = field(default_factory=list)
 
     @property
+    def kernel_spec(self) -> KernelSpec:
+        return kernel_spec.parse(self.kernel)
+
+    @property
     def kernel_is_suite(self) -> bool:
         return self.kernel in SUITES
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "lab": {"name": self.name, "kernel": self.kernel, "cpus": self.cpus,
+            "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
                     "memory": f"{self.memory_mib}M", "thp": self.thp, "boot_timeout": self.boot_timeout},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
                      "extra_args": self.qemu_extra_args},
@@ -219,10 +234,11 @@ def _merge(into: dict[str, dict[str, tuple[Any, str]]], data: dict[str, Any], wh
             if key not in SCHEMA[section]:
                 raise ConfigError(f"{where}: {section}.{key}: unknown key; known keys in {section}: "
                                   + ", ".join(SCHEMA[section]))
-            if (section, key) == ("lab", "kernel") and isinstance(value, str) and base is not None \
-                    and value not in SUITES and not os.path.isabs(os.path.expanduser(value)):
-                # A kernel path in a config file is relative to that file.
-                value = str((base / value).resolve())
+            if (section, key) in (("lab", "kernel"), ("lab", "modules")) and isinstance(value, str) and value \
+                    and base is not None and not kernel_spec.is_debian(value) \
+                    and not os.path.isabs(os.path.expanduser(value)):
+                # A kernel or modules path in a config file is relative to that file.
+                value = str((base / os.path.expanduser(value)).resolve())
             into[section][key] = (value, where)
 
 
@@ -255,10 +271,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             except ValueError as exc:
                 raise ConfigError(f"{where}: {section}.{key}: expected {exc}, got {value!r}") from None
 
+    if clean["lab.modules"] and not Path(clean["lab.kernel"]).is_absolute():
+        where = merged["lab"]["modules"][1]
+        raise ConfigError(f"{where}: lab.modules: {clean['lab.modules']} goes with a kernel Image, not with "
+                          f"Debian's {clean['lab.kernel']} (which brings its own); drop it or give an Image")
     if os.environ.get("KVMLAB_MIRROR"):
         clean["images.mirror"] = os.environ["KVMLAB_MIRROR"]
     return LabConfig(
-        name=clean["lab.name"], kernel=clean["lab.kernel"], cpus=clean["lab.cpus"],
+        name=clean["lab.name"], kernel=clean["lab.kernel"], modules=clean["lab.modules"], cpus=clean["lab.cpus"],
         memory_mib=clean["lab.memory"], thp=clean["lab.thp"], boot_timeout=clean["lab.boot_timeout"],
         qemu_binary=clean["qemu.binary"], qemu_cpu=clean["qemu.cpu"], append=clean["qemu.append"],
         qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],

@@ -1,8 +1,10 @@
 """What L1 boots, built from Debian's arm64 packages and the recipe under images/.
 
-Two kinds of cache entry:
-- kernel-SUITE-KEY: the arm64 `Image`, its config, and `modules.cpio` (the modules the
-  recipe asks for, decompressed, with an `order` file for the initramfs);
+Three kinds of cache entry:
+- kernel-LABEL-KEY: the arm64 `Image`, its config, and `modules.cpio` (the modules the
+  recipe asks for, decompressed, with an `order` file for the initramfs). LABEL is a
+  Debian suite, a pinned Debian kernel (bookworm-6.1.176-1) or image-NAME for a user's
+  Image (copied in, so rebuilding it does not change a running lab's kernel);
 - rootfs-SUITE-KEY: `root/` (L1's root filesystem, exported read-only over 9p) and
   `initramfs.cpio` (busybox and /init: mounts that root and switches to it);
 - tools-KEY: what kvmlab runs in L1 (the lab/l1 package) and the L2 guest payloads,
@@ -27,6 +29,7 @@ from lab.config import SUITES, LabConfig
 from lab.errors import ImageError, UserError
 from lab.images import debian, payload
 from lab.images.arm64 import image_problem
+from lab.kernels.spec import KernelSpec, image_release
 from lab.images.cpio import CpioWriter
 from lab.images.kmod import ModuleTree, decompress
 from lab.images.store import Entry, Store, content_key, hash_files
@@ -97,22 +100,56 @@ class Builder:
     def current_keys(self, config: LabConfig) -> set[str]:
         """Keys of what this code and recipe build, for every suite: the entries to keep."""
         keys = {content_key(self.rootfs_inputs(config)), content_key(self.tools_inputs())}
-        keys.update(content_key(self.kernel_inputs(suite, config)) for suite in SUITES)
+        keys.update(content_key(self.kernel_inputs(KernelSpec("suite", suite, suite=suite), config))
+                    for suite in SUITES)
         return keys
 
     # -- kernel -------------------------------------------------------------------------
-    def kernel_inputs(self, suite: str, config: LabConfig) -> dict[str, Any]:
-        return {"kind": "kernel", "suite": suite, "code": code_digest(), "package": self.recipe["kernel_package"],
-                "modules": self.recipe["modules"], "mirror": config.mirror, "updates": config.updates}
+    def kernel_inputs(self, spec: KernelSpec, config: LabConfig) -> dict[str, Any]:
+        # A pinned version may live in SUITE-updates or -security: those are searched too.
+        return {"kind": "kernel", "suite": spec.suite, "code": code_digest(),
+                "package": spec.package or self.recipe["kernel_package"],
+                "modules": self.recipe["modules"], "mirror": config.mirror,
+                "updates": config.updates or spec.kind == "debian"}
 
     def kernel(self, config: LabConfig) -> KernelImage:
-        if not config.kernel_is_suite:
-            path = Path(config.kernel).expanduser()
-            check_arm64_image(path)
-            return KernelImage(path, None, "", path.name, {"kind": "kernel", "path": str(path.resolve())})
-        suite = config.kernel
-        entry = self._entry("kernel", suite, self.kernel_inputs(suite, config), f"the {suite} kernel image",
-                            lambda work, step: self._build_kernel(work, suite, config, step))
+        spec = config.kernel_spec
+        if spec.kind == "image":
+            return self._image_kernel(spec, config)
+        inputs = self.kernel_inputs(spec, config)
+        what = f"the {spec.suite} kernel image" if spec.kind == "suite" else f"the Debian kernel {spec.text}"
+        entry = self._entry("kernel", spec.label, inputs, what,
+                            lambda work, step: self._build_kernel(work, spec, inputs, step))
+        return _kernel_from_entry(entry)
+
+    def _image_kernel(self, spec: KernelSpec, config: LabConfig) -> KernelImage:
+        """A user's Image (and modules): copied into the cache, keyed by their content."""
+        assert spec.path is not None
+        check_arm64_image(spec.path)
+        release = image_release(spec.path)
+        modules_root = find_modules_root(Path(config.modules), release) if config.modules else None
+        inputs = {"kind": "kernel", "code": code_digest(), "image": debian.sha256_file(spec.path),
+                  "modules_dir": str(modules_root or ""), "modules": self.recipe["modules"],
+                  "modules_listing": _listing(modules_root) if modules_root else ""}
+
+        def build(work: Path, step) -> dict[str, Any]:
+            shutil.copyfile(spec.path, work / "Image")
+            artefacts = ["Image"]
+            manifest: dict[str, Any] = {"suite": spec.label, "release": release, "image": str(spec.path),
+                                        "packages": [], "modules": [], "modules_late": []}
+            if modules_root is not None:
+                step.update(f"packing modules from {modules_root}")
+                manifest.update(self._pack_modules(modules_root, work))
+                artefacts.append("modules.cpio")
+            config_file = spec.path.parents[3] / ".config" if len(spec.path.parents) > 3 else None
+            if config_file is not None and spec.path.parts[-4:-1] == ("arch", "arm64", "boot") \
+                    and config_file.is_file():
+                shutil.copyfile(config_file, work / "config")
+                artefacts.append("config")
+            manifest["artefacts"] = {name: debian.sha256_file(work / name) for name in artefacts}
+            return manifest
+
+        entry = self._entry("kernel", spec.label, inputs, f"the kernel {spec.path}", build)
         return _kernel_from_entry(entry)
 
     def _entry(self, kind: str, label: str, inputs: dict[str, Any], what: str, build) -> Entry:
@@ -125,9 +162,10 @@ class Builder:
             entry, _ = self.store.build(kind, label, key, inputs, lambda work: build(work, step))
         return entry
 
-    def _build_kernel(self, work: Path, suite: str, config: LabConfig, step) -> dict[str, Any]:
-        debs = debian.fetch(suite, [self.recipe["kernel_package"]], work / "debs", mirror=config.mirror,
-                            updates=config.updates, step=step, log=work / "fetch.log")
+    def _build_kernel(self, work: Path, spec: KernelSpec, inputs: dict[str, Any], step) -> dict[str, Any]:
+        suite = spec.suite
+        debs = debian.fetch(suite, [inputs["package"]], work / "debs", mirror=inputs["mirror"],
+                            updates=inputs["updates"], step=step, log=work / "fetch.log")
         # Only the kernel's own packages: linux-image-V (Image and modules up to trixie),
         # and from sid on linux-binary-V, linux-modules-V, linux-base-V (config).
         kernel_debs = [d for d in debs if d.name.startswith(("linux-image-", "linux-binary-", "linux-modules-"))
@@ -135,7 +173,7 @@ class Builder:
         unpacked = work / "unpacked"
         debian.unpack(kernel_debs, unpacked, step)
         modules_root = _only(list(unpacked.glob("lib/modules/*")) + list(unpacked.glob("usr/lib/modules/*")),
-                             f"a lib/modules/VERSION directory in the {suite} kernel packages")
+                             f"a lib/modules/VERSION directory in the {spec.text} kernel packages")
         release = modules_root.name
         image = _only([p for p in [unpacked / f"boot/vmlinuz-{release}", modules_root / "vmlinuz"] if p.exists()],
                       f"the kernel Image (boot/vmlinuz-{release} or {modules_root.name}/vmlinuz)")
@@ -144,6 +182,25 @@ class Builder:
                             if p.exists()), None)
 
         step.update("packing modules")
+        packed = self._pack_modules(modules_root, work)
+        shutil.copyfile(image, work / "Image")
+        artefacts = ["Image", "modules.cpio"]
+        if config_file is not None:
+            shutil.copyfile(config_file, work / "config")
+            artefacts.append("config")
+        shutil.rmtree(work / "unpacked")
+        shutil.rmtree(work / "debs")
+        return {
+            "suite": suite,
+            "spec": spec.text,
+            "release": release,
+            "packages": [d.as_dict() for d in kernel_debs],
+            **packed,
+            "artefacts": {name: debian.sha256_file(work / name) for name in artefacts},
+        }
+
+    def _pack_modules(self, modules_root: Path, work: Path) -> dict[str, Any]:
+        """work/modules.cpio (the required modules) and work/late/ (the optional ones)."""
         tree = ModuleTree(modules_root)
         wanted = self.recipe["modules"]
         required = tree.load_order(wanted["required"])
@@ -170,23 +227,8 @@ class Builder:
         writer.add_bytes("lib/modules/kvmlab/order",
                          "".join(" ".join(levels[d]) + "\n" for d in sorted(levels)).encode())
         (late / "order").write_text("".join(n + "\n" for n in late_names))
-
-        shutil.copyfile(image, work / "Image")
         (work / "modules.cpio").write_bytes(writer.getvalue())
-        artefacts = ["Image", "modules.cpio"]
-        if config_file is not None:
-            shutil.copyfile(config_file, work / "config")
-            artefacts.append("config")
-        shutil.rmtree(work / "unpacked")
-        shutil.rmtree(work / "debs")
-        return {
-            "suite": suite,
-            "release": release,
-            "packages": [d.as_dict() for d in kernel_debs],
-            "modules": [m.name for m in modules],
-            "modules_late": [m.name for m in modules if m not in required],
-            "artefacts": {name: debian.sha256_file(work / name) for name in artefacts},
-        }
+        return {"modules": [m.name for m in modules], "modules_late": [m.name for m in modules if m not in required]}
 
     # -- tools (what runs in L1, and the L2 payloads) ------------------------------------
     def tools_inputs(self) -> dict[str, Any]:
@@ -309,9 +351,36 @@ def _only(paths: list[Path], what: str) -> Path:
     return paths[0]
 
 
+def find_modules_root(path: Path, release: str) -> Path:
+    """lib/modules/RELEASE for `path`: that directory itself, or an INSTALL_MOD_PATH (or
+    lib/modules) holding it. The release must be the Image's, or no module would load."""
+    for candidate in (path, path / release, path / "lib/modules" / release):
+        if (candidate / "modules.order").exists() or (candidate / "modules.dep").exists():
+            if release and candidate.name != release and (candidate.parent.name == "modules"):
+                raise UserError(f"modules {candidate}: built for {candidate.name}, but the Image is {release}; "
+                                "give the modules of this kernel (make modules_install INSTALL_MOD_PATH=DIR)")
+            return candidate
+    found = sorted(p.name for p in (path / "lib/modules").glob("*")) if (path / "lib/modules").is_dir() else []
+    hint = f" (it has {', '.join(found)}; the Image is {release})" if found else ""
+    raise UserError(f"modules {path}: no lib/modules/{release or 'RELEASE'} with a modules.order in it{hint}; "
+                    "give the directory `make modules_install INSTALL_MOD_PATH=DIR` wrote")
+
+
+def _listing(root: Path) -> str:
+    """A digest of a modules tree's file names, sizes and times (not contents: it can be large)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            digest.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _kernel_from_entry(entry: Entry) -> KernelImage:
-    return KernelImage(entry.file("Image"), entry.file("modules.cpio"), entry.manifest["release"],
-                       entry.manifest["suite"], entry.manifest, entry.file("late"))
+    modules = entry.file("modules.cpio")
+    late = entry.file("late")
+    return KernelImage(entry.file("Image"), modules if modules.exists() else None, entry.manifest["release"],
+                       entry.manifest["suite"], entry.manifest, late if late.is_dir() else None)
 
 
 def _rootfs_from_entry(entry: Entry) -> Rootfs:

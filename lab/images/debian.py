@@ -116,8 +116,9 @@ def fetch(suite: str, packages: list[str], dest: Path, *, mirror: str = "", upda
         if any(s in text for s in ("Could not resolve", "Temporary failure resolving", "Connection failed",
                                    "Unable to connect", "Network is unreachable")):
             hint = "; the Debian archive is not reachable: check the network or set KVMLAB_MIRROR"
-        elif "Unable to locate package" in text or "has no installation candidate" in text:
-            hint = f"; a package is not in {suite} for arm64"
+        elif any(s in text for s in ("Unable to locate package", "has no installation candidate", "was not found")):
+            hint = (f"; not in Debian {suite}'s arm64 package lists (the archive keeps each suite's current "
+                    "packages only: a mirror with older ones can be named in KVMLAB_MIRROR)")
         raise ImageError(f"downloading {', '.join(packages)} from Debian {suite} (arm64) failed{hint}",
                          detail=tail)
     debs = sorted((Deb.from_file(p) for p in dest.glob("*.deb")), key=lambda d: d.name)

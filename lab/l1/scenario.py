@@ -76,7 +76,12 @@ def apply_l1(spec: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], 
         path = f"{MM}/hugepages/hugepages-{size_kb}kB/nr_hugepages"
         if not os.path.exists(path):
             return have, f"this kernel has no {size_kb} KiB huge pages"
-        settings.set(path, count)
+        try:
+            settings.set(path, count)
+        except OSError as exc:
+            # EINVAL: pages above the buddy allocator's largest order need CONTIG_ALLOC.
+            return have, (f"this kernel cannot reserve {size_kb} KiB huge pages at run time ({exc.strerror}; "
+                          "it needs CONFIG_CONTIG_ALLOC, e.g. through CONFIG_CMA)")
         got = int(read_setting(path))
         have["hugepages"][size_kb] = got
         if got < int(count):

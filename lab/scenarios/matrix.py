@@ -1,0 +1,210 @@
+"""`kvmlab matrix`: one suite on several kernels, side by side.
+
+Each kernel gets its own lab (named matrix-LABEL), brought up, run and brought down;
+up to `jobs` at a time. Images are prepared first, one after another, so builds do not
+race and their progress stays readable. The table has a row per scenario and a column per
+kernel; a cell is the observed mapping without its fault counts (its "signature"), and a
+row whose signatures differ is marked. Everything lands in one results directory:
+
+    RESULTS/matrix.json      kernels, and per scenario each kernel's status, observed, signature
+    RESULTS/LABEL/           that kernel's suite results (summary.json, per-scenario artefacts)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP
+from lab.config import LabConfig
+from lab.errors import KvmlabError, UserError
+from lab.images.build import Builder
+from lab.machine.lab import Lab
+from lab.progress import Progress
+from lab.scenarios.model import Scenario
+from lab.scenarios.runner import Runner, ScenarioResult
+
+#: What a cell shows for a scenario that did not measure a mapping.
+NOT_MEASURED = (SKIP, ERROR)
+
+
+@dataclass
+class KernelColumn:
+    spec: str
+    label: str
+    config: LabConfig
+    release: str = ""
+    summary: dict[str, Any] | None = None
+    error: str = ""
+    seconds: float = 0.0
+    lab: Lab | None = field(default=None, repr=False)
+
+
+def signature(s: dict[str, Any]) -> str:
+    """The observed mapping without fault counts: what is compared across kernels."""
+    if s["status"] in NOT_MEASURED:
+        return s["status"]
+    checks = s.get("checks") or []
+    if checks and checks[0].get("check") == "fault_ratio":
+        # A ratio moves from run to run; what it says is whether it clears the bar.
+        return s["expected"] if s["status"] == PASS else "below: " + s["expected"]
+    return re.sub(r"\s*\([^)]*\)", "", s.get("observed") or "").strip() or s["status"]
+
+
+def rows(columns: list[KernelColumn]) -> list[dict[str, Any]]:
+    """Per scenario (in suite order): each kernel's cell, and whether the kernels differ."""
+    names: list[str] = []
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for column in columns:
+        for s in (column.summary or {}).get("scenarios", []):
+            if s["name"] not in cells:
+                names.append(s["name"])
+                cells[s["name"]] = {}
+            cells[s["name"]][column.label] = {"status": s["status"], "observed": s.get("observed", ""),
+                                              "signature": signature(s), "reasons": s.get("reasons", [])[:1]}
+    out = []
+    for name in names:
+        row = cells[name]
+        signatures = {c["signature"] for c in row.values()}
+        out.append({"name": name, "cells": row,
+                    "differs": len(signatures) > 1 or len(row) < sum(1 for c in columns if c.summary)})
+    return out
+
+
+def plan(kernels: list[str], base_config: Callable[[str, str], LabConfig]) -> list[KernelColumn]:
+    """A column per kernel, with its lab's config; labels must be distinct."""
+    from lab.kernels.spec import parse
+
+    columns: list[KernelColumn] = []
+    for text in kernels:
+        try:
+            label = parse(text).label
+        except ValueError as exc:
+            raise UserError(f"--kernels: {exc}") from None
+        if any(c.label == label for c in columns):
+            raise UserError(f"--kernels: {text} is given twice (as {label})")
+        columns.append(KernelColumn(text, label, base_config(text, f"matrix-{label}"[:32].rstrip("-."))))
+    return columns
+
+
+def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[str], out: Path, jobs: int,
+        progress: Progress, echo: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    busy = [c.config.name for c in columns if Lab(c.config.name).is_up()]
+    if busy:
+        raise UserError(f"labs {', '.join(busy)} are up (a matrix uses labs of these names); "
+                        f"`kvmlab down --name {busy[0]}` first")
+    builder = Builder(progress=progress)
+    builder.tools()
+    for column in columns:  # builds, one at a time, before any lab starts
+        builder.rootfs(column.config)
+        column.release = builder.kernel(column.config).release
+    lock = threading.Lock()
+
+    def say(text: str) -> None:
+        with lock:
+            echo(text)
+
+    def one(column: KernelColumn) -> None:
+        t0 = time.monotonic()
+        lab = column.lab = Lab(column.config.name, Progress(quiet=True))
+        try:
+            info = lab.up(column.config, builder=Builder())
+            column.release = info.release
+            say(f"[{column.label}] up: {info.release} in {info.seconds:.1f} s")
+
+            def on_result(r: ScenarioResult) -> None:
+                say(f"[{column.label}] {r.status.upper():<5} {r.name}  {r.observed}  ({r.seconds:.1f} s)")
+
+            column.summary = Runner(lab, out / column.label, on_result=on_result).run(scenarios)
+        except KvmlabError as exc:
+            column.error = exc.message
+            say(f"[{column.label}] ERROR {exc.message}")
+        finally:
+            if lab.is_up():
+                lab.down()
+            column.seconds = round(time.monotonic() - t0, 1)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = [pool.submit(one, c) for c in columns]
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:
+        # Ctrl-C or an unexpected error: stop every lab (their runs then end) and wait.
+        for future in futures:
+            future.cancel()
+        for column in columns:
+            if column.lab is not None and column.lab.is_up():
+                try:
+                    column.lab.down(timeout=2)
+                except KvmlabError:
+                    pass
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown()
+    matrix = {
+        "targets": targets or ["thp"],
+        "kernels": [{"spec": c.spec, "label": c.label, "release": c.release, "lab": c.config.name,
+                     "results_dir": str(out / c.label), "error": c.error, "seconds": c.seconds,
+                     "passed": bool(c.summary and c.summary.get("passed")) and not c.error} for c in columns],
+        "scenarios": rows(columns),
+        "jobs": jobs,
+        "seconds": round(time.monotonic() - started, 1),
+        "results_dir": str(out),
+    }
+    matrix["differing"] = [r["name"] for r in matrix["scenarios"] if r["differs"]]
+    matrix["passed"] = all(k["passed"] for k in matrix["kernels"])
+    write_json(out / "matrix.json", matrix)
+    return matrix
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: ""}
+
+
+def print_table(matrix: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width), highlight=False)
+    kernels = matrix["kernels"]
+    table = Table("≠", "scenario", *[f"{k['label']}\n{k['release'] or '-'}" for k in kernels],
+                  title="observed stage-2 mapping per kernel (✗: the scenario's expectation failed; "
+                        "≠: kernels differ)")
+    for row in matrix["scenarios"]:
+        cells = []
+        for k in kernels:
+            cell = row["cells"].get(k["label"])
+            if cell is None:
+                cells.append("-")
+                continue
+            text = cell["signature"] + MARK[cell["status"]]
+            style = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}.get(cell["status"], "")
+            cells.append(f"[{style}]{_escape(text)}[/]" if style else _escape(text))
+        table.add_row("[bold magenta]≠[/]" if row["differs"] else "", row["name"], *cells)
+    console.print(table)
+    for k in kernels:
+        if k["error"]:
+            console.print(f"[bold red]{k['label']}[/]: {_escape(k['error'])}", soft_wrap=True)
+    console.print(f"{len(matrix['differing'])} of {len(matrix['scenarios'])} scenarios differ between kernels"
+                  + (f" ({', '.join(matrix['differing'])})" if matrix["differing"] else "")
+                  + f"; {matrix['seconds']:.0f} s with -j{matrix['jobs']}; results: {matrix['results_dir']}",
+                  soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
