@@ -392,6 +392,51 @@ def kernel_build(progress: Progress, src, out, fragments, base, jobs, print_imag
     click.echo(f"Boot it: kvmlab up --kernel {result.out}")
 
 
+@main.command()
+@click.option("--src", required=True, type=click.Path(file_okay=False), help="A git work tree of the kernel.")
+@click.option("--good", required=True, metavar="REV", help="A commit where the scenario is good.")
+@click.option("--bad", required=True, metavar="REV", help="A later commit where it is bad.")
+@click.option("--scenario", required=True, metavar="NAME", help="A scenario name (any suite) or file.")
+@click.option("--judge", type=click.Choice(["verdict", "observed"]), default="verdict", show_default=True,
+              help="verdict: the scenario's expectations decide; observed: the mapping seen at GOOD is good.")
+@click.option("--build-cmd", metavar="CMD", help="Shell command run in the tree per step; prints the kernel to boot "
+              "(last line), fails to skip. Default: kvmlab kernel build --src . --print-image.")
+@click.option("--base", default="defconfig", show_default=True, help="For the default build: the base config.")
+@click.option("--config-fragment", "fragments", multiple=True, type=click.Path(dir_okay=False),
+              help="For the default build: another config fragment (repeatable).")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every step's lab.")
+@click.option("--name", "-n", default="bisect", show_default=True, help="Name of the lab each step brings up.")
+@click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
+def bisect(src, good, bad, scenario, judge, build_cmd, base, fragments, config, name, results) -> None:
+    """Find the first commit where a scenario goes bad (git bisect run).
+
+    \b
+    kvmlab bisect --src ~/linux --good v5.14 --bad v5.15 --scenario memfd-second-mapping
+    Each step: build, boot a lab on it, run the scenario, judge; a failed build skips.
+    Exit status: 0 found (or narrowed to skipped commits), 1 not found, 2 bad input.
+    """
+    from lab.kernels import bisect as bis
+    from lab.report import results_dir
+
+    src_path = Path(src).expanduser().resolve()
+    scenario_path = bis.find_scenario(scenario)
+    from lab.scenarios import model
+
+    model.load(scenario_path)  # checked before any build
+    _config(config, name=name)
+    if Lab(name).is_up():
+        raise UserError(f"lab {name!r} is up; bisect brings its own up and down: `kvmlab down --name {name}` or --name")
+    out = results_dir(results, f"bisect-{scenario_path.stem}"[:40])
+    b = bis.Bisection(src_path, good, bad, scenario_path, build_cmd or bis.default_build_cmd(base, list(fragments)),
+                      judge, str(Path(config).resolve()) if config else None, name, out.resolve())
+    click.echo(f"Bisecting {src_path} from {good} (good) to {bad} (bad) on {scenario_path.stem}, judged by {judge}; "
+               f"results in {out}")
+    report = bis.run(b, click.echo)
+    for line in bis.report_lines(report):
+        click.echo(line)
+    sys.exit(0 if report["result"] in ("found", "ambiguous") else 1)
+
+
 @main.group()
 def images() -> None:
     """Build, list and remove the cached L1 images."""

@@ -163,9 +163,10 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
         ok = lo <= len(in_range) <= hi
         verdict.checks.append({"check": "faults", "ok": ok, "text": f"{len(in_range)} faults (expected {lo}-{hi})"})
         verdict.reasons.append(f"{len(in_range)} faults in the touched range (expected {lo}-{hi})")
-    if scenario.smaps:
+    smaps = scenario.smaps_for(release)
+    if smaps:
         seen = ((probe or {}).get("smaps", {}).get("end", {}) or {}).get("1", {})
-        for key, (lo, hi) in scenario.smaps.items():
+        for key, (lo, hi) in smaps.items():
             value = seen.get(key, 0) * 1024
             ok = lo <= value <= hi
             verdict.checks.append({"check": f"smaps.{key}", "ok": ok, "text": f"{key} {human_size(value) if value else '0'}"})

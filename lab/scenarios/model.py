@@ -148,7 +148,8 @@ class Scenario:
     actions: list[dict[str, Any]] = field(default_factory=list)
     regions: list[RegionExpectation] = field(default_factory=list)
     total_faults: tuple[int, int] | None = None
-    smaps: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: (kernel versions or None for all, {smaps key: (lo, hi) bytes}), in file order.
+    smaps: list[tuple[str | None, dict[str, tuple[int, int]]]] = field(default_factory=list)
     fault_ratio: float | None = None  # linux + compare_thp: faults(2nd) / faults(1st) at least this
     compare_thp: list[str] = field(default_factory=list)
     clean_log: bool = True
@@ -157,6 +158,14 @@ class Scenario:
     kernels: str | None = None
     trace_buffer_kb: int | None = None
     tags: list[str] = field(default_factory=list)
+
+    def smaps_for(self, release: str) -> dict[str, tuple[int, int]]:
+        """The smaps expectations that apply to a kernel release."""
+        out: dict[str, tuple[int, int]] = {}
+        for kernels, values in self.smaps:
+            if kernels is None or not release or versions_match(release, kernels):
+                out.update(values)
+        return out
 
     @property
     def expected(self) -> str:
@@ -407,11 +416,18 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
             phase=c.get(r, "phase", f"{key}.phase", _int(0, 4)),
             faults=c.get(r, "faults", f"{key}.faults", _bounds),
             kernels=c.get(r, "kernels", f"{key}.kernels", check_versions)))
-    smaps = {}
-    for k, v in (c.mapping("expect.smaps", e.get("smaps"), ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
-                                                            "Rss", "Private_Hugetlb", "Shared_Hugetlb")) or {}).items():
-        smaps[k] = c.get({k: v}, k, f"expect.smaps.{k}",
-                         lambda x: tuple(parse_bytes(y) for y in (x if isinstance(x, list) and len(x) == 2 else [x, x])))
+    smaps = []
+    raw_smaps = e.get("smaps")
+    blocks = raw_smaps if isinstance(raw_smaps, list) else [raw_smaps] if raw_smaps is not None else []
+    for i, block in enumerate(blocks):
+        key = "expect.smaps" + (f"[{i}]" if isinstance(raw_smaps, list) else "")
+        values = {}
+        for k, v in c.mapping(key, block, SMAPS_KEYS + ("kernels",)).items():
+            if k == "kernels":
+                continue
+            values[k] = c.get({k: v}, k, f"{key}.{k}",
+                              lambda x: tuple(parse_bytes(y) for y in (x if isinstance(x, list) and len(x) == 2 else [x, x])))
+        smaps.append((c.get(block or {}, "kernels", f"{key}.kernels", check_versions), values))
     compare = data.get("compare_thp") or []
     if compare and (not isinstance(compare, list) or len(compare) != 2 or any(x not in THP for x in compare)):
         c.fail("compare_thp", compare, "two L1 THP modes, e.g. [always, never]")
@@ -439,6 +455,9 @@ def _pauses(value: Any, passes: int) -> list[int]:
                                           for v in value):
         raise Bad(f"a list of pass numbers from 0 to {passes - 1} (a pause comes before that pass)")
     return sorted(set(value))
+
+
+SMAPS_KEYS = ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Rss", "Private_Hugetlb", "Shared_Hugetlb")
 
 
 def load(path: Path) -> Scenario:

@@ -36,7 +36,7 @@ def test_user_file_overrides_default_and_cli_overrides_file(tmp_path):
     ("lab:\n  cpus: two\n", "lab.yaml: lab.cpus: expected an integer from 1 to 16, got 'two'"),
     ("lab:\n  cpus: true\n", "lab.cpus: expected an integer from 1 to 16, got True"),
     ("lab:\n  cpus: 0\n", "lab.cpus: expected an integer from 1 to 16, got 0"),
-    ("lab:\n  cpuz: 2\n", "lab.cpuz: unknown key; known keys in lab: name, kernel, cpus"),
+    ("lab:\n  cpuz: 2\n", "lab.cpuz: unknown key; known keys in lab: name, kernel, modules, cpus"),
     ("labs:\n  cpus: 2\n", "labs: unknown section; known sections: lab, qemu, images"),
     ("lab: 3\n", "lab: expected a mapping of keys, got 3"),
     ("- a\n- b\n", "the top level must be a mapping"),

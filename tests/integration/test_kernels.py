@@ -1,0 +1,164 @@
+"""Any kernel, for real: Debian's 5.10 next to 6.12 in a matrix, a bisection over a
+synthetic history whose commits name a Debian kernel to boot, and an Image built from
+Debian's linux-source by `kvmlab kernel build` booted as L1 with no modules."""
+
+from __future__ import annotations
+
+import glob
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab.paths import CONFIGS_DIR
+from tests.conftest import kvmlab, qemu_pids_in
+
+pytestmark = pytest.mark.boot
+
+
+def test_matrix_marks_the_rows_where_kernels_map_differently(tmp_path, private_runtime):
+    # fork-child-munmap: pages on 5.10, blocks since the 5.15 series (the scenario says why);
+    # anon-thp-always: blocks on both.
+    thp = CONFIGS_DIR / "thp"
+    run = kvmlab("matrix", str(thp / "fork-child-munmap.yaml"), str(thp / "anon-thp-always.yaml"),
+                 "--kernels", "bullseye,trixie", "--results", str(tmp_path), "--json", str(tmp_path / "m.json"),
+                 timeout=900)
+    assert run.returncode == 0, run.stdout.decode()[-3000:] + run.stderr.decode()[-2000:]
+    matrix = json.loads((tmp_path / "m.json").read_text())
+    assert matrix == json.loads(next(tmp_path.glob("*/matrix.json")).read_text())
+    assert [k["release"][:5] for k in matrix["kernels"]] == ["5.10.", "6.12."]
+    rows = {r["name"]: r for r in matrix["scenarios"]}
+    assert rows["fork-child-munmap"]["differs"] and not rows["anon-thp-always"]["differs"]
+    assert rows["fork-child-munmap"]["cells"]["bullseye"]["signature"] == "8 page"
+    assert rows["fork-child-munmap"]["cells"]["trixie"]["signature"] == "8 block"
+    assert {c["signature"] for c in rows["anon-thp-always"]["cells"].values()} == {"32 block"}
+    assert matrix["differing"] == ["fork-child-munmap"] and matrix["passed"]
+    for kernel in matrix["kernels"]:
+        assert (Path(kernel["results_dir"]) / "summary.json").exists()
+    out = run.stdout.decode()
+    assert "≠" in out and "1 of 2 scenarios differ between kernels (fork-child-munmap)" in out
+    assert qemu_pids_in(private_runtime / "labs") == []
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                               "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(repo)}).stdout.strip()
+
+
+def test_bisect_finds_the_commit_that_switches_kernels(tmp_path, private_runtime):
+    # A history whose "build" prints the Debian kernel a commit names; one commit does not
+    # build. The scenario says what 5.10 did (pages), as a bug report would.
+    repo = tmp_path / "linux"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commits = {}
+    for i, kernel in enumerate(["bullseye", "bullseye", "bullseye", "broken", "bullseye", "trixie", "trixie"]):
+        (repo / "KERNEL").write_text(kernel + "\n")
+        git(repo, "add", "KERNEL")
+        git(repo, "commit", "-q", "-m", f"step {i}: {kernel}")
+        commits[i] = git(repo, "rev-parse", "HEAD")
+    scenario = yaml.safe_load((CONFIGS_DIR / "thp/fork-child-munmap.yaml").read_text())
+    scenario["expect"]["regions"] = [{"mapping": "page", "faults": [512, 514]}]
+    (tmp_path / "fork-child-pages.yaml").write_text(yaml.safe_dump(scenario))
+    build = 'k=$(cat KERNEL); echo "building $k" >&2; [ "$k" != broken ] && echo "$k"'
+    results = tmp_path / "results"
+    run = kvmlab("bisect", "--src", str(repo), "--good", commits[0], "--bad", "main",
+                 "--scenario", str(tmp_path / "fork-child-pages.yaml"), "--build-cmd", build,
+                 "--name", "t-bisect", "--results", str(results), timeout=1200)
+    out = run.stdout.decode()
+    assert run.returncode == 0, out[-4000:] + run.stderr.decode()[-2000:]
+    report = json.loads(next(results.glob("*/bisect.json")).read_text())
+    assert report["result"] == "found" and report["first_bad"] == commits[5], out
+    assert f"First bad commit: {commits[5]} step 5: trixie" in out
+    assert report["evidence_good"]["release"].startswith("5.10.") and report["evidence_good"]["status"] == "pass"
+    assert report["evidence_bad"]["release"].startswith("6.12.") and report["evidence_bad"]["status"] == "fail"
+    assert "8 block" in report["evidence_bad"]["observed"]
+    tested = {s["commit"]: s for s in report["steps"]}
+    assert tested[commits[3]]["exit"] == 125 and tested[commits[3]]["status"] == "build failed"
+    # The tree is as it was: on main, no bisection left behind.
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert not (repo / ".git/BISECT_START").exists()
+    assert qemu_pids_in(private_runtime / "labs") == []
+
+
+def test_bisect_refuses_ends_that_are_not_good_and_bad(tmp_path):
+    repo = tmp_path / "linux"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    for i in range(2):
+        (repo / "KERNEL").write_text("trixie\n")
+        (repo / "n").write_text(str(i))
+        git(repo, "add", "KERNEL", "n")
+        git(repo, "commit", "-q", "-m", f"c{i}")
+    run = kvmlab("bisect", "--src", str(repo), "--good", "HEAD~1", "--bad", "HEAD", "--scenario", "fork-child-munmap",
+                 "--build-cmd", "cat KERNEL", "--judge", "observed", "--name", "t-bisect2",
+                 "--results", str(tmp_path / "r"), timeout=600)
+    assert run.returncode == 1
+    assert "--bad HEAD is good" in run.stderr.decode()
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+def test_bisect_bad_input_is_one_line(tmp_path):
+    run = kvmlab("bisect", "--src", str(tmp_path), "--good", "a", "--bad", "b", "--scenario", "no-such-scenario")
+    assert run.returncode == 2
+    err = run.stderr.decode().strip()
+    assert err.startswith("kvmlab: error: --scenario no-such-scenario: no scenario of that name") and "\n" not in err
+
+
+def linux_source() -> Path | None:
+    found = sorted(glob.glob("/usr/src/linux-source-*.tar.*"))
+    return Path(found[-1]) if found else None
+
+
+@pytest.fixture(scope="module")
+def built_kernel(tmp_path_factory):
+    """Debian's linux-source, built by `kvmlab kernel build` on tinyconfig + the fragment."""
+    tarball = linux_source()
+    assert tarball is not None, "scripts/setup installs linux-source (its tarball is in /usr/src)"
+    src_root = tmp_path_factory.mktemp("src")
+    with tarfile.open(tarball) as tar:
+        tar.extractall(src_root, filter="fully_trusted")
+    src = next(src_root.iterdir())
+    out = tmp_path_factory.mktemp("build")
+    run = kvmlab("-q", "kernel", "build", "--src", str(src), "--out", str(out), "--base", "tinyconfig", timeout=3000)
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+    yield src, out, run.stdout.decode()
+    shutil.rmtree(src_root, ignore_errors=True)
+
+
+def test_kernel_build_makes_an_image_with_the_fragment(built_kernel):
+    src, out, stdout = built_kernel
+    image = out / "arch/arm64/boot/Image"
+    assert f"Boot it: kvmlab up --kernel {out}" in stdout
+    assert image.read_bytes()[0x38:0x3C] == b"ARM\x64"
+    config = (out / ".config").read_text()
+    for option in ("CONFIG_KVM=y", "CONFIG_9P_FS=y", "CONFIG_VIRTIO_CONSOLE=y", "CONFIG_BASE_FULL=y"):
+        assert option in config
+    assert "# CONFIG_MODULES is not set" in config
+    record = json.loads((out / "kvmlab-build.json").read_text())
+    assert record["base"] == "tinyconfig" and record["release"]
+    assert not (src / ".config").exists()  # built out of tree
+
+
+def test_a_built_kernel_runs_the_lab_without_modules(built_kernel, tmp_path, private_runtime):
+    _, out, _ = built_kernel
+    up = kvmlab("up", "--name", "built", "--kernel", str(out))
+    assert up.returncode == 0, up.stderr.decode()[-3000:]
+    try:
+        state = json.loads((private_runtime / "labs/built/lab.json").read_text())
+        assert state["kernel"]["label"] == "image-" + out.name
+        ran = kvmlab("exec", "--name", "built", "sh", "-c", "cat /proc/modules | wc -l; zcat /proc/config.gz | "
+                     "grep -c '^CONFIG_KVM=y'")
+        assert ran.stdout.decode().split() == ["0", "1"]
+        # The scenarios that need shmem THP and gigantic hugetlb pages, which the fragment enables.
+        test = kvmlab("test", "thp", "--name", "built", "-k", "*memfd-s*", "--results", str(tmp_path), timeout=600)
+        assert test.returncode == 0, test.stdout.decode()[-3000:]
+        test = kvmlab("test", "thp", "--name", "built", "-k", "hugetlb-32m", "--results", str(tmp_path), timeout=600)
+        assert test.returncode == 0, test.stdout.decode()[-3000:]
+    finally:
+        assert kvmlab("down", "--name", "built").returncode == 0

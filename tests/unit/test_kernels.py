@@ -1,0 +1,114 @@
+"""--kernel values, the kernel config check and the matrix's comparison: pure logic."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.kernels import spec as kspec
+from lab.kernels.source import FRAGMENT, read_config, unmet
+from lab.scenarios.matrix import KernelColumn, rows, signature
+
+
+@pytest.mark.parametrize("text, kind, suite, package, label", [
+    ("trixie", "suite", "trixie", "", "trixie"),
+    ("bookworm:6.1.176-1", "debian", "bookworm", "linux-image-arm64=6.1.176-1", "bookworm-6.1.176-1"),
+    ("6.1.176-1", "debian", "bookworm", "linux-image-arm64=6.1.176-1", "bookworm-6.1.176-1"),
+    ("5.10.223-1", "debian", "bullseye", "linux-image-arm64=5.10.223-1", "bullseye-5.10.223-1"),
+    ("6.1.0-50", "debian", "bookworm", "linux-image-6.1.0-50-arm64", "bookworm-6.1.0-50"),
+    ("6.12.117+deb13", "debian", "trixie", "linux-image-6.12.117+deb13-arm64", "trixie-6.12.117-deb13"),
+    ("7.2.13+deb14-arm64", "debian", "sid", "linux-image-7.2.13+deb14-arm64", "sid-7.2.13-deb14"),
+    ("linux-image-5.10.0-32-arm64", "debian", "bullseye", "linux-image-5.10.0-32-arm64", "bullseye-5.10.0-32"),
+    ("sid:7.2.13-1", "debian", "sid", "linux-image-arm64=7.2.13-1", "sid-7.2.13-1"),
+])
+def test_debian_kernels(text, kind, suite, package, label):
+    spec = kspec.parse(text)
+    assert (spec.kind, spec.suite, spec.package, spec.label) == (kind, suite, package, label)
+    assert kspec.is_debian(text)
+
+
+def image(path, banner=b"Linux version 6.1.192 (kvmlab@host) #1 SMP\n"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 0x38 + b"ARM\x64" + b"\0" * 8 + banner)
+    return path
+
+
+def test_an_image_a_build_directory_and_its_release(tmp_path):
+    built = image(tmp_path / "out/arch/arm64/boot/Image")
+    for text in (str(built), str(tmp_path / "out")):
+        spec = kspec.parse(text)
+        assert (spec.kind, spec.path, spec.label) == ("image", built, "image-out")
+    assert kspec.image_release(built) == "6.1.192"
+    assert kspec.parse("Image", base=built.parent).path == built  # relative to a config's folder
+    assert not kspec.is_debian(str(built))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "an empty kernel"),
+    ("jessie", "not a Debian suite, version or an existing file"),
+    ("bookworm:latest", "after 'bookworm:' give a version"),
+    ("./nope/Image", "no such file"),
+])
+def test_bad_kernels_say_what_is_accepted(text, words):
+    with pytest.raises(ValueError, match=words):
+        kspec.parse(text)
+
+
+def test_files_that_are_not_images(tmp_path):
+    (tmp_path / "vmlinuz").write_bytes(b"\x1f\x8b" + b"\0" * 100)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="gzip-compressed"):
+        kspec.parse(str(tmp_path / "vmlinuz"))
+    with pytest.raises(ValueError, match="no arch/arm64/boot/Image"):
+        kspec.parse(str(tmp_path / "empty"))
+
+
+def test_the_fragment_asks_for_what_the_lab_needs_built_in():
+    wanted = read_config(FRAGMENT)
+    for option in ("CONFIG_KVM", "CONFIG_TRANSPARENT_HUGEPAGE", "CONFIG_HUGETLBFS", "CONFIG_FTRACE",
+                   "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_CONSOLE", "CONFIG_NET_9P_VIRTIO", "CONFIG_9P_FS",
+                   "CONFIG_BASE_FULL", "CONFIG_CMA"):
+        assert wanted[option] == "y", option
+    assert wanted["CONFIG_MODULES"] == "n"
+
+
+def test_unmet_options_are_named(tmp_path):
+    config = tmp_path / ".config"
+    config.write_text("CONFIG_KVM=y\n# CONFIG_9P_FS is not set\nCONFIG_MODULES=y\nCONFIG_HZ=250\n")
+    fragment = {"CONFIG_KVM": "y", "CONFIG_9P_FS": "y", "CONFIG_MODULES": "n", "CONFIG_HZ": "250",
+                "CONFIG_GONE": "y"}
+    assert unmet(fragment, read_config(config)) == ["CONFIG_9P_FS=y (got n)", "CONFIG_MODULES=n (got y)",
+                                                    "CONFIG_GONE=y (got n)"]
+
+
+def scenario(name, status, observed, checks=None, expected="block"):
+    return {"name": name, "status": status, "observed": observed, "checks": checks or [], "expected": expected,
+            "reasons": []}
+
+
+def test_signature_drops_fault_counts_and_ratio_noise():
+    assert signature(scenario("a", "pass", "32 block (1 fault each)")) == "32 block"
+    assert signature(scenario("a", "fail", "phase 0: 8 block (1 fault each); phase 1: 8 split (512 faults each)")) \
+        == "phase 0: 8 block; phase 1: 8 split"
+    ratio = [{"check": "fault_ratio", "ok": True}]
+    assert signature(scenario("r", "pass", "never/always = 444.9x (16907/38 faults)", ratio, "ratio >= 4")) \
+        == signature(scenario("r", "pass", "never/always = 303.6x (5161/17 faults)", ratio, "ratio >= 4"))
+    assert signature(scenario("s", "skip", "")) == "skip"
+
+
+def column(label, scenarios):
+    return KernelColumn(label, label, config=None, summary={"scenarios": scenarios})
+
+
+def test_rows_mark_where_kernels_differ():
+    old = column("bullseye", [scenario("same", "pass", "8 block (1 fault each)"),
+                              scenario("moved", "pass", "8 page (512 faults each)"),
+                              scenario("noisy", "pass", "32 page (591-1729 faults each)")])
+    new = column("trixie", [scenario("same", "pass", "8 block (1-2 faults each)"),
+                            scenario("moved", "pass", "8 block (1 fault each)"),
+                            scenario("noisy", "pass", "32 page (599-1916 faults each)")])
+    table = {r["name"]: r for r in rows([old, new])}
+    assert [n for n, r in table.items() if r["differs"]] == ["moved"]
+    assert table["moved"]["cells"]["bullseye"]["signature"] == "8 page"
+    # A scenario missing from one kernel's run (that kernel's lab died) differs too.
+    died = column("sid", [scenario("same", "pass", "8 block (1 fault each)")])
+    assert {r["name"] for r in rows([old, died]) if r["differs"]} == {"moved", "noisy"}
