@@ -70,10 +70,12 @@ KERNEL_HELP = ("What L1 boots: a Debian suite (" + ", ".join(SUITES) + "), SUITE
                "a Debian ABI (6.1.0-50), or an arm64 Image / kernel build directory.")
 
 
-def kernel_options(f):
-    f = click.option("--modules", type=click.Path(file_okay=False),
-                     help="With an Image: its modules (lib/modules/RELEASE or INSTALL_MOD_PATH).")(f)
-    return click.option("--kernel", "-k", metavar="KERNEL", help=KERNEL_HELP)(f)
+def kernel_options(*short: str):
+    def decorate(f):
+        f = click.option("--modules", type=click.Path(file_okay=False),
+                         help="With an Image: its modules (lib/modules/RELEASE or INSTALL_MOD_PATH).")(f)
+        return click.option("--kernel", *short, metavar="KERNEL", help=KERNEL_HELP)(f)
+    return decorate
 
 
 def _config(config: str | None, **overrides):
@@ -87,7 +89,7 @@ def _lab_name(name: str | None) -> str:
 @main.command()
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="A lab config (YAML); see configs/lab.yaml.")
 @name_option
-@kernel_options
+@kernel_options("-k")
 @click.option("--cpus", type=int, help="L1 vCPUs.")
 @click.option("--memory", "-m", help="L1 memory, e.g. 2G.")
 @click.option("--thp", type=click.Choice(THP_MODES), help="L1 transparent_hugepage at boot.")
@@ -224,7 +226,7 @@ def cp(name, src, dst) -> None:
 @click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
 @name_option
-@kernel_options
+@kernel_options()
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @click.option("--keep-up", is_flag=True, help="Leave a lab this command started running.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")

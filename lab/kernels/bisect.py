@@ -249,7 +249,7 @@ def run(b: Bisection, echo: Callable[[str], None]) -> dict[str, Any]:
             report["detail"] = "".join(output[-15:])
     finally:
         report["seconds"] = round(time.monotonic() - started, 1)
-        git(b.src, "bisect", "reset", "-q", check=False)
+        git(b.src, "bisect", "reset", check=False)
         tmp = b.results / ".bisect.json.tmp"
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
         os.replace(tmp, b.results / "bisect.json")

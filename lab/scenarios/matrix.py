@@ -178,11 +178,12 @@ MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: ""}
 
 def print_table(matrix: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     console = Console(width=max(120, Console().width), highlight=False)
     kernels = matrix["kernels"]
-    table = Table("≠", "scenario", *[f"{k['label']}\n{k['release'] or '-'}" for k in kernels],
+    table = Table("≠", Column("scenario", no_wrap=True),
+                  *[f"{k['label']}\n{k['release'] or '-'}" for k in kernels],
                   title="observed stage-2 mapping per kernel (✗: the scenario's expectation failed; "
                         "≠: kernels differ)")
     for row in matrix["scenarios"]:

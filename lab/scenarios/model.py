@@ -132,6 +132,8 @@ class RegionExpectation:
             text += f" ({lo if lo == hi else f'{lo}-{hi}'}/region)"
         if self.phase is not None:
             text = f"phase {self.phase}: {text}"
+        if self.kernels:
+            text += f" on {self.kernels}"
         return text
 
 

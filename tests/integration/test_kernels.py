@@ -59,7 +59,8 @@ def test_bisect_finds_the_commit_that_switches_kernels(tmp_path, private_runtime
     commits = {}
     for i, kernel in enumerate(["bullseye", "bullseye", "bullseye", "broken", "bullseye", "trixie", "trixie"]):
         (repo / "KERNEL").write_text(kernel + "\n")
-        git(repo, "add", "KERNEL")
+        (repo / "n").write_text(f"{i}\n")
+        git(repo, "add", "KERNEL", "n")
         git(repo, "commit", "-q", "-m", f"step {i}: {kernel}")
         commits[i] = git(repo, "rev-parse", "HEAD")
     scenario = yaml.safe_load((CONFIGS_DIR / "thp/fork-child-munmap.yaml").read_text())
