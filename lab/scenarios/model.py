@@ -165,7 +165,7 @@ class Scenario:
         """The smaps expectations that apply to a kernel release."""
         out: dict[str, tuple[int, int]] = {}
         for kernels, values in self.smaps:
-            if kernels is None or not release or versions_match(release, kernels):
+            if kernels is None or not release or versions_match(kernels, release):
                 out.update(values)
         return out
 

@@ -112,3 +112,13 @@ def test_rows_mark_where_kernels_differ():
     # A scenario missing from one kernel's run (that kernel's lab died) differs too.
     died = column("sid", [scenario("same", "pass", "8 block (1 fault each)")])
     assert {r["name"] for r in rows([old, died]) if r["differs"]} == {"moved", "noisy"}
+
+
+def test_smaps_expectations_by_kernel_version():
+    from lab.scenarios import model
+
+    scenario = model.load(model.suites()["thp"] / "memfd-misaligned-first-touch.yaml")
+    assert scenario.smaps_for("5.10.0-32-arm64") == {"ShmemPmdMapped": (16 << 20, 16 << 20)}
+    assert scenario.smaps_for("6.1.0-50-arm64") == {"ShmemPmdMapped": (16 << 20, 16 << 20)}
+    assert scenario.smaps_for("6.12.117+deb13-arm64") == {"ShmemPmdMapped": (0, 0)}
+    assert scenario.smaps_for("7.2.13+deb14-arm64") == {"ShmemPmdMapped": (0, 0)}
