@@ -78,6 +78,32 @@ def kernel_options(*short: str):
     return decorate
 
 
+def output_options(f):
+    """--json/--junit/--html/--markdown: renderings of the run's results directory."""
+    f = click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False),
+                     help="Append a Markdown summary table to FILE (e.g. $GITHUB_STEP_SUMMARY).")(f)
+    f = click.option("--html", "html_dir", type=click.Path(file_okay=False),
+                     help="Write the HTML report (fault maps, evidence, links) into DIR.")(f)
+    f = click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write JUnit XML to FILE.")(f)
+    return click.option("--json", "json_file", type=click.Path(dir_okay=False),
+                        help="Write the whole run (summary, every scenario's regions) as JSON to FILE.")(f)
+
+
+def _outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress: Progress, results=None) -> None:
+    if not (json_file or junit_file or html_dir or markdown_file):
+        return
+    from lab.results import load, outputs
+
+    results = results or load.load(results_dir)
+    with progress.step("Writing the reports") as step:
+        outputs.write(results, json_file, junit_file, html_dir, markdown_file, echo=step.update)
+    for what, value in (("JSON", json_file), ("JUnit", junit_file), ("Markdown", markdown_file)):
+        if value:
+            click.echo(f"{what}: {value}")
+    if html_dir:
+        click.echo(f"HTML report: {Path(html_dir) / 'index.html'}")
+
+
 def _config(config: str | None, **overrides):
     return load_config(config, {f"lab.{k}": v for k, v in overrides.items()})
 
@@ -230,9 +256,10 @@ def cp(name, src, dst) -> None:
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @click.option("--keep-up", is_flag=True, help="Leave a lab this command started running.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
+@output_options
 @click.pass_obj
 def test(progress: Progress, targets, keyword, list_only, config, name, kernel, modules, results, keep_up,
-         verbose) -> None:
+         verbose, json_file, junit_file, html_dir, markdown_file) -> None:
     """Run scenario suites (default: thp) and judge stage-2 mappings.
 
     \b
@@ -240,7 +267,7 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
     Uses the running lab, or brings one up and down around the run.
     Exit status: 0 all passed (or skipped), 1 a scenario failed, 2 bad input.
     """
-    from lab import report
+    from lab.results import console as report
     from lab.scenarios import model
 
     scenarios = model.resolve(list(targets), keyword)
@@ -263,7 +290,35 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
     finally:
         if started_here and not keep_up:
             lab.down()
+    _outputs(summary["results_dir"], json_file, junit_file, html_dir, markdown_file, progress)
     sys.exit(0 if summary["passed"] else 1)
+
+
+@main.command("report")
+@click.argument("results_dir", type=click.Path())
+@output_options
+@click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
+@click.pass_obj
+def report_command(progress: Progress, results_dir, json_file, junit_file, html_dir, markdown_file, verbose) -> None:
+    """Render a saved run again: the table, and any of JSON, JUnit, HTML, Markdown.
+
+    \b
+    RESULTS_DIR: a directory `kvmlab test` or `kvmlab matrix` wrote (nothing is re-run).
+    kvmlab report kvmlab-results/20261124-172455-thp --html report/ --junit junit.xml
+    Exit status: 0 the saved run passed, 1 it did not, 2 not a results directory.
+    """
+    from lab.results import console as report
+    from lab.results import load
+    from lab.scenarios import matrix as mx
+
+    results = load.load(results_dir)
+    if isinstance(results, load.Matrix):
+        mx.print_table(results.matrix)
+    else:
+        report.print_table({**results.summary, "scenarios": results.scenarios,
+                            "counts": results.counts, "results_dir": str(results.path)}, verbose)
+    _outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress, results)
+    sys.exit(0 if results.passed else 1)
 
 
 @main.command()
@@ -274,9 +329,10 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
 @click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the matrix JSON here.")
+@output_options
 @click.pass_obj
-def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs, config, results, json_file) -> None:
+def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs, config, results, json_file,
+           junit_file, html_dir, markdown_file) -> None:
     """Run a suite (default: thp) on several kernels; show the mappings side by side.
 
     \b
@@ -286,7 +342,7 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs,
     """
     import os
 
-    from lab.report import results_dir
+    from lab.results.console import results_dir
     from lab.scenarios import matrix as mx
     from lab.scenarios import model
 
@@ -303,8 +359,7 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs,
                f"{jobs} lab{'s' if jobs > 1 else ''} at a time; results in {out}")
     result = mx.run(columns, scenarios, list(targets), out, jobs, progress, click.echo)
     mx.print_table(result)
-    if json_file:
-        mx.write_json(Path(json_file), result)
+    _outputs(out, json_file, junit_file, html_dir, markdown_file, progress)
     sys.exit(0 if result["passed"] else 1)
 
 
@@ -326,7 +381,7 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
     Keeps the raw per-CPU buffers, formats, events.txt and the L1 log.
     Exit status: 1 if events were lost or L1 logged a crash, else the command's.
     """
-    from lab.report import results_dir
+    from lab.results.console import results_dir
     from lab.scenarios import adhoc
 
     lab = Lab(_lab_name(name))
@@ -418,7 +473,7 @@ def bisect(src, good, bad, scenario, judge, build_cmd, base, fragments, config, 
     Exit status: 0 found (or narrowed to skipped commits), 1 not found, 2 bad input.
     """
     from lab.kernels import bisect as bis
-    from lab.report import results_dir
+    from lab.results.console import results_dir
 
     src_path = Path(src).expanduser().resolve()
     scenario_path = bis.find_scenario(scenario)

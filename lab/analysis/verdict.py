@@ -57,6 +57,13 @@ def _access_words(scenario: Scenario) -> str:
     return " then ".join(word[p] for p in passes)
 
 
+def phase_regions(scenario: Scenario, faults: list[Fault], phase: int) -> dict[int, Region]:
+    """The touched regions as the faults of one phase alone map them."""
+    touched = touched_of(scenario)
+    return {a: r for a, r in mapping.infer([f for f in faults if f.phase == phase], touched).items()
+            if touched.pages_in(a, mapping.REGION)}
+
+
 def check_regions(scenario: Scenario, faults: list[Fault], release: str) -> tuple[list[dict[str, Any]], dict[int, Region]]:
     """One check per region expectation (those whose `kernels` condition L1 meets)."""
     touched = touched_of(scenario)
@@ -151,9 +158,7 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
     if phases:
         # One summary per phase the expectations name: what each phase changed.
         verdict.observed = "; ".join(
-            f"phase {p}: " + mapping.describe({a: r for a, r in mapping.infer(
-                [f for f in trace.faults if f.phase == p], touched).items() if touched.pages_in(a, mapping.REGION)})
-            for p in phases)
+            f"phase {p}: " + mapping.describe(phase_regions(scenario, trace.faults, p)) for p in phases)
     verdict.checks += checks
     for c in checks:
         verdict.reasons.append(f"{human_size(touched.size)} {_access_words(scenario)}: {c['text']}"

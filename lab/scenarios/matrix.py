@@ -124,7 +124,8 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
             def on_result(r: ScenarioResult) -> None:
                 say(f"[{column.label}] {r.status.upper():<5} {r.name}  {r.observed}  ({r.seconds:.1f} s)")
 
-            column.summary = Runner(lab, out / column.label, on_result=on_result).run(scenarios)
+            column.summary = Runner(lab, out / column.label, on_result=on_result,
+                                    targets=targets).run(scenarios)
         except KvmlabError as exc:
             column.error = exc.message
             say(f"[{column.label}] ERROR {exc.message}")

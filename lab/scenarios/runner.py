@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from lab.analysis import crash
 from lab.analysis import trace as tracefile
-from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP, Verdict, evaluate
+from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP, Verdict, evaluate, phase_regions
 from lab.errors import LabError
 from lab.images import payload
 from lab.images.build import Builder, Tools
@@ -33,6 +33,8 @@ from lab.machine.lab import Lab
 from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
 
 GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
+#: summary.json's "format": bump when a reader of saved results (lab/results) must tell.
+RESULTS_FORMAT = "kvmlab-results/1"
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ScenarioResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
     artefacts: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    source: str = ""  # the scenario file, for reports (JUnit's file attribute)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -87,7 +90,8 @@ def touch_params(scenario: Scenario) -> payload.TouchParams:
 
 class Runner:
     def __init__(self, lab: Lab, results: Path, builder: Builder | None = None,
-                 on_result: Callable[[ScenarioResult], None] | None = None, progress=None):
+                 on_result: Callable[[ScenarioResult], None] | None = None, progress=None,
+                 targets: list[str] | None = None):
         self.lab = lab
         self.results = results
         self.builder = builder or Builder()
@@ -97,11 +101,11 @@ class Runner:
         self.state = state
         self.release = state.get("ready", {}).get("release", "")
         self.summary: dict[str, Any] = {
-            "lab": lab.name, "kernel": state["kernel"]["label"], "release": self.release,
+            "format": RESULTS_FORMAT, "lab": lab.name, "kernel": state["kernel"]["label"], "release": self.release,
             "kvm_mode": state.get("ready", {}).get("kvm_mode"), "qemu_version": state.get("qemu_version"),
             "l1_cpus": state["config"]["lab"]["cpus"], "l1_memory": state["config"]["lab"]["memory"],
             "l1_thp_at_boot": state.get("ready", {}).get("thp"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "results_dir": str(results), "scenarios": [],
+            "targets": list(targets or ["thp"]), "results_dir": str(results), "scenarios": [],
         }
 
     # -- set-up --------------------------------------------------------------------------
@@ -232,7 +236,8 @@ class Runner:
 
     def run_one(self, scenario: Scenario, tools: Tools) -> ScenarioResult:
         started = time.monotonic()
-        out = ScenarioResult(scenario.name, scenario.description, scenario.expected, ERROR)
+        out = ScenarioResult(scenario.name, scenario.description, scenario.expected, ERROR,
+                             source=_source_name(scenario.path))
         if scenario.compare_thp:
             return self._compare(scenario, tools, out, started)
         run = self.execute(scenario, tools, scenario.name)
@@ -251,9 +256,14 @@ class Runner:
                        "vmm": (result.get("vmm") or {}).get("seconds", 0),
                        "guest": (probe or {}).get("guest_seconds", 0),
                        "trace_dump": (result.get("trace") or {}).get("dump_seconds", 0)}
+        maps = None
         if trace is not None:
             out.timings["events"] = len(trace.events)
-        return self._finish(out, artefacts, started, verdict)
+            phases = sorted({r.phase for r in scenario.regions if r.phase is not None})
+            if phases:
+                maps = [{"label": f"phase {p}", "regions": region_records(phase_regions(scenario, trace.faults, p))}
+                        for p in phases]
+        return self._finish(out, artefacts, started, verdict, maps)
 
     def _compare(self, scenario: Scenario, tools: Tools, out: ScenarioResult, started: float) -> ScenarioResult:
         """The same workload under two L1 THP modes; the verdict is on the fault ratio."""
@@ -282,18 +292,37 @@ class Runner:
                        f"{b.faults} with THP {second} ({mapping_words(b)}): {ratio:.1f}x"
                        + ("" if ok else f", expected at least {scenario.fault_ratio:g}x")]
         out.checks = [{"check": "fault_ratio", "ok": ok, "text": out.observed}]
-        return self._finish(out, artefacts, started)
+        maps = [{"label": f"THP {mode}", "regions": region_records(v.regions)} for mode, v in verdicts]
+        return self._finish(out, artefacts, started, maps=maps)
 
     def _finish(self, out: ScenarioResult, artefacts: Path, started: float,
-                verdict: Verdict | None = None) -> ScenarioResult:
+                verdict: Verdict | None = None, maps: list[dict[str, Any]] | None = None) -> ScenarioResult:
         out.seconds = round(time.monotonic() - started, 2)
         out.artefacts = str(artefacts)
         data = out.as_dict()
         if verdict is not None:
-            data["regions"] = [{"start": hex(r.start), "mapping": r.mapping, "faults": r.faults,
-                                "pages": len(r.pages), "evidence": r.evidence()} for r in verdict.regions.values()]
+            data["regions"] = region_records(verdict.regions)
+        if maps:
+            data["maps"] = maps
         _write_json(artefacts / "verdict.json", data)
         return out
+
+
+def _source_name(path: Path | None) -> str:
+    if path is None:
+        return ""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def region_records(regions: dict) -> list[dict[str, Any]]:
+    """verdict.json's regions: what reports draw (lab/results), one per 2 MiB region."""
+    return [{"start": hex(r.start), "mapping": r.mapping, "faults": r.faults, "pages": len(r.pages),
+             "kinds": {f"{kind} L{level}": n for (kind, level), n in sorted(r.kinds.items(), key=lambda kv: (kv[0][1], kv[0][0]))},
+             "evidence": r.evidence()} for r in regions.values()]
 
 
 def mapping_words(v: Verdict) -> str:

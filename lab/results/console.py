@@ -60,7 +60,8 @@ def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...], res
     state = lab.state() or {}
     click.echo(f"Running {total} scenario{'s' if total != 1 else ''} on lab '{lab.name}' "
                f"({state.get('ready', {}).get('release', '?')}); results in {out}")
-    runner = Runner(lab, out, on_result=on_result, progress=progress)
+    runner = Runner(lab, out, on_result=on_result, progress=progress,
+                    targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets])
     summary = runner.run(scenarios)
     print_table(summary, verbose)
     return summary
