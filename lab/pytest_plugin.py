@@ -24,6 +24,7 @@ and left up. Nothing is imported from kvmlab until a test asks for `kvm_lab`.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +42,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave the lab up after the session (a later session reuses it)")
     group.addoption("--kvmlab-results", metavar="DIR", default=None,
                     help="where scenario results go (default: under pytest's temporary directory)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A wrong --kvmlab-kernel or --kvmlab-config is a usage error before any test runs.
+    if config.getoption("--kvmlab-kernel", None) or config.getoption("--kvmlab-config", None):
+        from lab.errors import KvmlabError
+
+        try:
+            _config(config)
+        except KvmlabError as exc:
+            raise pytest.UsageError(f"kvmlab: {exc.message}") from None
+
+
+def _config(config: pytest.Config):
+    from lab.config import load_config
+
+    overrides = {"lab.name": config.getoption("--kvmlab-name")}
+    if config.getoption("--kvmlab-kernel"):
+        overrides["lab.kernel"] = config.getoption("--kvmlab-kernel")
+    return load_config(config.getoption("--kvmlab-config"), overrides)
 
 
 class Regions(list):
@@ -178,20 +199,16 @@ class KvmLab:
 def kvm_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvmLab]:
     """An arm64 L1 running KVM (kvmlab), up for the whole session; `.run(scenario)` measures
     stage-2 mappings. See `--kvmlab-*` options."""
-    from lab.config import load_config
     from lab.errors import KvmlabError
     from lab.machine.lab import Lab
     from lab.progress import Progress
 
     opt = request.config.getoption
-    overrides = {"lab.name": opt("--kvmlab-name")}
-    if opt("--kvmlab-kernel"):
-        overrides["lab.kernel"] = opt("--kvmlab-kernel")
     try:
-        config = load_config(opt("--kvmlab-config"), overrides)
+        config = _config(request.config)
     except KvmlabError as exc:
-        raise pytest.UsageError(f"kvmlab: {exc.message}") from None
-    lab = Lab(config.name, Progress(quiet=True))
+        pytest.fail(f"kvmlab: {exc.message}", pytrace=False)
+    lab = Lab(config.name, Progress(stream=sys.stderr))  # captured by pytest; shown with -s or on failure
     started_here = False
     try:
         if lab.is_up():

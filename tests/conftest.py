@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 
+# pytester runs inner pytest sessions: the kvm_lab plugin's own tests (tests/integration/test_plugin.py).
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_runtime(tmp_path_factory):
+    from lab.paths import cache_dir
+
     runtime = tmp_path_factory.mktemp("rt")
     old = os.environ.get("KVMLAB_RUNTIME_DIR")
     os.environ["KVMLAB_RUNTIME_DIR"] = str(runtime)
+    # Named explicitly: pytester's inner sessions get a HOME of their own, not its cache.
+    os.environ.setdefault("KVMLAB_CACHE_DIR", str(cache_dir()))
     yield runtime
     # Whatever a failing test left running is stopped here: no QEMU outlives the tests.
     labs = runtime / "labs"
@@ -55,3 +62,34 @@ def qemu_pids_in(directory: Path) -> list[int]:
         if "qemu-system" in cmdline and str(directory) in cmdline and state != "Z":
             pids.append(int(proc.name))
     return pids
+
+
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", "--window-size=1280,2400"]
+
+
+def browse(page: Path, tmp: Path) -> tuple[str, Path]:
+    """Opens `page` (a local file) in headless Chromium (Debian's package, installed by
+    scripts/setup): its DOM after load (scripts run) and a screenshot."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert browser, "no Chromium on PATH: scripts/setup installs Debian's chromium package"
+    profile = tmp / "chromium-profile"
+    shot = tmp / "screenshot.png"
+    url = page.resolve().as_uri()
+    common = [browser, *BROWSER_FLAGS, f"--user-data-dir={profile}"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    run = subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert run.returncode == 0 and shot.exists(), run.stderr.decode()[-2000:]
+    return dom.stdout.decode(), shot
+
+
+def blank_share(png: Path) -> float:
+    """How much of a screenshot is (nearly) one colour: 1.0 for a blank page."""
+    from PIL import Image
+
+    histogram = Image.open(png).convert("L").histogram()
+    return max(histogram) / sum(histogram)

@@ -27,6 +27,7 @@ from typing import Any
 from . import tracefs
 
 MM = "/sys/kernel/mm"
+KHUGEPAGED_PARKED_MS = 86_400_000
 
 
 def read_setting(path: str) -> str:
@@ -67,6 +68,13 @@ def apply_l1(spec: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], 
     for key, path in (("thp", "enabled"), ("defrag", "defrag"), ("shmem_thp", "shmem_enabled")):
         if spec.get(key):
             settings.set(f"{thp}/{path}", spec[key])
+    if not spec.get("khugepaged"):
+        # khugepaged parked: a collapse mid-scenario remaps stage 2 and changes smaps at
+        # random (seen: read-then-write's split pages collapsed back, AnonHugePages 14 MiB).
+        # The write wakes it once now, before the VMM exists, then it sleeps for a day.
+        sleep = f"{thp}/khugepaged/scan_sleep_millisecs"
+        if os.path.exists(sleep):
+            settings.set(sleep, KHUGEPAGED_PARKED_MS)
     write_setting("/proc/sys/vm/drop_caches", "3")
     if os.path.exists("/proc/sys/vm/compact_memory"):
         write_setting("/proc/sys/vm/compact_memory", "1")

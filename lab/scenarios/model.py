@@ -293,11 +293,12 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     description = c.get(data, "description", "description", _text, "")
     vmm = c.get(data, "vmm", "vmm", _choice(VMMS), "probe")
 
-    l1 = c.mapping("l1", data.get("l1"), ("thp", "defrag", "shmem_thp", "hugepages"))
+    l1 = c.mapping("l1", data.get("l1"), ("thp", "defrag", "shmem_thp", "hugepages", "khugepaged"))
     l1_clean: dict[str, Any] = {}
     l1_clean["thp"] = c.get(l1, "thp", "l1.thp", _choice(THP))
     l1_clean["defrag"] = c.get(l1, "defrag", "l1.defrag", _choice(DEFRAG))
     l1_clean["shmem_thp"] = c.get(l1, "shmem_thp", "l1.shmem_thp", _choice(SHMEM_THP))
+    l1_clean["khugepaged"] = c.get(l1, "khugepaged", "l1.khugepaged", _bool, False)
     hugepages = c.mapping("l1.hugepages", l1.get("hugepages"), ("64K", "2M", "32M", "1G"))
     l1_clean["hugepages"] = {str(parse_bytes(k) // KiB): c.get(hugepages, k, f"l1.hugepages.{k}", _int(0, 4096))
                              for k in hugepages}

@@ -6,28 +6,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import xml.etree.ElementTree as ET
+
 import pytest
+import xmlschema
 import yaml
 
 from lab.scenarios import model
-from tests.conftest import kvmlab, qemu_pids_in
+from tests.conftest import kvmlab
+from tests.integration.test_report_browser import check_rendered
+from tests.unit.test_results import SCHEMA
 
 pytestmark = pytest.mark.boot
 
 
 @pytest.fixture(scope="module")
-def lab(private_runtime):
-    result = kvmlab("up", "--name", "thp")
-    assert result.returncode == 0, result.stderr.decode()
-    yield "thp"
-    assert kvmlab("down", "--name", "thp").returncode == 0
-    assert qemu_pids_in(private_runtime / "labs/thp") == []
+def lab(kvm_lab):
+    """The session's lab: kvmlab's pytest plugin brings it up once and down at the end."""
+    return kvm_lab.name
 
 
 @pytest.fixture(scope="module")
-def suite(lab, tmp_path_factory):
+def outputs(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def suite(lab, outputs, tmp_path_factory):
+    """`kvmlab test thp`, as a user runs it, with every report asked for."""
     results = tmp_path_factory.mktemp("results")
-    run = kvmlab("test", "thp", "--name", lab, "--results", str(results), timeout=900)
+    run = kvmlab("test", "thp", "--name", lab, "--results", str(results), "--html", str(outputs / "html"),
+                 "--junit", str(outputs / "junit.xml"), "--json", str(outputs / "run.json"), timeout=900)
     summary_file = next(results.glob("*/summary.json"))
     return run, json.loads(summary_file.read_text()), summary_file.parent
 
@@ -62,6 +71,23 @@ def test_results_are_complete(suite):
             for cpu, name in result["trace"]["files"].items():
                 assert (r / name).exists()
             assert (r / "kvm--kvm_guest_fault.format").exists() and (r / "job.json").exists()
+
+
+def test_reports_of_the_run(suite, outputs, tmp_path):
+    """The HTML report renders every scenario in Chromium, with every picture; JUnit
+    validates against the reporters' schema and agrees with the summary."""
+    _, summary, _ = suite
+    names = [s["name"] for s in summary["scenarios"]]
+    check_rendered(outputs / "html/index.html", names, tmp_path)
+    figures = {p.name for p in (outputs / "html/figures").iterdir()}
+    assert "anon-thp-always-map.png" in figures and "qemu-migration-dirty-log-1-map.png" in figures
+    xmlschema.XMLSchema(str(SCHEMA)).validate(str(outputs / "junit.xml"))
+    suite_element = ET.parse(outputs / "junit.xml").getroot().find("testsuite")
+    assert int(suite_element.get("tests")) == len(names)
+    assert int(suite_element.get("skipped")) == summary["counts"]["skip"]
+    document = json.loads((outputs / "run.json").read_text())
+    always = next(s for s in document["scenarios"] if s["name"] == "anon-thp-always")
+    assert [r["mapping"] for r in always["regions"]] == ["block"] * 32
 
 
 def test_verdicts_carry_their_evidence(suite):
