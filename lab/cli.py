@@ -518,6 +518,14 @@ def images_build(progress: Progress, config, kernels) -> None:
                    f"{manifest.get('key', '')[:16]}  {where}")
 
 
+@images.command("key")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+@kernel_options("-k")
+def images_key(config, kernel, modules) -> None:
+    """Print the cache key of the images a config needs (for CI caches; builds nothing)."""
+    click.echo(Builder().cache_key(_config(config, kernel=kernel, modules=modules)))
+
+
 @images.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def images_list(as_json) -> None:

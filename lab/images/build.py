@@ -104,6 +104,16 @@ class Builder:
                     for suite in SUITES)
         return keys
 
+    def cache_key(self, config: LabConfig) -> str:
+        """One key over everything `up` with this config needs from the cache (L1 tools,
+        userspace, and a Debian kernel's inputs): CI caches the images under it. A user's
+        Image is not part of it: it is copied into the cache on every run."""
+        spec = config.kernel_spec
+        keys = [content_key(self.tools_inputs()), content_key(self.rootfs_inputs(config))]
+        if spec.kind != "image":
+            keys.append(content_key(self.kernel_inputs(spec, config)))
+        return content_key({"cache_key": keys})[:32]
+
     # -- kernel -------------------------------------------------------------------------
     def kernel_inputs(self, spec: KernelSpec, config: LabConfig) -> dict[str, Any]:
         # A pinned version may live in SUITE-updates or -security: those are searched too.
