@@ -1,5 +1,6 @@
-"""Progress for long steps: a spinner with the latest detail on a terminal, plain
-timestamped lines when stderr is not a terminal (CI logs), nothing when quiet."""
+"""Progress for long steps: a spinner with the latest detail (image builds, boots) or a
+bar (suites) on a terminal, plain timestamped lines when stderr is not a terminal (CI
+logs), nothing when quiet."""
 
 from __future__ import annotations
 
@@ -37,6 +38,29 @@ def _escape(text: str) -> str:
     return text.replace("[", "\\[")
 
 
+class Bar:
+    """A count of items done out of a known total, and the item now running."""
+
+    def __init__(self, progress: "Progress", title: str, total: int):
+        self.progress = progress
+        self.title = title
+        self.total = total
+        self.done = 0
+        self._rich = None
+        self._task = None
+
+    def start(self, item: str) -> None:
+        if self._rich is not None:
+            self._rich.update(self._task, item=_escape(item))
+        else:
+            self.progress.line(f"{self.title}: {self.done + 1}/{self.total} {item} ...")
+
+    def advance(self) -> None:
+        self.done += 1
+        if self._rich is not None:
+            self._rich.update(self._task, advance=1, item="")
+
+
 class Progress:
     def __init__(self, quiet: bool = False, stream: TextIO | None = None):
         self.quiet = quiet
@@ -71,3 +95,30 @@ class Progress:
             self.line(f"{title} ...")
             yield step
             self.line(f"{title}: done ({step.seconds:.1f} s)")
+
+    @contextmanager
+    def bar(self, title: str, total: int) -> Iterator["Bar"]:
+        """A bar for `total` items (a suite's scenarios); start(item) / advance() as they run."""
+        bar = Bar(self, title, total)
+        if self.quiet:
+            yield bar
+            return
+        if self._console is None:
+            started = time.monotonic()
+            yield bar
+            self.line(f"{title}: {bar.done}/{total} done ({time.monotonic() - started:.1f} s)")
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        with RichProgress(SpinnerColumn(), TextColumn(_escape(title)), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("[dim]{task.fields[item]}"), console=self._console,
+                          transient=True) as rich:
+            bar._rich = rich
+            bar._task = rich.add_task(title, total=total, item="")
+            yield bar
+
+
+def stamp(text: str) -> str:
+    """A result line for stdout: timestamped when stdout is a log, not a terminal."""
+    return text if sys.stdout.isatty() else f"[{time.strftime('%H:%M:%S')}] {text}"

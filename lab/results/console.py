@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.machine.lab import Lab
+from lab.progress import stamp
 from lab.scenarios.model import Scenario
 from lab.scenarios.runner import Runner, ScenarioResult
 
@@ -49,20 +50,28 @@ def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...], res
     out = results_dir(results, label)
     total = len(scenarios)
     done = [0]
+    bar = None
+
+    def on_start(scenario: Scenario) -> None:
+        if bar is not None:
+            bar.start(scenario.name)
 
     def on_result(r: ScenarioResult) -> None:
         done[0] += 1
+        if bar is not None:
+            bar.advance()
         tag = r.status.upper()
-        click.echo(f"[{done[0]}/{total}] {tag:<5} {r.name}  {r.observed or ''}  ({r.seconds:.1f} s)")
+        click.echo(stamp(f"[{done[0]}/{total}] {tag:<5} {r.name}  {r.observed or ''}  ({r.seconds:.1f} s)"))
         if r.status != "pass" and r.reasons:
             click.echo(f"        {r.reasons[0]}")
 
     state = lab.state() or {}
     click.echo(f"Running {total} scenario{'s' if total != 1 else ''} on lab '{lab.name}' "
                f"({state.get('ready', {}).get('release', '?')}); results in {out}")
-    runner = Runner(lab, out, on_result=on_result, progress=progress,
+    runner = Runner(lab, out, on_result=on_result, on_start=on_start, progress=progress,
                     targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets])
-    summary = runner.run(scenarios)
+    with progress.bar(f"{label} on {lab.name}", total) as bar:
+        summary = runner.run(scenarios)
     print_table(summary, verbose)
     return summary
 

@@ -27,7 +27,7 @@ from lab.config import LabConfig
 from lab.errors import KvmlabError, UserError
 from lab.images.build import Builder
 from lab.machine.lab import Lab
-from lab.progress import Progress
+from lab.progress import Progress, stamp
 from lab.scenarios.model import Scenario
 from lab.scenarios.runner import Runner, ScenarioResult
 
@@ -111,7 +111,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
 
     def say(text: str) -> None:
         with lock:
-            echo(text)
+            echo(stamp(text))
 
     def one(column: KernelColumn) -> None:
         t0 = time.monotonic()

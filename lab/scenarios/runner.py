@@ -91,8 +91,9 @@ def touch_params(scenario: Scenario) -> payload.TouchParams:
 class Runner:
     def __init__(self, lab: Lab, results: Path, builder: Builder | None = None,
                  on_result: Callable[[ScenarioResult], None] | None = None, progress=None,
-                 targets: list[str] | None = None):
+                 targets: list[str] | None = None, on_start: Callable[[Scenario], None] | None = None):
         self.lab = lab
+        self.on_start = on_start
         self.results = results
         self.builder = builder or Builder()
         self.on_result = on_result
@@ -125,6 +126,8 @@ class Runner:
         started = time.monotonic()
         try:
             for scenario in scenarios:
+                if self.on_start:
+                    self.on_start(scenario)
                 result = self.run_one(scenario, tools)
                 self.summary["scenarios"].append(result.as_dict())
                 self._save_summary(time.monotonic() - started)
