@@ -89,6 +89,13 @@ def output_options(f):
                         help="Write the whole run (summary, every scenario's regions) as JSON to FILE.")(f)
 
 
+def _check_outputs(*targets) -> None:
+    if any(targets):
+        from lab.results import outputs
+
+        outputs.check(*targets)
+
+
 def _outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress: Progress, results=None) -> None:
     if not (json_file or junit_file or html_dir or markdown_file):
         return
@@ -271,6 +278,7 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
     from lab.scenarios import model
 
     scenarios = model.resolve(list(targets), keyword)
+    _check_outputs(json_file, junit_file, html_dir, markdown_file)
     if list_only:
         report.print_list(scenarios, model.suites())
         return
@@ -311,6 +319,7 @@ def report_command(progress: Progress, results_dir, json_file, junit_file, html_
     from lab.results import load
     from lab.scenarios import matrix as mx
 
+    _check_outputs(json_file, junit_file, html_dir, markdown_file)
     results = load.load(results_dir)
     if isinstance(results, load.Matrix):
         mx.print_table(results.matrix)
@@ -350,6 +359,7 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs,
     if not kernels:
         raise UserError("matrix: give the kernels, e.g. --kernels bullseye,bookworm,trixie,sid")
     scenarios = model.resolve(list(targets), keyword)
+    _check_outputs(json_file, junit_file, html_dir, markdown_file)
     _config(config)  # the config file itself is checked once, before any kernel
     columns = mx.plan(kernels, lambda kernel, lab_name: _config(config, kernel=kernel, name=lab_name))
     jobs = jobs or max(1, min(len(columns), (os.cpu_count() or 2) // 2))

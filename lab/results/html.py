@@ -194,7 +194,7 @@ class _Writer:
         return _page("kvmlab matrix", "\n".join(head + rows + errors))
 
 
-def _check_target(out: Path) -> None:
+def check_target(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise UserError(f"--html {out}: exists and is not a kvmlab report; give a new or empty directory")
 
@@ -202,7 +202,7 @@ def _check_target(out: Path) -> None:
 def write(results: Run | Matrix, out: Path) -> Path:
     """Renders the report into `out` (replacing an earlier kvmlab report there); returns index.html."""
     out = Path(out).expanduser().absolute()
-    _check_target(out)
+    check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

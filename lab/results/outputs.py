@@ -33,6 +33,19 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check(json_file: str | None = None, junit_file: str | None = None, html_dir: str | None = None,
+          markdown_file: str | None = None) -> None:
+    """Before a run: the outputs can be written (a wrong --html costs nothing afterwards)."""
+    from lab.errors import UserError
+    from lab.results import html
+
+    for option, value in (("--json", json_file), ("--junit", junit_file), ("--markdown", markdown_file)):
+        if value and Path(value).is_dir():
+            raise UserError(f"{option} {value}: is a directory; give a file name")
+    if html_dir:
+        html.check_target(Path(html_dir).expanduser().absolute())
+
+
 def write(results: Run | Matrix, json_file: str | None = None, junit_file: str | None = None,
           html_dir: str | None = None, markdown_file: str | None = None,
           echo: Callable[[str], None] = print) -> None:

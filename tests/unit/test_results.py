@@ -218,3 +218,17 @@ def test_report_command_bad_input_is_one_line(tmp_path):
     lines = out.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "no such results directory" in lines[0]
     assert not (tmp_path / "html").exists()
+
+
+def test_outputs_are_checked_before_anything_runs(tmp_path):
+    """A wrong --html is exit 2 at once, not after a suite: nothing is booted or written."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    out = kvmlab("test", "thp", "--name", "never-started", "--results", str(tmp_path / "r"), "--html", str(mine))
+    assert out.returncode == 2
+    lines = out.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "not a kvmlab report" in lines[0]
+    assert not (tmp_path / "r").exists() and (mine / "notes.txt").read_text() == "keep me"
+    out = kvmlab("test", "thp", "--name", "never-started", "--junit", str(tmp_path))
+    assert out.returncode == 2 and "--junit" in out.stderr.decode() and "is a directory" in out.stderr.decode()
