@@ -28,8 +28,12 @@ def test_matrix_marks_the_rows_where_kernels_map_differently(tmp_path, private_r
                  "--kernels", "bullseye,trixie", "--results", str(tmp_path), "--json", str(tmp_path / "m.json"),
                  timeout=900)
     assert run.returncode == 0, run.stdout.decode()[-3000:] + run.stderr.decode()[-2000:]
-    matrix = json.loads((tmp_path / "m.json").read_text())
-    assert matrix == json.loads(next(tmp_path.glob("*/matrix.json")).read_text())
+    document = json.loads((tmp_path / "m.json").read_text())
+    matrix = json.loads(next(tmp_path.glob("*/matrix.json")).read_text())
+    # --json: matrix.json, plus each kernel's whole run
+    assert {k: document[k] for k in matrix} == {**matrix, "results_dir": document["results_dir"]}
+    assert document["kind"] == "matrix" and sorted(document["runs"]) == ["bullseye", "trixie"]
+    assert len(document["runs"]["trixie"]["scenarios"]) == 2
     assert [k["release"][:5] for k in matrix["kernels"]] == ["5.10.", "6.12."]
     rows = {r["name"]: r for r in matrix["scenarios"]}
     assert rows["fork-child-munmap"]["differs"] and not rows["anon-thp-always"]["differs"]
