@@ -24,6 +24,7 @@ and left up. Nothing is imported from kvmlab until a test asks for `kvm_lab`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -173,8 +174,6 @@ class KvmLab:
         regions: list[dict[str, Any]] = []
         verdict = Path(result.artefacts) / "verdict.json"
         if verdict.exists():
-            import json
-
             data = json.loads(verdict.read_text())
             regions = data.get("regions") or [r for m in data.get("maps", []) for r in m.get("regions", [])]
         return ScenarioOutcome(result.name, result.status, result.observed, result.faults, result.reasons,

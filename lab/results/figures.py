@@ -30,7 +30,6 @@ COLUMNS = 32
 
 
 def _pyplot():
-    os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
 
     matplotlib.use("Agg")

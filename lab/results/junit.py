@@ -61,7 +61,7 @@ def suite_element(run: Run, index: int = 0) -> ET.Element:
                        time=f"{s.get('seconds', 0):.3f}", id=str(index), hostname=socket.gethostname())
     started = s.get("started", "")
     if started:
-        # xs:dateTime without the zone's colon-less offset: the schema's timestamp is local time
+        # "2026-11-24T17:39:05+0000" -> the xs:dateTime part; a "+0000" offset is not one
         suite.set("timestamp", started[:19])
     props = ET.SubElement(suite, "properties")
     for key in ("lab", "kernel", "release", "kvm_mode", "qemu_version", "l1_cpus", "l1_memory", "l1_thp_at_boot"):

@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from lab.results import junit, markdown
+from lab.results import RESULTS_FORMAT, junit, markdown
 from lab.results.load import Matrix, Run
-from lab.scenarios.runner import RESULTS_FORMAT
 
 
 def document(results: Run | Matrix) -> dict[str, Any]:

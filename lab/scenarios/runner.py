@@ -30,11 +30,10 @@ from lab.images import payload
 from lab.images.build import Builder, Tools
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.lab import Lab
+from lab.results import RESULTS_FORMAT
 from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
 
 GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
-#: summary.json's "format": bump when a reader of saved results (lab/results) must tell.
-RESULTS_FORMAT = "kvmlab-results/1"
 
 
 @dataclass
