@@ -571,7 +571,7 @@ def images_list(as_json) -> None:
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="The config whose images --stale keeps.")
 def images_clean(stale, config) -> None:
     """Remove cached images (rebuilt on the next `up`)."""
-    running = [n for n in list_labs() if Lab(n).is_up()]
+    running = [n for n in list_labs() if Lab(n).running()]
     if running:
         raise UserError(f"labs are running on these images ({', '.join(running)}); `kvmlab down --all` first")
     keep = Builder().current_keys(_config(config)) if stale else None

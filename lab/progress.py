@@ -80,6 +80,10 @@ class Progress:
         else:
             print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """Something the user should know even when quiet (stale state cleaned up)."""
+        print(f"kvmlab: note: {text}", file=self.stream, flush=True)
+
     @contextmanager
     def step(self, title: str) -> Iterator[Step]:
         step = Step(self, title)

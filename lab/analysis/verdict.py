@@ -123,7 +123,7 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
     vmm = result.get("vmm") or {}
     problems: list[str] = []
     if vmm.get("timeout"):
-        problems.append(f"VMM {vmm['timeout']}")
+        problems.append(f"timed out: the VMM was {vmm['timeout']}")
     if vmm.get("error"):
         problems.append(f"driving the VMM: {vmm['error']}")
     if scenario.kill_after is not None:

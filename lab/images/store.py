@@ -8,6 +8,7 @@ second build of the same thing wait for the first and then find it cached.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -101,18 +102,23 @@ class Store:
         entry = self.get(kind, label, key)
         if entry is not None:
             return entry, False
+        what = f"{kind} {label}"
         try:
             self.images.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(parents=True, exist_ok=True)
+            lock = self._lock(f"{kind}-{label}-{key[:16]}")
+            lock.__enter__()
         except OSError as exc:
-            raise ImageError(f"cannot create the image cache in {self.root}: {exc.strerror}; "
-                             "set KVMLAB_CACHE_DIR to a writable directory") from None
-        with self._lock(f"{kind}-{label}-{key[:16]}"):
+            raise self._cache_error(exc, what) from None
+        try:
             entry = self.get(kind, label, key)
             if entry is not None:
                 return entry, False
             self._remove_stale_tmp()
-            work = Path(tempfile.mkdtemp(prefix=f"{kind}.{os.getpid()}.", dir=self.tmp))
+            try:
+                work = Path(tempfile.mkdtemp(prefix=f"{kind}.{os.getpid()}.", dir=self.tmp))
+            except OSError as exc:
+                raise self._cache_error(exc, what) from None
             try:
                 fields = builder(work)
                 manifest = {"kind": kind, "label": label, "key": key, "inputs": inputs,
@@ -121,12 +127,26 @@ class Store:
                 os.chmod(work, 0o755)
                 os.rename(work, self.entry_path(kind, label, key))
             except OSError as exc:
-                raise ImageError(f"building {kind} {label} failed: {exc.strerror or exc} "
-                                 f"({getattr(exc, 'filename', '') or self.root}); the cache holds no "
-                                 "partial entry; free space or set KVMLAB_CACHE_DIR") from None
+                raise self._cache_error(exc, what) from None
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             return Entry(self.entry_path(kind, label, key), manifest), True
+        finally:
+            lock.__exit__(None, None, None)
+
+    def _cache_error(self, exc: OSError, what: str) -> ImageError:
+        """One line for a cache that cannot take the entry: full, read-only, or another error."""
+        where = getattr(exc, "filename", "") or self.root
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = f"the image cache {self.root} is full ({exc.strerror})"
+            todo = "free space there (`kvmlab images clean --stale`) or set KVMLAB_CACHE_DIR to a larger directory"
+        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            why = f"the image cache {self.root} is not writable ({exc.strerror}: {where})"
+            todo = "set KVMLAB_CACHE_DIR to a writable directory"
+        else:
+            why = f"{exc.strerror or exc} ({where})"
+            todo = "free space or set KVMLAB_CACHE_DIR"
+        return ImageError(f"building {what} failed: {why}; the cache holds no partial entry; {todo}")
 
     def clean(self, keep: set[str] | None = None) -> int:
         """Removes every entry whose key is not in `keep` (all if None), and leftovers of

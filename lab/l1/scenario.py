@@ -145,7 +145,7 @@ def wait_vmm(pid: int, job: dict[str, Any], extra: dict[str, Any]) -> dict[str, 
             outcome["killed"] = f"SIGKILL after {elapsed:.2f} s, as the scenario asks"
         elif elapsed >= timeout and "timeout" not in outcome:
             os.kill(pid, signal.SIGKILL)
-            outcome["timeout"] = f"still running after {timeout:g} s: killed"
+            outcome["timeout"] = f"still running after {timeout:g} s (the scenario's timeout), killed with SIGKILL"
         time.sleep(0.01)
     outcome["seconds"] = round(time.monotonic() - started, 3)
     if os.WIFSIGNALED(status):

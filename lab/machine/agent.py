@@ -15,6 +15,7 @@ import base64
 import fcntl
 import io
 import math
+import os
 import re
 import secrets
 import shlex
@@ -23,7 +24,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import pexpect
 import pexpect.fdpexpect
@@ -46,9 +47,11 @@ def flock(path) -> Iterator[None]:
 
 
 class Agent:
-    def __init__(self, paths: LabPaths):
+    def __init__(self, paths: LabPaths, watch: Callable[[], str | None] | None = None):
         self.paths = paths
         self._nudged = False
+        #: Asked while a command runs quietly: a reason to stop waiting (L1 panicked), or None.
+        self.watch = watch
 
     @contextmanager
     def _connect(self) -> Iterator[pexpect.fdpexpect.fdspawn]:
@@ -89,8 +92,15 @@ class Agent:
             argument = f"@{GUEST_SHARE}/.kvmlab/{spilled.name}"
         seconds = 0 if timeout is None else max(1, math.ceil(timeout))
         cancel = kvmlab_dir / f"cancel-{token}"
+        owner = kvmlab_dir / f"owner-{token}"
+        orphans: list[str] = []
         try:
             with self._connect() as child:
+                orphans = self._cancel_orphans(kvmlab_dir)
+                if orphans:
+                    answer_timeout += 10  # its watchdog: 1 s to notice, 2 s from SIGTERM to SIGKILL
+                owner.parent.mkdir(parents=True, exist_ok=True)
+                owner.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
                 child.send(f"/kvmlab/run {token} {seconds} {argument}\n".encode())
                 try:
                     # Anything before our begin marker is left over from an earlier session.
@@ -113,9 +123,34 @@ class Agent:
                         pass
                     raise
         finally:
-            for path in (spilled, cancel, kvmlab_dir / f"status-{token}"):
+            for path in (spilled, cancel, owner, kvmlab_dir / f"status-{token}"):
                 if path is not None:
                     path.unlink(missing_ok=True)
+            for old in orphans:  # they have ended by now: our command ran after them
+                for name in (f"cancel-{old}", f"status-{old}"):
+                    (kvmlab_dir / name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _cancel_orphans(kvmlab_dir: Path) -> list[str]:
+        """Commands whose kvmlab was killed still run in L1 and hold the channel: each is
+        asked to stop, as Ctrl-C would have (its watchdog sees the cancel file). Returns
+        their tokens."""
+        gone = []
+        for owner in kvmlab_dir.glob("owner-*"):
+            token = owner.name[len("owner-"):]
+            try:
+                pid, started = owner.read_text().split()
+            except (OSError, ValueError):
+                owner.unlink(missing_ok=True)
+                continue
+            if _start_time(int(pid)) == started:
+                continue  # its kvmlab is alive: the lock above waited for it
+            (kvmlab_dir / f"cancel-{token}").touch()
+            owner.unlink(missing_ok=True)
+            gone.append(token)
+            sys.stderr.write(f"kvmlab: note: a command of a kvmlab that was killed (pid {pid}) was still "
+                             "running in L1: stopping it\n")
+        return gone
 
     def run_capture(self, command: list[str] | str, timeout: float | None = 60) -> tuple[int, str]:
         out = io.BytesIO()
@@ -128,6 +163,7 @@ class Agent:
         child.buffer = b""
         deadline = None if limit is None else time.monotonic() + limit
         finished_at = None
+        watched = time.monotonic()
         while True:
             match = end.search(buf)
             if match:
@@ -150,6 +186,11 @@ class Agent:
                 pass
             except pexpect.EOF:
                 raise LabError("L1's agent went away in the middle of a command (did QEMU exit?)") from None
+            if self.watch is not None and time.monotonic() - watched > 0.5:
+                watched = time.monotonic()
+                problem = self.watch()
+                if problem:
+                    raise LabError(problem)
             # Idle. If L1 says the command has ended but its end marker has not come, nudge
             # the channel once, then trust the status L1 left in the share.
             if finished_at is None:
@@ -164,6 +205,14 @@ class Agent:
                 sys.stderr.write("kvmlab: warning: the agent channel lost the end of the output; "
                                  "the exit status comes from the share\n")
                 return int(status_file.read_text().strip() or 1)
+
+
+def _start_time(pid: int) -> str:
+    """When `pid` started (clock ticks since boot): tells a live process from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "gone"
 
 
 def attach_console(path: Path, escape: bytes = b"\x1d") -> None:

@@ -32,6 +32,8 @@ from lab.progress import Progress
 
 #: Console lines that mean L1 will not become ready: stop waiting at once.
 FATAL_BOOT = re.compile(r"Kernel panic|kvmlab-initramfs: FAILED|Unable to handle kernel|Internal error:")
+#: A panic in L1 once it is up: whatever was waiting for L1 stops waiting.
+PANIC = re.compile(r"Kernel panic - not syncing:[^\n]*")
 
 
 @dataclass
@@ -72,12 +74,18 @@ def thp_mode(enabled: str) -> str:
     return match.group(1) if match else enabled
 
 
+_ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def tail(path: Path, lines: int = 25) -> str:
     try:
         data = path.read_bytes()[-64 * 1024:]
     except OSError:
         return ""
     text = data.decode(errors="replace").replace("\r", "")
+    # A console carries the shell's terminal queries (ESC [ 6 n): not for a report.
+    text = _CONTROL.sub("", _ESCAPES.sub("", text))
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -112,23 +120,57 @@ class Lab:
             return None
 
     def pid(self) -> int | None:
-        """The running QEMU's pid, or None; a dead or reused pid counts as not running."""
+        """The lab's QEMU pid while it runs, or None; a dead pid, or one reused by another
+        process (even another lab's QEMU), counts as not running."""
         state = self.state()
         if not state or "pid" not in state:
             return None
         pid = int(state["pid"])
-        return pid if qemu.pid_alive(pid) and qemu.pid_is_qemu(pid) else None
+        return pid if qemu.pid_alive(pid) and qemu.pid_is_lab(pid, self.paths) else None
+
+    def running(self) -> bool:
+        """Its QEMU runs (up, or still starting)."""
+        return self.pid() is not None
 
     def is_up(self) -> bool:
-        return self.pid() is not None
+        """Up and ready: QEMU runs and L1 said it was ready."""
+        state = self.state()
+        return self.pid() is not None and bool(state and state.get("ready"))
 
     def _require_up(self) -> dict[str, Any]:
         state = self.state()
-        if not state or self.pid() is None:
-            if state:
-                self._clean_state()
+        if not state or self.pid() is None or not state.get("ready"):
+            if state and not self.reap_stale():
+                raise LabBusy(f"lab {self.name!r} is still starting (another kvmlab is bringing it up); "
+                              "wait for it, or pick another --name")
             raise LabError(f"lab {self.name!r} is not up; start it with `kvmlab up --name {self.name}`")
         return state
+
+    def reap_stale(self) -> str | None | bool:
+        """Cleans what a lab whose kvmlab was killed left behind: state whose QEMU is gone
+        (sockets, pid file), or a QEMU a killed `up` never saw ready. Returns what it did
+        (None: nothing to do), or False while another kvmlab is starting the lab."""
+        try:
+            with self._up_lock():
+                return self._reap_stale_locked()
+        except LabBusy:
+            return False
+
+    def _reap_stale_locked(self) -> str | None:
+        state = self.state()
+        if state is None:
+            return None
+        pid = self.pid()
+        if pid is None:
+            self._clean_state()
+            return "stale state of a lab that is gone removed"
+        if not state.get("ready"):
+            # Nobody holds the lock, yet L1 was never seen ready: the `up` that started
+            # this QEMU was killed. It is not a lab anyone can use: stop it.
+            qemu.kill_pid(pid)
+            self._clean_state()
+            return f"QEMU (pid {pid}) left starting by a kvmlab that was killed: stopped"
+        return None
 
     def _clean_state(self, keep_logs: bool = True) -> None:
         """Removes what a stopped lab leaves: sockets, pid, state, initrd, share."""
@@ -158,6 +200,9 @@ class Lab:
     # -- up ------------------------------------------------------------------------------
     def up(self, config: LabConfig, builder: Builder | None = None) -> ReadyInfo:
         with self._up_lock():
+            cleaned = self._reap_stale_locked()
+            if cleaned:
+                self.progress.note(f"lab {self.name!r}: {cleaned}")
             if self.is_up():
                 raise LabBusy(f"lab {self.name!r} is already up (pid {self.pid()}); "
                               f"`kvmlab down --name {self.name}` first, or pick another --name")
@@ -221,8 +266,9 @@ class Lab:
         while not self._ready_written():
             code = l0.exit_code()
             if code is not None:
+                how = f"was killed by signal {-code} ({_signame(-code)})" if code < 0 else f"exited with status {code}"
                 raise LaunchError(
-                    f"QEMU exited with status {code} before L1 was ready",
+                    f"QEMU {how} before L1 was ready",
                     command=l0.command, exit_code=code,
                     detail=_detail(self.paths, qemu_output=True))
             if time.monotonic() - checked_console > 0.5:
@@ -317,10 +363,13 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         state = self.state()
+        if state is not None and not self.is_up():
+            cleaned = self.reap_stale()
+            note = "starting" if cleaned is False else cleaned or ""
+            return {"name": self.name, "up": False, "note": note}
         pid = self.pid()
         if state is None or pid is None:
-            return {"name": self.name, "up": False,
-                    "note": "stale state of a lab that is gone" if state else ""}
+            return {"name": self.name, "up": False, "note": ""}
         with self.qmp(timeout=5) as monitor:
             run_state = monitor.cmd("query-status")
         return {
@@ -332,14 +381,36 @@ class Lab:
             "qemu_version": state["qemu_version"], "paths": state["paths"],
         }
 
+    def _agent(self) -> Agent:
+        """L1's command channel, watched: QEMU gone or L1 panicked ends the wait at once."""
+        state = self._require_up()
+        pid = int(state["pid"])
+        console = self.paths.console_log
+        seen = [console.stat().st_size if console.exists() else 0]
+
+        def watch() -> str | None:
+            if not qemu.pid_alive(pid):
+                return f"L0 QEMU (pid {pid}) exited in the middle of a command"
+            try:
+                with open(console, "rb") as f:
+                    f.seek(seen[0])
+                    new = f.read()
+            except OSError:
+                return None
+            # Only whole lines: a panic message split across two reads is seen on the next.
+            cut = new.rfind(b"\n") + 1
+            seen[0] += cut
+            match = PANIC.search(new[:cut].decode(errors="replace"))
+            return f"L1 panicked: {match.group(0).strip()}" if match else None
+
+        return Agent(self.paths, watch=watch)
+
     def exec(self, command: list[str] | str, out: BinaryIO, timeout: float | None = None) -> int:
-        self._require_up()
-        return Agent(self.paths).run(command, out, timeout=timeout)
+        return self._agent().run(command, out, timeout=timeout)
 
     def run(self, command: list[str] | str, timeout: float | None = 60) -> tuple[int, str]:
         """Runs a command in L1 and returns (status, output) — for code and tests."""
-        self._require_up()
-        return Agent(self.paths).run_capture(command, timeout=timeout)
+        return self._agent().run_capture(command, timeout=timeout)
 
     # -- files ---------------------------------------------------------------------------
     def _xfer(self) -> tuple[Path, str]:
@@ -402,3 +473,12 @@ def _detail(paths: LabPaths, qemu_output: bool = False) -> str:
     console = tail(paths.console_log, 25)
     parts.append(f"last lines of the L1 console ({paths.console_log}):\n" + (console or "(empty)"))
     return "\n".join(parts)
+
+
+def _signame(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "?"

@@ -163,11 +163,13 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def pid_is_qemu(pid: int) -> bool:
+def pid_is_lab(pid: int, paths: LabPaths) -> bool:
+    """`pid` is the QEMU of the lab in `paths` (its command line names the lab's pid file)."""
     try:
-        return "qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return b"qemu-system" in argv[0] and str(paths.pidfile).encode() in argv
 
 
 #: QEMUs this process started and left running (`up` from Python or pytest): kept so that

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from lab.machine.lab import Lab
@@ -90,10 +92,19 @@ def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
     console.print(table)
     for s in summary["scenarios"]:
         if verbose or s["status"] != "pass":
-            console.print(f"[{STYLE[s['status']]}]{s['status'].upper()}[/] {s['name']}: " + "; ".join(s["reasons"]),
-                          soft_wrap=True)
+            lines = [r for r in s["reasons"] if "\n" not in r]
+            blocks = [r for r in s["reasons"] if "\n" in r]  # a crash report, a console tail
+            console.print(f"[{STYLE[s['status']]}]{s['status'].upper()}[/] {rich_escape(s['name'])}: "
+                          + rich_escape("; ".join(lines)), soft_wrap=True)
+            for block in blocks:
+                console.print(rich_escape(textwrap.indent(block, "    ")), soft_wrap=True)
             if s["status"] != "pass":
                 console.print(f"    artefacts: {s['artefacts']}", soft_wrap=True)
     c = summary["counts"]
+    died = summary.get("lab_died")
+    if died:
+        console.print(f"[bold red]The lab died during {died['during']}[/]"
+                      + (f"; not run: {', '.join(died['not_run'])}" if died.get("not_run") else "")
+                      + "; what ran is kept. The lab is down: `kvmlab up` starts it again.", soft_wrap=True)
     console.print(f"{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped "
                   f"in {summary['seconds']:.1f} s; results: {summary['results_dir']}", soft_wrap=True)

@@ -29,11 +29,13 @@ from lab.errors import LabError
 from lab.images import payload
 from lab.images.build import Builder, Tools
 from lab.machine.agent import GUEST_SHARE
-from lab.machine.lab import Lab
+from lab.machine.lab import Lab, tail
 from lab.results import RESULTS_FORMAT
 from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
 
 GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
+#: Lines of the L1 console kept in the verdict when the lab dies.
+CONSOLE_TAIL = 20
 
 
 @dataclass
@@ -124,7 +126,7 @@ class Runner:
         self.summary["tools_key"] = tools.key
         started = time.monotonic()
         try:
-            for scenario in scenarios:
+            for i, scenario in enumerate(scenarios):
                 if self.on_start:
                     self.on_start(scenario)
                 result = self.run_one(scenario, tools)
@@ -133,6 +135,7 @@ class Runner:
                 if self.on_result:
                     self.on_result(result)
                 if result.status == ERROR and not self.lab.is_up():
+                    self._lab_died(scenario, scenarios[i + 1:])
                     break
         finally:
             self._save_summary(time.monotonic() - started)
@@ -141,6 +144,21 @@ class Runner:
             except OSError:
                 pass
         return self.summary
+
+    def _lab_died(self, during: Scenario, rest: list[Scenario]) -> None:
+        """The lab is gone: what was measured stays; the scenarios not reached are listed
+        as errors (not run), so every report shows them."""
+        self.summary["lab_died"] = {"during": during.name, "not_run": [s.name for s in rest],
+                                    "console_tail": tail(self.lab.paths.console_log, CONSOLE_TAIL)}
+        for scenario in rest:
+            artefacts = self.results / scenario.name
+            artefacts.mkdir(parents=True, exist_ok=True)
+            out = ScenarioResult(scenario.name, scenario.description, scenario.expected, ERROR,
+                                 reasons=[f"not run: the lab died during {during.name}"],
+                                 source=_source_name(scenario.path))
+            self.summary["scenarios"].append(self._finish(out, artefacts, time.monotonic()).as_dict())
+            if self.on_result:
+                self.on_result(out)
 
     def _save_summary(self, seconds: float) -> None:
         statuses = [s["status"] for s in self.summary["scenarios"]]
@@ -211,7 +229,7 @@ class Runner:
         (artefacts / "l1.log").write_text(log)
         if output.strip():
             (artefacts / "l1-runner.out").write_text(output)
-        run: dict[str, Any] = {"artefacts": artefacts, "log": log, "status": status, "output": output,
+        run: dict[str, Any] = {"artefacts": artefacts, "log": log, "mark": mark, "status": status, "output": output,
                                "l1_seconds": l1_seconds, "result": None, "probe": None, "trace": None}
         if (artefacts / "result.json").exists():
             run["result"] = json.loads((artefacts / "result.json").read_text())
@@ -224,13 +242,50 @@ class Runner:
                 run["trace_error"] = f"the trace could not be decoded: {exc}"
         return run
 
+    def _gone(self, wait: float) -> bool:
+        """True once the lab's QEMU is gone; a channel that dropped gives it `wait` s to exit."""
+        deadline = time.monotonic() + wait
+        while self.lab.is_up():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def _no_result(self, run: dict[str, Any]) -> list[str] | None:
         if run["result"] is None:
-            reason = "the lab died" if not self.lab.is_up() else "L1's scenario runner left no result"
-            reasons = [f"{reason} (exit status {run['status']}): {run['output'].strip()[-500:]}"]
             crashes = crash.scan(run["log"])
+            how = "is gone"
+            # A channel that dropped: QEMU is on its way out. A panic seen while QEMU runs: it may stay.
+            wait = 0.0 if run["status"] != -1 else 1.0 if "L1 panicked" in run["output"] else 3.0
+            if not self._gone(wait) and any(c.pattern == "panic" for c in crashes):
+                # L1 panicked but QEMU stays (a `panic=0` on the kernel command line): it
+                # runs nothing more, so it is stopped and the suite ends like a dead lab's.
+                self.lab.down(timeout=1)
+                how = "was stopped by kvmlab: L1 had panicked"
+            if not self.lab.is_up():
+                # QEMU wrote the console's last lines as it went: read them again.
+                run["log"] = _read_from(self.lab.paths.console_log, run["mark"])
+                (run["artefacts"] / "l1.log").write_text(run["log"])
+                crashes = crash.scan(run["log"])
+            else:
+                reasons = [f"L1's scenario runner left no result (exit status {run['status']}): "
+                           f"{run['output'].strip()[-500:]}"]
+                if crashes:
+                    reasons += [f"L1 log: {crashes[0].title}", crashes[0].excerpt]
+                return reasons
+            # The lab died: say so first, then why (a panic in L1's log, QEMU's last words)
+            # and the console's last lines.
+            pid = self.state.get("pid", "?")
+            reasons = [f"the lab died: L0 QEMU (pid {pid}) {how}"
+                       + (f"; L1 log: {crashes[0].title}" if crashes else "")]
+            said = tail(self.lab.paths.qemu_log, 10)
+            if said:
+                reasons.append("QEMU said:\n" + said)
             if crashes:
-                reasons.append(f"L1 log: {crashes[0].title}")
+                reasons.append("L1's crash report:\n" + crashes[0].excerpt)
+            else:
+                reasons.append(f"last lines of the L1 console ({self.lab.paths.console_log}):\n"
+                               + (tail(self.lab.paths.console_log, CONSOLE_TAIL) or "(empty)"))
             return reasons
         if run.get("trace_error"):
             return [run["trace_error"]]

@@ -83,6 +83,6 @@ def test_skip_error_and_timeout():
     scenario, result, trace = recorded("anon-thp-always")
     assert evaluate(scenario, RELEASE, {"skip": "no 1G pages"}, None, None, []).status == SKIP
     assert evaluate(scenario, RELEASE, {"error": "OSError: boom"}, None, None, []).status == ERROR
-    timed_out = {**result, "vmm": {"timeout": "still running after 60 s: killed", "signal": 9}}
+    timed_out = {**result, "vmm": {"timeout": "still running after 60 s (the scenario's timeout), killed with SIGKILL", "signal": 9}}
     v = evaluate(scenario, RELEASE, timed_out, trace, None, [])
-    assert v.status == ERROR and v.reasons[0] == "VMM still running after 60 s: killed"
+    assert v.status == ERROR and v.reasons[0] == "timed out: the VMM was still running after 60 s (the scenario's timeout), killed with SIGKILL"
