@@ -234,11 +234,16 @@ def _merge(into: dict[str, dict[str, tuple[Any, str]]], data: dict[str, Any], wh
             if key not in SCHEMA[section]:
                 raise ConfigError(f"{where}: {section}.{key}: unknown key; known keys in {section}: "
                                   + ", ".join(SCHEMA[section]))
+            if any(isinstance(v, str) and "\0" in v for v in (value if isinstance(value, list) else [value])):
+                raise ConfigError(f"{where}: {section}.{key}: a NUL character in {value!r}; remove it")
             if (section, key) in (("lab", "kernel"), ("lab", "modules")) and isinstance(value, str) and value \
                     and base is not None and not kernel_spec.is_debian(value) \
                     and not os.path.isabs(os.path.expanduser(value)):
                 # A kernel or modules path in a config file is relative to that file.
                 value = str((base / os.path.expanduser(value)).resolve())
+            if (section, key) == ("qemu", "binary") and isinstance(value, str) and "/" in value \
+                    and base is not None and not os.path.isabs(os.path.expanduser(value)):
+                value = str((base / os.path.expanduser(value)).resolve())  # a path, not a name on PATH
             into[section][key] = (value, where)
 
 

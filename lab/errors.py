@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 class KvmlabError(Exception):
     exit_status = 1
@@ -21,6 +25,11 @@ class UserError(KvmlabError):
     """Bad input: one line saying what, where and what to do."""
 
     exit_status = 2
+
+    def __init__(self, message: str, detail: str = ""):
+        # One line whatever the input held: a key or value with a newline or another
+        # control character in it is shown escaped ("\\n"), as in a Python string.
+        super().__init__(_CONTROL.sub(lambda m: repr(m.group(0))[1:-1], message), detail)
 
 
 class ConfigError(UserError):

@@ -45,6 +45,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: What apt says when the archive cannot be reached at all.
+UNREACHABLE = ("Could not resolve", "Temporary failure resolving", "Connection failed", "Unable to connect",
+               "Network is unreachable", "Could not connect", "Connection refused", "No route to host",
+               "Connection timed out")
+
+
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -113,10 +119,14 @@ def fetch(suite: str, packages: list[str], dest: Path, *, mirror: str = "", upda
         tail = "\n".join((errors or [line.rstrip() for line in lines])[-12:])
         hint = ""
         text = "".join(lines)
-        if any(s in text for s in ("Could not resolve", "Temporary failure resolving", "Connection failed",
-                                   "Unable to connect", "Network is unreachable")):
-            hint = "; the Debian archive is not reachable: check the network or set KVMLAB_MIRROR"
-        elif any(s in text for s in ("Unable to locate package", "has no installation candidate", "was not found")):
+        unreachable = [line.strip() for line in lines if line.startswith("E: Failed to fetch")
+                       and any(s in line for s in UNREACHABLE)]
+        if unreachable or ("E: Failed to fetch" not in text and any(s in text for s in UNREACHABLE)):
+            # Not the lab's failure: the archive cannot be reached from here. One line, exit 2.
+            seen = (unreachable or [next(line.strip() for line in lines if any(s in line for s in UNREACHABLE))])[0]
+            raise UserError(f"no Debian package archive reachable for {suite} (arm64) ({seen[:200]}); "
+                            "check the network, or name a mirror in KVMLAB_MIRROR or the config's images.mirror")
+        if any(s in text for s in ("Unable to locate package", "has no installation candidate", "was not found")):
             hint = (f"; not in Debian {suite}'s arm64 package lists (the archive keeps each suite's current "
                     "packages only: a mirror with older ones can be named in KVMLAB_MIRROR)")
         raise ImageError(f"downloading {', '.join(packages)} from Debian {suite} (arm64) failed{hint}",

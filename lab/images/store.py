@@ -103,6 +103,26 @@ class Store:
         if entry is not None:
             return entry, False
         what = f"{kind} {label}"
+        # Made by this call: removed again if the build fails (a first build that fails
+        # leaves the cache as it found it).
+        fresh = [d for d in (self.root, self.images, self.tmp, self.locks) if not d.exists()]
+        try:
+            return self._build(kind, label, key, inputs, builder, what)
+        except BaseException:
+            self._undo(fresh, self.locks / f"{kind}-{label}-{key[:16]}.lock")
+            raise
+
+    def _undo(self, fresh: list[Path], lock: Path) -> None:
+        if self.locks in fresh:
+            lock.unlink(missing_ok=True)
+        for directory in reversed(fresh):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+    def _build(self, kind: str, label: str, key: str, inputs: dict[str, Any],
+               builder: Callable[[Path], dict[str, Any]], what: str) -> tuple[Entry, bool]:
         try:
             self.images.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,8 @@ def main(argv: list[str]) -> int:
         capture.start()
         result["setup_seconds"] = round(time.monotonic() - started, 3)
         vmm_pid, extra = run_vmm(job, out_dir)
+        with open(os.path.join(out_dir, "vmm.pid"), "w") as f:  # the VMM runs (for the host to see)
+            f.write(f"{vmm_pid}\n")
         result["vmm"] = wait_vmm(vmm_pid, job, extra)
         vmm_pid = None
         capture.stop()

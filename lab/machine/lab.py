@@ -199,18 +199,21 @@ class Lab:
 
     # -- up ------------------------------------------------------------------------------
     def up(self, config: LabConfig, builder: Builder | None = None) -> ReadyInfo:
+        if self.is_up():
+            raise self._already_up()
+        # Input first (QEMU, the kernel, the images): a mistake there leaves no trace in
+        # the runtime directory. The image cache has locks of its own.
+        binary = qemu.find_qemu(config.qemu_binary)
+        builder = builder or Builder(progress=self.progress)
+        kernel = builder.kernel(config)
+        rootfs = builder.rootfs(config)
         with self._up_lock():
             cleaned = self._reap_stale_locked()
             if cleaned:
                 self.progress.note(f"lab {self.name!r}: {cleaned}")
             if self.is_up():
-                raise LabBusy(f"lab {self.name!r} is already up (pid {self.pid()}); "
-                              f"`kvmlab down --name {self.name}` first, or pick another --name")
+                raise self._already_up()
             self._clean_state(keep_logs=False)
-            binary = qemu.find_qemu(config.qemu_binary)
-            builder = builder or Builder(progress=self.progress)
-            kernel = builder.kernel(config)
-            rootfs = builder.rootfs(config)
 
             private_dir(self.paths.dir)
             self.paths.share.mkdir(mode=0o700)
@@ -253,6 +256,10 @@ class Lab:
                 raise
             l0.detach()
             return ready
+
+    def _already_up(self) -> LabBusy:
+        return LabBusy(f"lab {self.name!r} is already up (pid {self.pid()}); "
+                       f"`kvmlab down --name {self.name}` first, or pick another --name")
 
     def _ready_written(self) -> bool:
         try:

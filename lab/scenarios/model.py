@@ -205,7 +205,8 @@ class _Checker:
             self.fail(key, value, "a mapping")
         for k in value:
             if k not in known:
-                raise UserError(f"{self.where}: {key}.{k}: unknown key; known keys: {', '.join(known)}")
+                raise UserError(f"{self.where}: {f'{key}.' if key else ''}{k}: unknown key; known keys: "
+                                f"{', '.join(known)}")
         return value
 
     def get(self, data: dict, key: str, path: str, check: Callable[[Any], Any], default: Any = None) -> Any:
@@ -286,7 +287,7 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     c = _Checker(where)
     if not isinstance(data, dict):
         raise UserError(f"{where}: a scenario is a mapping of keys ({', '.join(TOP_KEYS)}); fix the scenario file")
-    c.mapping("top level", data, TOP_KEYS)
+    c.mapping("", data, TOP_KEYS)
     name = c.get(data, "name", "name", _text, (path or Path(where)).stem)
     if not name or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", name):
         c.fail("name", name, "lowercase letters, digits, '.', '_' or '-'")

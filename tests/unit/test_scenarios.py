@@ -24,7 +24,7 @@ def test_defaults():
 
 
 @pytest.mark.parametrize("change, where", [
-    ({"colour": 1}, "top level.colour: unknown key"),
+    ({"colour": 1}, "x.yaml: colour: unknown key"),
     ({"vmm": "kvmtool"}, "vmm: expected one of probe, qemu, got 'kvmtool'"),
     ({"memslots": [{"ipa": "1G", "size": "64M", "backing": "swap"}]}, "memslots[0].backing: expected one of"),
     ({"memslots": [{"ipa": "1G", "size": "-1"}]}, "memslots[0].size: expected a size"),

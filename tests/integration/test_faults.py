@@ -1,0 +1,318 @@
+"""Fault injection with real processes: QEMU killed, L1 panicking, a guest that hangs,
+Ctrl-C, a full or read-only cache, a kvmlab killed mid-command. Each test breaks the
+real thing and checks what the user is told, what is kept and that the next command works.
+The table of these cases is docs/hardening.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import kvmlab, qemu_pids_in
+
+pytestmark = pytest.mark.boot
+
+FAST = """\
+description: 8 MiB written under THP always, mapped with blocks
+l1: {thp: always}
+memslots: [{ipa: 1G, size: 8M, backing: anonymous}]
+guest: {access: write}
+expect: {regions: [{mapping: block}]}
+"""
+
+HANG = """\
+description: the guest writes forever and the VMM never ends it
+memslots: [{ipa: 1G, size: 8M, backing: anonymous}]
+guest: {access: write, forever: true}
+timeout: TIMEOUT
+"""
+
+
+def hang(timeout: int) -> str:
+    return HANG.replace("TIMEOUT", str(timeout))
+
+
+def suite(directory: Path, *scenarios: tuple[str, str]) -> Path:
+    """A suite directory: (name, YAML) pairs, run in this order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in scenarios:
+        (directory / f"{name}.yaml").write_text(text)
+    return directory
+
+
+def start(*args: str, out: Path) -> subprocess.Popen:
+    """A kvmlab command in the background, its output in `out` (stdout and stderr)."""
+    return subprocess.Popen([sys.executable, "-m", "lab.cli", *args], stdout=open(out, "wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_running(lab_dir: Path, scenario: str, proc: subprocess.Popen, settle: float = 1.0) -> None:
+    """Until `scenario`'s VMM runs in L1 (L1's runner writes vmm.pid into the run
+    directory in the share), then `settle` seconds, so that its vCPUs are faulting."""
+    run = lab_dir / "share/.kvmlab/runs" / scenario / "vmm.pid"
+    deadline = time.monotonic() + 180
+    while not run.exists():
+        assert proc.poll() is None, f"kvmlab ended before {scenario} started"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(settle)
+
+
+def summary_of(results: Path) -> dict:
+    [path] = results.glob("*/summary.json")
+    return json.loads(path.read_text())
+
+
+def by_name(summary: dict) -> dict[str, dict]:
+    return {s["name"]: s for s in summary["scenarios"]}
+
+
+def l1(name: str, script: str) -> str:
+    result = kvmlab("exec", "--name", name, "--", "sh", "-c", script, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+#: What L1 must look like after any interrupted scenario: no VMM (no python3), khugepaged
+#: back to its default, no tracepoint left enabled.
+L1_CLEAN = ("ps -o comm | grep -c '^python3$' || true; "
+            "cat /sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs; "
+            "grep -c . /sys/kernel/tracing/set_event || true")
+
+
+def test_qemu_killed_mid_scenario_reports_the_lab_died_and_keeps_what_ran(tmp_path, private_runtime):
+    name = "f-killed"
+    lab_dir = private_runtime / "labs" / name
+    targets = suite(tmp_path / "suite", ("a-fast", FAST), ("b-hang", hang(120)), ("c-never-run", FAST))
+    assert kvmlab("up", "--name", name).returncode == 0
+    pid = json.loads((lab_dir / "lab.json").read_text())["pid"]
+    out = tmp_path / "out.txt"
+    proc = start("test", "--name", name, str(targets), "--results", str(tmp_path / "results"), out=out)
+    wait_running(lab_dir, "b-hang", proc)
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=120)
+    text = out.read_text()
+    assert proc.returncode == 1, text
+    assert "the lab died: L0 QEMU" in text and "last lines of the L1 console" in text
+    last_line = (lab_dir / "console.log").read_text(errors="replace").replace("\r", "").strip().splitlines()[-1]
+    assert last_line.strip() in text  # the tail is the console's own last lines
+    assert "The lab died during b-hang; not run: c-never-run" in text
+
+    summary = summary_of(tmp_path / "results")
+    runs = by_name(summary)
+    assert [s["name"] for s in summary["scenarios"]] == ["a-fast", "b-hang", "c-never-run"]
+    assert runs["a-fast"]["status"] == "pass" and runs["a-fast"]["observed"].startswith("4 block")
+    assert runs["b-hang"]["status"] == "error" and runs["b-hang"]["reasons"][0].startswith("the lab died")
+    assert runs["c-never-run"]["status"] == "error"
+    assert runs["c-never-run"]["reasons"] == ["not run: the lab died during b-hang"]
+    assert summary["lab_died"]["during"] == "b-hang" and summary["lab_died"]["not_run"] == ["c-never-run"]
+    # What ran before is all there: the passing scenario's trace and verdict.
+    kept = Path(runs["a-fast"]["artefacts"])
+    assert (kept / "verdict.json").exists() and (kept / "cpu0.raw").exists()
+    assert kvmlab("report", str(Path(runs["a-fast"]["artefacts"]).parent)).returncode == 1  # renders; not a pass
+
+    status = kvmlab("status", "--name", name)
+    assert status.returncode == 1 and b"down" in status.stdout
+    assert qemu_pids_in(lab_dir) == []
+    assert kvmlab("up", "--name", name).returncode == 0
+    assert kvmlab("down", "--name", name).returncode == 0
+
+
+def sysrq_crash(console_socket: Path) -> None:
+    """`echo c > /proc/sysrq-trigger` typed into L1's serial console shell."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(console_socket))
+        sock.sendall(b"\necho c > /proc/sysrq-trigger\n")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("append", ["", "panic=0"], ids=["panic-reboots", "panic-hangs"])
+def test_l1_panic_is_detected_in_seconds_with_its_excerpt(append, tmp_path, private_runtime):
+    """panic=-1 (kvmlab's default) ends QEMU at once; with panic=0 L1 hangs in its panic
+    while QEMU runs on, and kvmlab notices it in the console log and stops the lab."""
+    name = "f-panic" + ("-hangs" if append else "")
+    lab_dir = private_runtime / "labs" / name
+    config = tmp_path / "lab.yaml"
+    config.write_text(f"lab: {{name: {name}}}\nqemu: {{append: '{append}'}}\n")
+    assert kvmlab("up", "--config", str(config)).returncode == 0
+    targets = suite(tmp_path / "suite", ("hang", hang(300)))
+    out = tmp_path / "out.txt"
+    proc = start("test", "--name", name, str(targets), "--results", str(tmp_path / "results"), out=out)
+    wait_running(lab_dir, "hang", proc)
+    crashed = time.monotonic()
+    sysrq_crash(lab_dir / "console.sock")
+    proc.wait(timeout=300)
+    detected = time.monotonic() - crashed
+    text = out.read_text()
+    assert proc.returncode == 1, text
+    [run] = summary_of(tmp_path / "results")["scenarios"]
+    assert run["status"] == "error"
+    assert run["reasons"][0].startswith("the lab died") and "L1 log: Kernel panic: sysrq triggered crash" in run["reasons"][0]
+    excerpt = next(r for r in run["reasons"] if r.startswith("L1's crash report:"))
+    assert "Kernel panic - not syncing: sysrq triggered crash" in excerpt and "sysrq_handle_crash" in excerpt
+    if append:
+        assert "was stopped by kvmlab: L1 had panicked" in run["reasons"][0]
+    # Seen from the panic itself, not from the scenario's 300 s timeout.
+    print(f"panic detected {detected:.1f} s after the trigger")
+    assert detected < 60
+    assert qemu_pids_in(lab_dir) == []
+    assert kvmlab("status", "--name", name).returncode == 1
+
+
+def test_a_hung_guest_times_out_and_the_suite_goes_on(tmp_path, private_runtime):
+    name = "f-hang"
+    targets = suite(tmp_path / "suite", ("a-hang", hang(5)), ("b-fast", FAST))
+    assert kvmlab("up", "--name", name).returncode == 0
+    try:
+        result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
+        assert result.returncode == 1, result.stdout.decode()
+        runs = by_name(summary_of(tmp_path / "results"))
+        assert runs["a-hang"]["status"] == "error"
+        assert runs["a-hang"]["reasons"][0] == ("timed out: the VMM was still running after 5 s "
+                                                "(the scenario's timeout), killed with SIGKILL")
+        assert runs["b-fast"]["status"] == "pass"
+        assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
+    finally:
+        kvmlab("down", "--name", name)
+
+
+@pytest.mark.parametrize("lab_was_up", [True, False], ids=["on-a-running-lab", "lab-started-by-test"])
+def test_ctrl_c_during_test_stops_cleanly_and_the_next_run_works(lab_was_up, tmp_path, private_runtime):
+    name = "f-ctrlc-" + ("up" if lab_was_up else "own")
+    lab_dir = private_runtime / "labs" / name
+    targets = suite(tmp_path / "suite", ("a-fast", FAST), ("b-hang", hang(300)))
+    if lab_was_up:
+        assert kvmlab("up", "--name", name).returncode == 0
+    out = tmp_path / "out.txt"
+    proc = start("test", "--name", name, str(targets), "--results", str(tmp_path / "results"), out=out)
+    wait_running(lab_dir, "b-hang", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, out.read_text()
+    assert "kvmlab: interrupted" in out.read_text()
+    # What finished is saved.
+    assert by_name(summary_of(tmp_path / "results"))["a-fast"]["status"] == "pass"
+    try:
+        if lab_was_up:
+            # The lab stays up; in L1 the VMM is gone, tracing off, khugepaged back to its default.
+            assert qemu_pids_in(lab_dir)
+            assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
+        else:
+            # The lab this run brought up is down again.
+            assert qemu_pids_in(lab_dir) == []
+            assert not (lab_dir / "lab.json").exists()
+        again = kvmlab("test", "--name", name, str(targets / "a-fast.yaml"), "--results", str(tmp_path / "again"))
+        assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
+    finally:
+        kvmlab("down", "--name", name)
+    assert qemu_pids_in(lab_dir) == []
+
+
+def test_a_killed_kvmlab_test_is_cleaned_up_by_the_next_command(tmp_path, private_runtime):
+    """SIGKILL leaves no chance to clean: the scenario goes on in L1 and holds the
+    command channel. The next command finds its owner gone and stops it."""
+    name = "f-killed-cli"
+    lab_dir = private_runtime / "labs" / name
+    targets = suite(tmp_path / "suite", ("hang", hang(300)))
+    assert kvmlab("up", "--name", name).returncode == 0
+    try:
+        proc = start("test", "--name", name, str(targets), "--results", str(tmp_path / "results"),
+                     out=tmp_path / "out.txt")
+        wait_running(lab_dir, "hang", proc)
+        proc.kill()
+        proc.wait()
+        started = time.monotonic()
+        result = kvmlab("exec", "--name", name, "--", "sh", "-c", L1_CLEAN)
+        took = time.monotonic() - started
+        assert result.returncode == 0
+        assert b"a command of a kvmlab that was killed" in result.stderr
+        assert result.stdout.decode().split() == ["0", "10000", "0"]
+        print(f"the next command ran after {took:.1f} s")
+        assert took < 60  # not after the orphan's own 300 s timeout
+        assert not list((lab_dir / "share/.kvmlab").glob("owner-*"))
+        assert not list((lab_dir / "share/.kvmlab").glob("cancel-*"))
+    finally:
+        kvmlab("down", "--name", name)
+
+
+def test_a_qemu_left_starting_by_a_killed_up_is_stopped_by_the_next_command(private_runtime):
+    name = "f-orphan"
+    lab_dir = private_runtime / "labs" / name
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", "--name", name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not qemu_pids_in(lab_dir):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no unwinding, the QEMU it started runs on
+    proc.wait()
+    [orphan] = qemu_pids_in(lab_dir)
+    status = kvmlab("status", "--name", name)
+    assert status.returncode == 1
+    assert f"QEMU (pid {orphan}) left starting by a kvmlab that was killed: stopped".encode() in status.stdout
+    assert qemu_pids_in(lab_dir) == []
+    assert not (lab_dir / "lab.json").exists() and not list(lab_dir.glob("*.sock"))
+    assert kvmlab("up", "--name", name).returncode == 0
+    assert kvmlab("down", "--name", name).returncode == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 20 MiB tmpfs (root only: mount(2)); unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,mode=0700", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def cache_entries(cache: Path) -> list[str]:
+    return sorted(p.name for d in ("images", "tmp") if (cache / d).is_dir() for p in (cache / d).iterdir())
+
+
+def test_a_full_or_read_only_cache_is_one_clear_line_and_holds_no_broken_entry(small_fs):
+    cache = small_fs / "cache"
+    env = {"KVMLAB_CACHE_DIR": str(cache)}
+    full = kvmlab("-q", "images", "build", "--kernel", "bookworm", env=env)
+    err = full.stderr.decode().strip()
+    assert full.returncode == 1, err
+    assert len(err.splitlines()) == 1, err
+    assert f"the image cache {cache} is full (No space left on device)" in err
+    assert "the cache holds no partial entry" in err and "KVMLAB_CACHE_DIR" in err
+    assert cache_entries(cache) == []
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    read_only = kvmlab("-q", "images", "build", "--kernel", "bookworm", env=env)
+    err = read_only.stderr.decode().strip()
+    assert read_only.returncode == 1 and len(err.splitlines()) == 1, err
+    assert f"the image cache {cache} is not writable (Read-only file system" in err
+    assert cache_entries(cache) == []
+
+
+def test_a_read_only_cache_that_holds_the_images_still_serves_up(tmp_path, private_runtime):
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (CI runs as root)")
+    from lab.paths import cache_dir
+
+    assert kvmlab("images", "build").returncode == 0  # the default images, cached
+    view = tmp_path / "ro-cache"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(cache_dir()), str(view)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True)
+        env = {"KVMLAB_CACHE_DIR": str(view)}
+        up = kvmlab("up", "--name", "f-ro-cache", env=env)
+        assert up.returncode == 0, up.stderr.decode()
+        assert kvmlab("down", "--name", "f-ro-cache").returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
