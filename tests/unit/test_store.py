@@ -48,7 +48,14 @@ def test_failed_build_leaves_no_entry_and_no_temporary(tmp_path):
     with pytest.raises(ImageError):
         store.build("kernel", "trixie", "k" * 64, {}, broken)
     assert store.get("kernel", "trixie", "k" * 64) is None
-    assert list(store.images.iterdir()) == []
+    # The first build made the cache's folders; failing, it leaves the cache as it found it.
+    assert list(tmp_path.iterdir()) == []
+    # With an entry already there: that stays, and neither a partial entry nor a temporary.
+    store.build("kernel", "sid", "s" * 64, {}, builder_writing([]))
+    with pytest.raises(ImageError):
+        store.build("kernel", "trixie", "k" * 64, {}, broken)
+    assert [e.name for e in store.entries()] == [store.entry_path("kernel", "sid", "s" * 64).name]
+    assert list(store.images.iterdir()) == [store.entry_path("kernel", "sid", "s" * 64)]
     assert list(store.tmp.iterdir()) == []
 
 
@@ -60,7 +67,7 @@ def test_disk_errors_become_one_clear_error(tmp_path):
 
     with pytest.raises(ImageError, match="No space left on device.*no partial entry"):
         store.build("rootfs", "trixie", "r" * 64, {}, full)
-    assert list(store.images.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_leftovers_of_a_killed_build_are_removed_by_the_next(tmp_path):
