@@ -111,6 +111,8 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
         return Verdict(ERROR, "", [f"in L1: {result['error']}"])
     if scenario.kernels and not versions_match(scenario.kernels, release):
         return Verdict(SKIP, "", [f"needs a kernel {scenario.kernels}, L1 runs {release}"])
+    if scenario.repeat > 1:
+        return _stress(scenario, result.get("repeat") or {}, crashes)
     verdict = Verdict(PASS)
     touched = touched_of(scenario)
     in_range = [f for f in (trace.faults if trace else []) if touched.base <= f.ipa < touched.base + touched.size]
@@ -182,4 +184,44 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
         failed = [c["text"] for c in verdict.checks if not c["ok"] and c["check"] != "clean_log"]
         verdict.reasons = [r for r in verdict.reasons if r not in failed]
         verdict.reasons = failed + verdict.reasons
+    return verdict
+
+
+def _stress(scenario: Scenario, repeat: dict[str, Any], crashes: list[Crash]) -> Verdict:
+    """A stress scenario: every run of the VMM killed as asked, and L1's log clean."""
+    runs = repeat.get("runs", [])
+    rate = repeat.get("per_second", 0)
+    faults = [r.get("faults", 0) for r in runs]
+    verdict = Verdict(PASS, f"{len(runs)} runs killed ({rate:.2f}/s)", faults=sum(faults))
+    done = len(runs) == scenario.repeat and all("killed" in r for r in runs)
+    ok_runs = sum("killed" in r for r in runs)
+    text = f"{ok_runs}/{scenario.repeat} VMM runs killed mid-run ({rate:.2f} runs/s in {repeat.get('seconds', 0):.1f} s)"
+    verdict.checks.append({"check": "runs", "ok": done, "text": text})
+    if runs:
+        # Killed while faulting: a run whose vCPUs never faulted raced nothing.
+        idle = [i + 1 for i, n in enumerate(faults) if n == 0]
+        verdict.checks.append({"check": "faulting", "ok": not idle,
+                               "text": f"stage-2 faults per run {min(faults)}-{max(faults)} ({sum(faults)} in all)"
+                                       + (f"; none in run {', '.join(map(str, idle[:5]))}" if idle else "")})
+        verdict.reasons.append(verdict.checks[-1]["text"])
+    if not done:
+        bad = next((i, r) for i, r in enumerate(runs) if "killed" not in r) if ok_runs < len(runs) else None
+        why = ("the VMM " + (bad[1].get("timeout") or f"ended by itself (exit status {bad[1].get('exit_code', bad[1].get('signal'))})")
+               + f" in run {bad[0] + 1}") if bad else "L1 stopped early"
+        verdict.status = ERROR
+        verdict.observed = f"{ok_runs} runs killed, then {why}"
+        verdict.reasons = [f"{text}; {why}"]
+        return verdict
+    verdict.reasons.insert(0, text)
+    if not verdict.checks[-1]["ok"]:
+        verdict.status = FAIL
+        verdict.reasons.insert(0, verdict.checks[-1]["text"])
+    if scenario.clean_log and crashes:
+        verdict.status = FAIL
+        verdict.observed += f"; {crashes[0].title}"
+        verdict.reasons.insert(0, f"L1 log: {crashes[0].title}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else ""))
+        verdict.checks.append({"check": "clean_log", "ok": False, "text": crashes[0].excerpt})
+    elif scenario.clean_log:
+        verdict.checks.append({"check": "clean_log", "ok": True, "text": "L1 log clean"})
+        verdict.reasons.append("L1 log clean")
     return verdict

@@ -169,8 +169,17 @@ class Memory:
         else:  # hugetlb: the page size is in the mmap flags
             flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (huge.bit_length() - 1) << MAP_HUGE_SHIFT
         self.addr = mmap_at(start, size, prot, flags | MAP_FIXED, self.fd)
+        self._prot, self._flags, self._advice = prot, flags, advice
         if advice:
             madvise(self.addr, size, advice)
+
+    def remap(self, addr: int, length: int) -> None:
+        """munmap a piece, then map it again in place, as it was (empty for anonymous
+        memory; the same file pages for a memfd). Between the two, a fault there finds no VMA."""
+        munmap(addr, length)
+        mmap_at(addr, length, self._prot, self._flags | MAP_FIXED, self.fd, addr - self.addr if self.fd >= 0 else 0)
+        if self._advice:
+            madvise(addr, length, self._advice)
 
     def alias(self, offset: int) -> int:
         """A second mapping of the same memfd, `offset` bytes past a 2 MiB boundary."""

@@ -9,7 +9,7 @@ one or more vCPUs, and does the scenario's VMM actions at set points:
     end        after the guest has powered off
 
 Actions: prefault, dirty_log, dirty_pages, madvise, mprotect, munmap, fork_child, alias,
-smaps, sleep, churn. At every pause the probe writes "kvmlab: phase N" to trace_marker,
+smaps, sleep, churn (a thread repeating madvise / mprotect / munmap / remap while vCPUs run). At every pause the probe writes "kvmlab: phase N" to trace_marker,
 so the trace itself says which faults came after which action.
 
 Input: a JSON job (written by the host, lab/scenarios/runner.py). Output: a JSON report.
@@ -17,6 +17,7 @@ Input: a JSON job (written by the host, lab/scenarios/runner.py). Output: a JSON
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -84,6 +85,7 @@ class Probe:
         self.lock = threading.Lock()
         self.pending_pause = False
         self.answered = False
+        self.remapping = False
         started = time.monotonic()
         for slot in job["memslots"]:
             mem = kvm.Memory(slot["backing"], slot["size"], slot.get("offset", 0))
@@ -180,9 +182,14 @@ class Probe:
             raise RuntimeError("the forked child failed to change its mapping")
 
     def churn(self, action: dict[str, Any], mem: kvm.Memory) -> None:
+        """Another VMM thread changing the memory under the vCPUs, round after round:
+        `op` (madvise, mprotect, munmap, remap) or a list `ops`, one per round in turn."""
+        ops = action.get("ops") or [{**action, "op": action.get("op", "madvise")}]
+        if any(op.get("op") in ("munmap", "remap") for op in ops):
+            self.remapping = True  # vCPUs faulting on a hole get EFAULT: they try again
         count = 0
         while not self.done.is_set():
-            apply_ops([{**action, "do": action.get("op", "madvise")}], self._ranges, mem)
+            apply_ops([ops[count % len(ops)]], self._ranges, mem)
             count += 1
             self.report["churn_rounds"] = count
 
@@ -194,7 +201,13 @@ class Probe:
         uart = self.job.get("uart", 0x09000000)
         try:
             while not self.done.is_set():
-                reason = vcpu.run()
+                try:
+                    reason = vcpu.run()
+                except OSError as exc:
+                    if exc.errno == errno.EFAULT and self.remapping:
+                        self.report["efault_retries"] = self.report.get("efault_retries", 0) + 1
+                        continue
+                    raise
                 self.report["exits"][kvm.EXIT_NAMES.get(reason, str(reason))] = \
                     self.report["exits"].get(kvm.EXIT_NAMES.get(reason, str(reason)), 0) + 1
                 if reason == kvm.KVM_EXIT_MMIO:
@@ -267,6 +280,8 @@ def apply_ops(ops, ranges, mem: kvm.Memory) -> None:
                 kvm.mprotect(addr, length, prot)
             elif what == "munmap":
                 kvm.munmap(addr, length)
+            elif what == "remap":
+                mem.remap(addr, length)
             else:
                 raise ValueError(f"unknown memory operation {what!r}")
 

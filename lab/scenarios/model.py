@@ -156,6 +156,10 @@ class Scenario:
     compare_thp: list[str] = field(default_factory=list)
     clean_log: bool = True
     kill_after: float | None = None
+    #: kill_after: [lo, hi]: each run is killed at a random moment in that window.
+    kill_after_max: float | None = None
+    #: Runs of the VMM in a row (a stress scenario): judged on L1's health, not traced.
+    repeat: int = 1
     timeout: float = 60
     kernels: str | None = None
     trace_buffer_kb: int | None = None
@@ -176,7 +180,9 @@ class Scenario:
             parts.append(f"{self.total_faults[0]}-{self.total_faults[1]} faults")
         if self.fault_ratio:
             parts.append(f"faults THP {self.compare_thp[1]}/{self.compare_thp[0]} >= {self.fault_ratio:g}")
-        if not parts and self.clean_log:
+        if self.repeat > 1:
+            parts.append(f"{self.repeat} VMM runs killed")
+        if not parts and self.clean_log or self.repeat > 1:
             parts.append("clean L1 log")
         return "; ".join(parts)
 
@@ -242,6 +248,17 @@ def _seconds(lo: float, hi: float) -> Callable[[Any], float]:
     return check
 
 
+def _window(lo: float, hi: float) -> Callable[[Any], tuple[float, float]]:
+    """Seconds, or [min, max] seconds (a random moment in that window, per run)."""
+    def check(v):
+        pair = v if isinstance(v, list) and len(v) == 2 else [v, v]
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi for x in pair) \
+                or pair[0] > pair[1]:
+            raise Bad(f"a number of seconds from {lo:g} to {hi:g}, or [min, max] such seconds")
+        return float(pair[0]), float(pair[1])
+    return check
+
+
 def _bool(v):
     if not isinstance(v, bool):
         raise Bad("true or false")
@@ -280,7 +297,7 @@ def _fmt(n: int) -> str:
 
 
 TOP_KEYS = ("name", "description", "vmm", "l1", "memslots", "qemu", "guest", "actions", "expect", "kill_after",
-            "timeout", "kernels", "trace", "compare_thp", "tags")
+            "repeat", "timeout", "kernels", "trace", "compare_thp", "tags")
 
 
 def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
@@ -440,6 +457,12 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
         c.fail("expect.fault_ratio", ratio, "no fault_ratio without compare_thp")
 
     trace = c.mapping("trace", data.get("trace"), ("buffer_kb",))
+    kill = c.get(data, "kill_after", "kill_after", _window(0.1, 600))
+    repeat = c.get(data, "repeat", "repeat", _int(1, 10_000), 1)
+    if repeat > 1 and (kill is None or vmm != "probe" or compare or e.get("regions") or e.get("faults")
+                       or e.get("smaps")):
+        c.fail("repeat", repeat, "1, unless the scenario is a stress run: vmm probe, kill_after set, and no "
+               "regions, faults or smaps expectations (a repeated run is judged on L1's log only)")
     tags = data.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         c.fail("tags", tags, "a list of words")
@@ -448,7 +471,8 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
         qemu=qemu_cfg, guest=guest, actions=actions, regions=regions,
         total_faults=c.get(e, "faults", "expect.faults", _bounds), smaps=smaps, fault_ratio=ratio,
         compare_thp=list(compare), clean_log=c.get(e, "clean_log", "expect.clean_log", _bool, True),
-        kill_after=c.get(data, "kill_after", "kill_after", _seconds(0.1, 600)),
+        kill_after=kill[0] if kill else None, kill_after_max=kill[1] if kill and kill[1] != kill[0] else None,
+        repeat=repeat,
         timeout=c.get(data, "timeout", "timeout", _seconds(1, 3600), 60.0),
         kernels=c.get(data, "kernels", "kernels", check_versions),
         trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", _int(4, 4 * 1024 * 1024)), tags=list(tags))

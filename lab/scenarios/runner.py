@@ -195,7 +195,8 @@ class Runner:
         artefacts.parent.mkdir(parents=True, exist_ok=True)
         job: dict[str, Any] = {
             "name": scenario.name, "vmm": scenario.vmm, "l1": {**scenario.l1, **(l1_overrides or {})},
-            "timeout": scenario.timeout, "kill_after": scenario.kill_after,
+            "timeout": scenario.timeout, "kill_after": scenario.kill_after, "kill_after_max": scenario.kill_after_max,
+            "repeat": scenario.repeat,
             "trace": {"events": ["kvm:kvm_guest_fault"], "buffer_kb": buffer_kb(scenario)},
         }
         params = touch_params(scenario)
@@ -217,7 +218,7 @@ class Runner:
         command = f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json"
         started = time.monotonic()
         try:
-            status, output = self.lab.run(command, timeout=scenario.timeout + 120)
+            status, output = self.lab.run(command, timeout=scenario.timeout * scenario.repeat + 120)
         except LabError as exc:
             status, output = -1, str(exc)
         l1_seconds = time.monotonic() - started
@@ -313,6 +314,8 @@ class Runner:
                        "vmm": (result.get("vmm") or {}).get("seconds", 0),
                        "guest": (probe or {}).get("guest_seconds", 0),
                        "trace_dump": (result.get("trace") or {}).get("dump_seconds", 0)}
+        if result.get("repeat"):
+            out.timings["runs_per_second"] = result["repeat"].get("per_second", 0)
         maps = None
         if trace is not None:
             out.timings["events"] = len(trace.events)

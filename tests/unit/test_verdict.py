@@ -86,3 +86,62 @@ def test_skip_error_and_timeout():
     timed_out = {**result, "vmm": {"timeout": "still running after 60 s (the scenario's timeout), killed with SIGKILL", "signal": 9}}
     v = evaluate(scenario, RELEASE, timed_out, trace, None, [])
     assert v.status == ERROR and v.reasons[0] == "timed out: the VMM was still running after 60 s (the scenario's timeout), killed with SIGKILL"
+
+
+# -- stress scenarios (repeat): recorded from configs/stress/exit-mmap-race.yaml on trixie ----
+STRESS = Path(__file__).parent.parent.parent / "configs" / "stress" / "exit-mmap-race.yaml"
+
+
+def stress_result(change=None):
+    result = json.loads((Path(__file__).parent.parent / "data" / "stress" / "exit-mmap-race-result.json").read_text())
+    if change:
+        change(result["repeat"])
+    return model.load(STRESS), result
+
+
+def test_a_stress_run_passes_when_every_run_was_killed_faulting_and_the_log_is_clean():
+    scenario, result = stress_result()
+    v = evaluate(scenario, RELEASE, result, None, None, [])
+    assert v.status == PASS, v.reasons
+    assert v.observed.startswith("50 runs killed (") and v.observed.endswith("/s)")
+    assert v.reasons[0].startswith("50/50 VMM runs killed mid-run (")
+    assert v.faults == sum(r["faults"] for r in result["repeat"]["runs"]) > 50
+    assert v.reasons[-1] == "L1 log clean"
+
+
+def test_a_stress_run_with_a_crash_fails_with_it():
+    scenario, result = stress_result()
+    v = evaluate(scenario, RELEASE, result, None, None, scan((CRASHES / "oops-null.log").read_text()))
+    assert v.status == FAIL and v.reasons[0].startswith("L1 log: Unable to handle kernel NULL pointer")
+
+
+def test_a_stress_run_that_stopped_early_is_an_error_naming_the_run():
+    def ended(repeat):
+        repeat["runs"] = repeat["runs"][:11]
+        repeat["runs"][10] = {"seconds": 0.2, "exit_code": 1, "faults": 12}
+    scenario, result = stress_result(ended)
+    v = evaluate(scenario, RELEASE, result, None, None, [])
+    assert v.status == ERROR
+    assert v.reasons[0].startswith("10/50 VMM runs killed mid-run")
+    assert v.reasons[0].endswith("the VMM ended by itself (exit status 1) in run 11")
+
+
+def test_a_stress_run_whose_vcpus_never_faulted_raced_nothing():
+    def idle(repeat):
+        repeat["runs"][2]["faults"] = 0
+    scenario, result = stress_result(idle)
+    v = evaluate(scenario, RELEASE, result, None, None, [])
+    assert v.status == FAIL and "none in run 3" in v.reasons[0]
+
+
+def test_repeat_needs_a_stress_shape():
+    data = yaml.safe_load(STRESS.read_text())
+    data.pop("kill_after")
+    import pytest
+    from lab.errors import UserError
+
+    with pytest.raises(UserError, match="repeat: expected 1, unless the scenario is a stress run"):
+        model.parse(data, "s.yaml")
+    data["kill_after"] = [0.9, 0.3]
+    with pytest.raises(UserError, match=r"kill_after: expected .*\[min, max\]"):
+        model.parse(data, "s.yaml")
