@@ -126,10 +126,11 @@ def _lab_name(name: str | None) -> str:
 @click.option("--cpus", type=int, help="L1 vCPUs.")
 @click.option("--memory", "-m", help="L1 memory, e.g. 2G.")
 @click.option("--thp", type=click.Choice(THP_MODES), help="L1 transparent_hugepage at boot.")
+@click.option("--gdb", type=int, metavar="PORT", help="A gdb stub for L1's kernel on 127.0.0.1:PORT.")
 @click.pass_obj
-def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp) -> None:
+def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, gdb) -> None:
     """Start a lab: build images if needed, boot L1, wait until KVM is ready."""
-    cfg = _config(config, name=name, kernel=kernel, modules=modules, cpus=cpus, memory=memory, thp=thp)
+    cfg = _config(config, name=name, kernel=kernel, modules=modules, cpus=cpus, memory=memory, thp=thp, gdb=gdb)
     lab = Lab(cfg.name, progress)
     info = lab.up(cfg)
     state = lab.state() or {}
@@ -142,6 +143,8 @@ def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp) -> 
         ("L0", state.get("qemu_version", "?")),
         ("console", f"kvmlab console --name {cfg.name}  (log: {lab.paths.console_log})"),
     ]
+    if cfg.gdb:
+        rows.append(("gdb", f"target remote 127.0.0.1:{cfg.gdb}  (L1's kernel; vmlinux from its debug package)"))
     for key, value in rows:
         click.echo(f"  {key:<8} {value}")
 

@@ -104,6 +104,34 @@ def _string_list(value: Any) -> list[str]:
     return list(value)
 
 
+#: QEMU options that open a listener: the host part of their address must be loopback.
+_LISTEN = re.compile(r"(?:^|[,=])(?:tcp|telnet|websocket|udp):(\[[^\]]*\]|[^:,]*):(\d+)")
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def _extra_args(value: Any) -> list[str]:
+    """Extra QEMU arguments; a network listener in them must bind the loopback address.
+
+    kvmlab's own sockets are unix sockets in the lab's private directory; the lab gdb
+    option binds 127.0.0.1. An argument that would listen on every interface is refused."""
+    args = _string_list(value)
+    for i, arg in enumerate(args):
+        if arg == "-s":
+            raise Invalid("-s: gdb on port 1234 of every interface; use lab.gdb (kvmlab up --gdb PORT), "
+                          "which binds 127.0.0.1")
+        option = args[i - 1] if i else ""
+        hosts = [m.group(1) for m in _LISTEN.finditer(arg)]
+        if option == "-vnc" and not arg.startswith(("unix:", "none")):
+            hosts.append(arg.rsplit(":", 1)[0] if ":" in arg else "")
+        for m in re.finditer(r"(?:^|,)host=([^,]*)", arg):
+            hosts.append(m.group(1))
+        for host in hosts:
+            if host not in _LOOPBACK:
+                raise Invalid(f"{arg!r} would listen on {host or 'every interface'}; bind 127.0.0.1 "
+                              "(nothing of a lab listens on the network unless asked, and then on loopback)")
+    return args
+
+
 def _memory(value: Any) -> int:
     mib = parse_size_mib(value)
     top = _host_memory_mib()
@@ -141,12 +169,13 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "memory": _memory,
         "thp": _choice(THP_MODES),
         "boot_timeout": _number_range(5, 3600),
+        "gdb": _int_range(0, 65535),
     },
     "qemu": {
         "binary": _string(expected="the name or path of qemu-system-aarch64"),
         "cpu": _string(re.compile(r"^[A-Za-z0-9_.,=-]+$"), "a -cpu value such as max,pauth-impdef=on"),
         "append": _string(),
-        "extra_args": _string_list,
+        "extra_args": _extra_args,
     },
     "images": {
         "userspace_suite": _choice(SUITES),
@@ -166,6 +195,7 @@ class LabConfig:
     memory_mib: int
     thp: str
     boot_timeout: float
+    gdb: int
     qemu_binary: str
     qemu_cpu: str
     append: str
@@ -188,7 +218,8 @@ class LabConfig:
     def as_dict(self) -> dict[str, Any]:
         return {
             "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
-                    "memory": f"{self.memory_mib}M", "thp": self.thp, "boot_timeout": self.boot_timeout},
+                    "memory": f"{self.memory_mib}M", "thp": self.thp, "boot_timeout": self.boot_timeout,
+                    "gdb": self.gdb},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
                      "extra_args": self.qemu_extra_args},
             "images": {"userspace_suite": self.userspace_suite, "extra_packages": self.extra_packages,
@@ -285,6 +316,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return LabConfig(
         name=clean["lab.name"], kernel=clean["lab.kernel"], modules=clean["lab.modules"], cpus=clean["lab.cpus"],
         memory_mib=clean["lab.memory"], thp=clean["lab.thp"], boot_timeout=clean["lab.boot_timeout"],
+        gdb=clean["lab.gdb"],
         qemu_binary=clean["qemu.binary"], qemu_cpu=clean["qemu.cpu"], append=clean["qemu.append"],
         qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],
         extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],

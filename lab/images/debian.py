@@ -51,6 +51,11 @@ UNREACHABLE = ("Could not resolve", "Temporary failure resolving", "Connection f
                "Connection timed out")
 
 
+#: What apt says when an archive's Release file is unsigned or its signature does not verify.
+UNSIGNED = ("is not signed", "NO_PUBKEY", "BADSIG", "signatures were invalid", "signatures couldn't be verified",
+            "EXPKEYSIG")
+
+
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -126,6 +131,11 @@ def fetch(suite: str, packages: list[str], dest: Path, *, mirror: str = "", upda
             seen = (unreachable or [next(line.strip() for line in lines if any(s in line for s in UNREACHABLE))])[0]
             raise UserError(f"no Debian package archive reachable for {suite} (arm64) ({seen[:200]}); "
                             "check the network, or name a mirror in KVMLAB_MIRROR or the config's images.mirror")
+        signature = [line.strip() for line in lines if line.startswith("E:") and any(s in line for s in UNSIGNED)]
+        if signature:
+            raise ImageError(f"the package archive for {suite} failed apt's signature check ({signature[0][:200]}); "
+                             "kvmlab never turns signature checks off: use a mirror signed with a key from "
+                             "debian-archive-keyring (KVMLAB_MIRROR or images.mirror)", detail=tail)
         if any(s in text for s in ("Unable to locate package", "has no installation candidate", "was not found")):
             hint = (f"; not in Debian {suite}'s arm64 package lists (the archive keeps each suite's current "
                     "packages only: a mirror with older ones can be named in KVMLAB_MIRROR)")

@@ -213,6 +213,8 @@ class Lab:
                 self.progress.note(f"lab {self.name!r}: {cleaned}")
             if self.is_up():
                 raise self._already_up()
+            if os.path.lexists(self.paths.dir):
+                private_dir(self.paths.dir)  # ours, a real directory: only then is it emptied
             self._clean_state(keep_logs=False)
 
             private_dir(self.paths.dir)
@@ -221,7 +223,7 @@ class Lab:
             if kernel.late_modules is not None and kernel.late_modules.is_dir():
                 shutil.copytree(kernel.late_modules, self.paths.ready.parent / "modules")
             # initramfs (busybox, /init) followed by the kernel's modules: one initrd.
-            with open(self.paths.initrd, "wb") as initrd:
+            with open(self.paths.initrd, "wb", opener=qemu.private_opener) as initrd:
                 initrd.write(rootfs.initramfs.read_bytes())
                 if kernel.modules_cpio is not None:
                     initrd.write(kernel.modules_cpio.read_bytes())
@@ -270,7 +272,13 @@ class Lab:
     def _wait_ready(self, l0: L0Process, config: LabConfig, started: float) -> ReadyInfo:
         deadline = started + config.boot_timeout
         checked_console = 0
+        private = False
         while not self._ready_written():
+            if not private and all(p.exists() for p in self.paths.sockets()):
+                # QEMU made them 0700 (umask 077); a socket needs no execute bit: 0600.
+                for sock in self.paths.sockets():
+                    os.chmod(sock, 0o600)
+                private = True
             code = l0.exit_code()
             if code is not None:
                 how = f"was killed by signal {-code} ({_signame(-code)})" if code < 0 else f"exited with status {code}"
@@ -288,6 +296,9 @@ class Lab:
                                   command=l0.command, detail=_detail(self.paths))
             time.sleep(0.01)
         seconds = time.monotonic() - started
+        if not private:
+            for sock in self.paths.sockets():
+                os.chmod(sock, 0o600)
         values = parse_ready(self.paths.ready.read_text())
         kvm_log = kvm_messages(self.paths.console_log.read_text(errors="replace"))
         if not kvm_mode(kvm_log):

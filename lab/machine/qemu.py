@@ -108,6 +108,8 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         "-fsdev", f"local,id=share,path={paths.share},security_model=none",
         "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
         "-pidfile", str(paths.pidfile),
+        # The one network listener kvmlab opens, only when asked: gdb on L1's kernel, loopback only.
+        *(["-gdb", f"tcp:127.0.0.1:{config.gdb}"] if config.gdb else []),
         *config.qemu_extra_args,
     ]
 
@@ -220,7 +222,7 @@ class L0Process:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> int:
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab", opener=private_opener) as log:
             try:
                 # A session of its own: Ctrl-C in the user's terminal reaches kvmlab, which
                 # then stops QEMU itself, rather than killing QEMU behind its back.
@@ -248,3 +250,8 @@ class L0Process:
         if self.proc is not None:
             _CHILDREN[self.proc.pid] = self.proc
             self.proc = None
+
+
+def private_opener(path: str, flags: int) -> int:
+    """open()'s opener for files in a lab directory: the user's alone (0600)."""
+    return os.open(path, flags, 0o600)

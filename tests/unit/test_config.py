@@ -51,6 +51,14 @@ def test_user_file_overrides_default_and_cli_overrides_file(tmp_path):
     ("images:\n  userspace_suite: jessie\n", "images.userspace_suite: expected one of bullseye"),
     ("images:\n  updates: yes please\n", "images.updates: expected true or false"),
     ("lab:\n  cpus: [\n", "malformed YAML at line 3, column 1"),
+    ("lab:\n  gdb: 70000\n", "lab.gdb: expected an integer from 0 to 65535, got 70000"),
+    # A listener in extra_args must bind loopback: kvmlab listens nowhere unless asked.
+    ("qemu:\n  extra_args: ['-s']\n", "qemu.extra_args: -s: gdb on port 1234 of every interface; use lab.gdb"),
+    ("qemu:\n  extra_args: ['-gdb', 'tcp::1234']\n", "'tcp::1234' would listen on every interface; bind 127.0.0.1"),
+    ("qemu:\n  extra_args: ['-gdb', 'tcp:0.0.0.0:1234']\n", "'tcp:0.0.0.0:1234' would listen on 0.0.0.0"),
+    ("qemu:\n  extra_args: ['-vnc', ':0']\n", "':0' would listen on every interface"),
+    ("qemu:\n  extra_args: ['-chardev', 'socket,id=x,host=0.0.0.0,port=4444,server=on']\n", "would listen on 0.0.0.0"),
+    ("qemu:\n  extra_args: ['-monitor', 'telnet::4444,server,nowait']\n", "would listen on every interface"),
 ])
 def test_bad_values_are_rejected_naming_the_key(tmp_path, text, expected):
     with pytest.raises(ConfigError) as info:
@@ -94,3 +102,10 @@ def test_cli_bad_option_value_names_the_option():
     assert result.exit_code == 2
     assert result.output.strip() == ("kvmlab: error: option --memory: lab.memory: expected a size such as 2G, "
                                      "1536M or 2048 (MiB), got 'lots'")
+
+
+@pytest.mark.parametrize("args", [["-gdb", "tcp:127.0.0.1:1234"], ["-vnc", "localhost:0"], ["-vnc", "unix:/tmp/v"],
+                                  ["-chardev", "socket,id=x,path=/tmp/s,server=on"], ["-monitor", "tcp:[::1]:5555,server"],
+                                  ["-d", "guest_errors"]])
+def test_loopback_listeners_and_other_arguments_are_accepted(tmp_path, args):
+    assert load_config(write(tmp_path, f"qemu:\n  extra_args: {args!r}\n")).qemu_extra_args == args

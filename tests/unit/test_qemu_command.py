@@ -58,3 +58,8 @@ def test_root_is_read_only_and_the_share_is_the_lab_share():
 def test_extra_args_come_last():
     _, _, cmd = command(**{"qemu.extra_args": ["-d", "guest_errors"]})
     assert cmd[-2:] == ["-d", "guest_errors"]
+
+
+def test_the_gdb_stub_is_asked_for_and_binds_loopback_only():
+    _, _, cmd = command(**{"lab.gdb": 1234})
+    assert value_after(cmd, "-gdb") == ["tcp:127.0.0.1:1234"]

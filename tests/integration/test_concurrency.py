@@ -1,0 +1,75 @@
+"""Concurrency: labs side by side give the verdicts one lab gives alone; two `up` of one
+name race and exactly one wins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import kvmlab, qemu_pids_in
+
+pytestmark = pytest.mark.boot
+
+#: Fast scenarios whose mappings are deterministic: blocks, pages, splits, madvise.
+MORE = ("madvise-hugepage", "madvise-no-hint", "dirty-log-after-blocks")
+
+
+def verdicts(results: Path) -> dict[str, tuple[str, dict]]:
+    [summary] = results.glob("*/summary.json")
+    data = json.loads(summary.read_text())
+    return {s["name"]: (s["status"], s["counts"]) for s in data["scenarios"]}
+
+
+def targets() -> list[str]:
+    from lab.paths import CONFIGS_DIR
+
+    return [str(CONFIGS_DIR / "thp" / f"{name}.yaml") for name in ("anon-thp-always", "anon-thp-never", *MORE)]
+
+
+def test_two_labs_in_parallel_give_the_verdicts_of_one_at_a_time(tmp_path, private_runtime):
+    names = ("conc-a", "conc-b")
+    for name in names:
+        assert kvmlab("up", "--name", name).returncode == 0
+    try:
+        # One at a time, on the first lab.
+        alone = kvmlab("test", "--name", names[0], *targets(), "--results", str(tmp_path / "alone"))
+        assert alone.returncode == 0, alone.stdout.decode()
+        # Both labs at once, each the whole set.
+        procs = [subprocess.Popen([sys.executable, "-m", "lab.cli", "test", "--name", name, *targets(),
+                                   "--results", str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for name in names]
+        outputs = [p.communicate(timeout=900)[0].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        expected = verdicts(tmp_path / "alone")
+        assert len(expected) == 5 and all(status == "pass" for status, _ in expected.values())
+        for name in names:
+            assert verdicts(tmp_path / name) == expected
+    finally:
+        for name in names:
+            kvmlab("down", "--name", name)
+    assert qemu_pids_in(private_runtime / "labs") == []
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_two_ups_of_one_name_race_and_exactly_one_wins(round_, private_runtime):
+    name = "race"
+    lab_dir = private_runtime / "labs" / name
+    procs = [subprocess.Popen([sys.executable, "-m", "lab.cli", "up", "--name", name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    done = [(p.wait(timeout=300), *(s.decode() for s in p.communicate())) for p in procs]
+    try:
+        codes = sorted(code for code, _, _ in done)
+        assert codes == [0, 1], done
+        [(_, _, loser)] = [d for d in done if d[0] == 1]
+        # The loser says why: the other is starting it, or has already started it.
+        assert ("is being started or stopped by another kvmlab" in loser
+                or f"lab {name!r} is already up" in loser), loser
+        [winner_pid] = qemu_pids_in(lab_dir)
+        assert json.loads((lab_dir / "lab.json").read_text())["pid"] == winner_pid
+    finally:
+        kvmlab("down", "--name", name)
+    assert qemu_pids_in(lab_dir) == []
