@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -123,19 +123,15 @@ class Store:
 
     def _build(self, kind: str, label: str, key: str, inputs: dict[str, Any],
                builder: Callable[[Path], dict[str, Any]], what: str) -> tuple[Entry, bool]:
-        try:
-            self.images.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
-            lock = self._lock(f"{kind}-{label}-{key[:16]}")
-            lock.__enter__()
-        except OSError as exc:
-            raise self._cache_error(exc, what) from None
-        try:
-            entry = self.get(kind, label, key)
-            if entry is not None:
-                return entry, False
-            self._remove_stale_tmp()
+        with ExitStack() as held:
             try:
+                self.images.mkdir(parents=True, exist_ok=True)
+                self.tmp.mkdir(parents=True, exist_ok=True)
+                held.enter_context(self._lock(f"{kind}-{label}-{key[:16]}"))
+                entry = self.get(kind, label, key)
+                if entry is not None:
+                    return entry, False
+                self._remove_stale_tmp()
                 work = Path(tempfile.mkdtemp(prefix=f"{kind}.{os.getpid()}.", dir=self.tmp))
             except OSError as exc:
                 raise self._cache_error(exc, what) from None
@@ -151,8 +147,6 @@ class Store:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             return Entry(self.entry_path(kind, label, key), manifest), True
-        finally:
-            lock.__exit__(None, None, None)
 
     def _cache_error(self, exc: OSError, what: str) -> ImageError:
         """One line for a cache that cannot take the entry: full, read-only, or another error."""

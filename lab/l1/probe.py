@@ -9,8 +9,9 @@ one or more vCPUs, and does the scenario's VMM actions at set points:
     end        after the guest has powered off
 
 Actions: prefault, dirty_log, dirty_pages, madvise, mprotect, munmap, fork_child, alias,
-smaps, sleep, churn (a thread repeating madvise / mprotect / munmap / remap while vCPUs run). At every pause the probe writes "kvmlab: phase N" to trace_marker,
-so the trace itself says which faults came after which action.
+smaps, sleep, churn (a thread repeating madvise / mprotect / munmap / remap while the
+vCPUs run). At every pause the probe writes "kvmlab: phase N" to trace_marker, so the
+trace itself says which faults came after which action.
 
 Input: a JSON job (written by the host, lab/scenarios/runner.py). Output: a JSON report.
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -62,17 +63,6 @@ def test_any_config_file_loads_or_is_one_clear_line(doc, tmp_path):
 
 
 @FUZZ
-@given(text=st.text(max_size=200))
-def test_any_text_as_a_config_file_loads_or_is_one_clear_line(text, tmp_path):
-    path = tmp_path / "lab.yaml"
-    path.write_text(text)
-    try:
-        load_config(path)
-    except UserError as exc:
-        _one_line(exc, str(path))
-
-
-@FUZZ
 @given(key=st.sampled_from(["lab.cpus", "lab.memory", "lab.thp", "lab.name", "lab.kernel", "lab.modules"]),
        value=scalars)
 def test_any_command_line_value_loads_or_is_one_clear_line(key, value):
@@ -120,12 +110,13 @@ def test_any_scenario_parses_or_is_one_clear_line(doc):
         assert scenario.expected_faults() > 0
 
 
+@pytest.mark.parametrize("load", [load_config, model.load], ids=["config", "scenario"])
 @FUZZ
 @given(text=st.text(max_size=300))
-def test_any_text_as_a_scenario_file_loads_or_is_one_clear_line(text, tmp_path):
-    path = tmp_path / "s.yaml"
+def test_any_text_as_a_file_loads_or_is_one_clear_line(load, text, tmp_path):
+    path = tmp_path / "file.yaml"
     path.write_text(text)
     try:
-        model.load(path)
+        load(path)
     except UserError as exc:
         _one_line(exc, str(path))
