@@ -42,6 +42,8 @@ PATTERNS: list[Pattern] = [
     _p("panic", r"Kernel panic - not syncing: (.+?)\s*$", "Kernel panic: {0}"),
     _p("bug", r"BUG: (.+?)\s*$", "BUG: {0}"),
     _p("warning", r"WARNING: CPU: \d+ PID: \d+ at (\S+)(?: (\S+?)\+0x)?", "WARNING at {0} {1}"),
+    # 7.x: "WARNING: arch/arm64/kvm/debug.c:157 at kvm_vcpu_load_debug+0x190/0x230, CPU#0: python3/170"
+    _p("warning-7x", r"WARNING: (\S+:\d+) at (\S+?)\+0x", "WARNING at {0} {1}"),
     _p("warning-other", r"WARNING: (.+?)\s*$", "WARNING: {0}"),
     _p("unable-to-handle", r"Unable to handle kernel (.+?) at virtual address ([0-9a-fx]+)",
        "Unable to handle kernel {0} at {1}"),

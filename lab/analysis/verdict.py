@@ -188,40 +188,51 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
 
 
 def _stress(scenario: Scenario, repeat: dict[str, Any], crashes: list[Crash]) -> Verdict:
-    """A stress scenario: every run of the VMM killed as asked, and L1's log clean."""
+    """A stress scenario: N runs of the VMM, each killed as asked while its vCPUs fault,
+    and L1's log clean. A crash in the log comes first; then a VMM that died by itself
+    (a signal it did not get from the runner) or hung; then a run that never faulted."""
     runs = repeat.get("runs", [])
     rate = repeat.get("per_second", 0)
     faults = [r.get("faults", 0) for r in runs]
-    verdict = Verdict(PASS, f"{len(runs)} runs killed ({rate:.2f}/s)", faults=sum(faults))
-    done = len(runs) == scenario.repeat and all("killed" in r for r in runs)
-    ok_runs = sum("killed" in r for r in runs)
-    text = f"{ok_runs}/{scenario.repeat} VMM runs killed mid-run ({rate:.2f} runs/s in {repeat.get('seconds', 0):.1f} s)"
-    verdict.checks.append({"check": "runs", "ok": done, "text": text})
-    if runs:
-        # Killed while faulting: a run whose vCPUs never faulted raced nothing.
-        idle = [i + 1 for i, n in enumerate(faults) if n == 0]
-        verdict.checks.append({"check": "faulting", "ok": not idle,
-                               "text": f"stage-2 faults per run {min(faults)}-{max(faults)} ({sum(faults)} in all)"
-                                       + (f"; none in run {', '.join(map(str, idle[:5]))}" if idle else "")})
-        verdict.reasons.append(verdict.checks[-1]["text"])
-    if not done:
-        bad = next((i, r) for i, r in enumerate(runs) if "killed" not in r) if ok_runs < len(runs) else None
-        why = ("the VMM " + (bad[1].get("timeout") or f"ended by itself (exit status {bad[1].get('exit_code', bad[1].get('signal'))})")
-               + f" in run {bad[0] + 1}") if bad else "L1 stopped early"
+    killed = sum("killed" in r for r in runs)
+    verdict = Verdict(PASS, f"{killed} runs killed ({rate:.2f}/s)", faults=sum(faults))
+    text = f"{killed}/{scenario.repeat} VMM runs killed mid-run ({rate:.2f} runs/s in {repeat.get('seconds', 0):.1f} s)"
+    if len(runs) < scenario.repeat:
         verdict.status = ERROR
-        verdict.observed = f"{ok_runs} runs killed, then {why}"
-        verdict.reasons = [f"{text}; {why}"]
+        verdict.reasons = [f"{text}; L1's runner stopped after {len(runs)} runs"]
         return verdict
-    verdict.reasons.insert(0, text)
-    if not verdict.checks[-1]["ok"]:
-        verdict.status = FAIL
-        verdict.reasons.insert(0, verdict.checks[-1]["text"])
+    ended = [f"run {i + 1}: the VMM {_how_it_ended(r)}" for i, r in enumerate(runs) if "killed" not in r]
+    verdict.checks.append({"check": "runs", "ok": not ended, "text": text + "".join(f"; {e}" for e in ended[:3])})
+    idle = [i + 1 for i, n in enumerate(faults) if n == 0]
+    verdict.checks.append({"check": "faulting", "ok": not idle,
+                           "text": f"stage-2 faults per run {min(faults, default=0)}-{max(faults, default=0)} "
+                                   f"({sum(faults)} in all)"
+                                   + (f"; none in run {', '.join(map(str, idle[:5]))}" if idle else "")})
+    if scenario.clean_log:
+        verdict.checks.append({"check": "clean_log", "ok": not crashes,
+                               "text": crashes[0].excerpt if crashes else "L1 log clean"})
+    verdict.reasons = [c["text"] for c in verdict.checks if c["check"] != "clean_log"]
     if scenario.clean_log and crashes:
-        verdict.status = FAIL
-        verdict.observed += f"; {crashes[0].title}"
         verdict.reasons.insert(0, f"L1 log: {crashes[0].title}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else ""))
-        verdict.checks.append({"check": "clean_log", "ok": False, "text": crashes[0].excerpt})
+        verdict.observed += f"; {crashes[0].title}"
     elif scenario.clean_log:
-        verdict.checks.append({"check": "clean_log", "ok": True, "text": "L1 log clean"})
         verdict.reasons.append("L1 log clean")
+    if ended:
+        verdict.observed += f"; {len(ended)} ended by themselves"
+    if any(not c["ok"] for c in verdict.checks):
+        verdict.status = FAIL
     return verdict
+
+
+def _how_it_ended(run: dict[str, Any]) -> str:
+    if run.get("timeout"):
+        return f"was {run['timeout']}"
+    if "signal" in run:
+        import signal
+
+        try:
+            name = signal.Signals(run["signal"]).name
+        except ValueError:
+            name = "?"
+        return f"died of signal {run['signal']} ({name}) after {run.get('seconds', 0):.2f} s"
+    return f"exited with status {run.get('exit_code')} after {run.get('seconds', 0):.2f} s"

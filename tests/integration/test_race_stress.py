@@ -1,6 +1,11 @@
 """The exit_mmap() race from the review of "KVM: arm64: Walk userspace page tables to
 compute the THP mapping size", stressed on every Debian kernel: configs/stress/exit-mmap-race
-(50 VMM kills while 4 vCPUs fault on THP memory under munmap / MADV_DONTNEED churn)."""
+(50 VMM kills while 4 vCPUs fault on THP memory under munmap / MADV_DONTNEED churn).
+
+What is checked is kvmlab: on each kernel all 50 runs happen, every one faults, and the
+verdict is a pass or a kernel finding with its evidence (a crash in L1's log, a VMM the
+kernel killed), never an error of the lab. Which kernels pass is the kernels' business:
+sid's 7.2.13 once gave a WARNING in kvm_vcpu_load_debug (docs/hardening.md)."""
 
 from __future__ import annotations
 
@@ -14,20 +19,28 @@ from tests.conftest import kvmlab
 pytestmark = pytest.mark.boot
 
 
-def test_exit_mmap_race_on_every_debian_kernel(tmp_path):
+def test_exit_mmap_race_runs_50_times_on_every_debian_kernel_and_judges_each(tmp_path):
     out = tmp_path / "matrix.json"
     result = kvmlab("matrix", "--kernels", ",".join(SUITES), "stress", "--results", str(tmp_path / "results"),
                     "--json", str(out), timeout=1800)
     text = result.stdout.decode() + result.stderr.decode()
-    assert result.returncode == 0, text
+    assert result.returncode in (0, 1), text
     doc = json.loads(out.read_text())
-    rates = {}
+    assert sorted(doc["runs"]) == sorted(SUITES)
+    lines = []
     for label, run in doc["runs"].items():
         [scenario] = run["scenarios"]
-        assert scenario["status"] == "pass", (label, scenario["reasons"])
         checks = {c["check"]: c for c in scenario["checks"]}
-        assert checks["runs"]["ok"] and checks["runs"]["text"].startswith("50/50 VMM runs killed mid-run")
-        assert checks["faulting"]["ok"] and checks["clean_log"]["ok"]
-        rates[label] = scenario["timings"]["runs_per_second"]
-    assert sorted(rates) == sorted(SUITES)
-    print("exit-mmap-race runs per second: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
+        assert scenario["status"] in ("pass", "fail"), (label, scenario["reasons"])
+        assert checks["faulting"]["ok"], (label, checks["faulting"])  # 50 runs, each one faulting
+        assert scenario["faults"] >= 50
+        if scenario["status"] == "fail":
+            # A finding, with its evidence: L1's crash report (its excerpt), or the runs the kernel ended.
+            crashed = not checks["clean_log"]["ok"] and scenario["reasons"][0].startswith("L1 log: ")
+            assert crashed or ": the VMM died of signal" in checks["runs"]["text"], (label, scenario["reasons"])
+        else:
+            assert checks["runs"]["text"].startswith("50/50 VMM runs killed mid-run")
+        lines.append(f"{label}: {scenario['status']} {scenario['observed']}"
+                     + ("" if scenario["status"] == "pass" else f" ({scenario['reasons'][0]})"))
+    print("exit-mmap-race: " + "; ".join(lines))
+    assert result.returncode == (0 if all(r["scenarios"][0]["status"] == "pass" for r in doc["runs"].values()) else 1)
