@@ -182,7 +182,7 @@ class Scenario:
             parts.append(f"faults THP {self.compare_thp[1]}/{self.compare_thp[0]} >= {self.fault_ratio:g}")
         if self.repeat > 1:
             parts.append(f"{self.repeat} VMM runs killed")
-        if not parts and self.clean_log or self.repeat > 1:
+        if self.clean_log and (not parts or self.repeat > 1):
             parts.append("clean L1 log")
         return "; ".join(parts)
 
