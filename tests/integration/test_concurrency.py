@@ -73,3 +73,23 @@ def test_two_ups_of_one_name_race_and_exactly_one_wins(round_, private_runtime):
     finally:
         kvmlab("down", "--name", name)
     assert qemu_pids_in(lab_dir) == []
+
+
+def test_commands_on_one_lab_at_once_each_get_their_own_output(private_runtime):
+    """Execs share L1's one command channel (they queue on the lab's agent lock); QMP
+    has a lock of its own, so it answers while an exec runs."""
+    name = "conc-one"
+    assert kvmlab("up", "--name", name).returncode == 0
+    try:
+        slow = [subprocess.Popen([sys.executable, "-m", "lab.cli", "exec", "--name", name, "--", "sh", "-c",
+                                  f"sleep 2; echo slow-{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for i in range(2)]
+        status = kvmlab("qmp", "--name", name, "query-status")
+        assert status.returncode == 0 and json.loads(status.stdout)["return"]["status"] == "running"
+        quick = kvmlab("exec", "--name", name, "--", "echo", "quick")
+        assert (quick.returncode, quick.stdout) == (0, b"quick\n")
+        for i, proc in enumerate(slow):
+            out, err = proc.communicate(timeout=120)
+            assert (proc.returncode, out) == (0, f"slow-{i}\n".encode()), err
+    finally:
+        kvmlab("down", "--name", name)
