@@ -127,14 +127,19 @@ def _lab_name(name: str | None) -> str:
 @click.option("--memory", "-m", help="L1 memory, e.g. 2G.")
 @click.option("--thp", type=click.Choice(THP_MODES), help="L1 transparent_hugepage at boot.")
 @click.option("--gdb", type=int, metavar="PORT", help="A gdb stub for L1's kernel on 127.0.0.1:PORT.")
+@click.option("--snapshot/--no-snapshot", default=None,
+              help="Restore a saved ready L1 (saved by the first such up) instead of booting (lab.snapshot).")
 @click.pass_obj
-def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, gdb) -> None:
-    """Start a lab: build images if needed, boot L1, wait until KVM is ready."""
-    cfg = _config(config, name=name, kernel=kernel, modules=modules, cpus=cpus, memory=memory, thp=thp, gdb=gdb)
+def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, gdb, snapshot) -> None:
+    """Start a lab: build images if needed, boot L1 (or restore its snapshot), wait until KVM is ready."""
+    cfg = _config(config, name=name, kernel=kernel, modules=modules, cpus=cpus, memory=memory, thp=thp, gdb=gdb,
+                  snapshot=snapshot)
     lab = Lab(cfg.name, progress)
     info = lab.up(cfg)
     state = lab.state() or {}
-    click.echo(f"Lab '{cfg.name}' is up: L1 ready in {info.seconds:.1f} s (guest uptime {info.guest_uptime:.1f} s)")
+    how = {"restored": "restored from its snapshot", "saved": "booted, snapshot saved"}.get(
+        (state.get("snapshot") or {}).get("how", ""), "L1 ready")
+    click.echo(f"Lab '{cfg.name}' is up: {how} in {info.seconds:.1f} s (guest uptime {info.guest_uptime:.1f} s)")
     rows = [
         ("kernel", f"{info.release} ({state.get('kernel', {}).get('label', cfg.kernel)})"),
         ("KVM", f"{info.kvm_mode} mode, /dev/kvm {'present' if info.kvm_device else 'MISSING'}"),

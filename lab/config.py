@@ -170,6 +170,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "thp": _choice(THP_MODES),
         "boot_timeout": _number_range(5, 3600),
         "gdb": _int_range(0, 65535),
+        "snapshot": _bool,
     },
     "qemu": {
         "binary": _string(expected="the name or path of qemu-system-aarch64"),
@@ -204,6 +205,8 @@ class LabConfig:
     extra_packages: list[str]
     mirror: str
     updates: bool
+    #: Restore L1 from a saved ready state (made by the first such `up`) instead of booting.
+    snapshot: bool = False
     #: Files the values came from, for messages.
     sources: list[str] = field(default_factory=list)
 
@@ -219,7 +222,7 @@ class LabConfig:
         return {
             "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
                     "memory": f"{self.memory_mib}M", "thp": self.thp, "boot_timeout": self.boot_timeout,
-                    "gdb": self.gdb},
+                    "gdb": self.gdb, "snapshot": self.snapshot},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
                      "extra_args": self.qemu_extra_args},
             "images": {"userspace_suite": self.userspace_suite, "extra_packages": self.extra_packages,
@@ -320,5 +323,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         qemu_binary=clean["qemu.binary"], qemu_cpu=clean["qemu.cpu"], append=clean["qemu.append"],
         qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],
         extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],
-        updates=clean["images.updates"], sources=sources,
+        updates=clean["images.updates"], snapshot=clean["lab.snapshot"], sources=sources,
     )

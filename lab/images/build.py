@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,9 @@ class Rootfs:
     root: Path
     initramfs: Path
     manifest: dict[str, Any]
+    #: L1's root: `root` as a read-only squashfs image on a virtio disk (migratable, so a
+    #: ready L1 can be snapshotted; a 9p root would block QEMU's migration).
+    image: Path
 
 
 class Builder:
@@ -255,6 +259,7 @@ class Builder:
                 "packages": self.recipe["packages"] + config.extra_packages,
                 "applets": self.recipe["initramfs_applets"],
                 "initramfs": hash_files(IMAGES_DIR / "initramfs"), "overlay": hash_files(IMAGES_DIR / "rootfs"),
+                "helpers": hash_files(IMAGES_DIR / "rootfs-src"),
                 "mirror": config.mirror, "updates": config.updates}
 
     def rootfs(self, config: LabConfig) -> Rootfs:
@@ -280,6 +285,8 @@ class Builder:
         for mount_point in MOUNT_POINTS:
             (root / mount_point).mkdir(parents=True, exist_ok=True)
         shutil.copytree(IMAGES_DIR / "rootfs", root, symlinks=True, dirs_exist_ok=True)
+        step.update("compiling the L1 helpers")
+        compile_helper(IMAGES_DIR / "rootfs-src" / "snaphelper.c", root / "kvmlab" / "snaphelper")
 
         busybox = root / "usr/bin/busybox"
         if not busybox.exists():
@@ -303,12 +310,35 @@ class Builder:
             writer.add_file(path.name, path)
         (work / "initramfs.cpio").write_bytes(writer.getvalue())
         shutil.rmtree(work / "debs")
+        step.update("packing the read-only root image")
+        squash_root(root, work / "root.sqfs")
         return {
             "suite": suite,
             "packages": [d.as_dict() for d in debs],
             "artefacts": {"initramfs.cpio": debian.sha256_file(work / "initramfs.cpio"),
+                          "root.sqfs": debian.sha256_file(work / "root.sqfs"),
                           "root/": tree_digest(root)},
         }
+
+
+def compile_helper(source: Path, binary: Path) -> None:
+    """A small C program for L1, static (L1's libc does not matter), stripped."""
+    gcc = debian.require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
+    result = subprocess.run([gcc, "-static", "-Os", "-s", "-Wall", "-Werror", "-o", str(binary), str(source)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ImageError(f"compiling {source.name} for L1 failed", detail=result.stderr)
+
+
+def squash_root(root: Path, image: Path) -> None:
+    """`root` as a squashfs image: uncompressed (nothing to inflate under TCG), every file
+    root's, fixed times: the same tree gives the same bytes."""
+    mksquashfs = debian.require_tool("mksquashfs", "squashfs-tools")
+    result = subprocess.run([mksquashfs, str(root), str(image), "-noI", "-noD", "-noF", "-noX", "-no-xattrs",
+                             "-all-root", "-mkfs-time", "0", "-all-time", "0", "-no-progress", "-quiet"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ImageError(f"mksquashfs failed on {root}: {(result.stderr or result.stdout).strip()[-500:]}")
 
 
 def _build_tools(work: Path, step) -> dict[str, Any]:
@@ -394,4 +424,4 @@ def _kernel_from_entry(entry: Entry) -> KernelImage:
 
 
 def _rootfs_from_entry(entry: Entry) -> Rootfs:
-    return Rootfs(entry.file("root"), entry.file("initramfs.cpio"), entry.manifest)
+    return Rootfs(entry.file("root"), entry.file("initramfs.cpio"), entry.manifest, entry.file("root.sqfs"))

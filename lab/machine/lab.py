@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import time
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from lab.config import LabConfig, NAME_RE
 from lab.errors import LabBusy, LabError, LaunchError, UserError
 from lab.images.build import Builder
 from lab.machine import qemu
+from lab.machine import snapshot as snapshots
 from lab.machine.agent import GUEST_SHARE, Agent, flock
 from lab.machine.qemu import L0Process, LabPaths
 from lab.paths import private_dir, runtime_dir
@@ -220,15 +223,24 @@ class Lab:
             private_dir(self.paths.dir)
             self.paths.share.mkdir(mode=0o700)
             self.paths.ready.parent.mkdir()
-            if kernel.late_modules is not None and kernel.late_modules.is_dir():
-                shutil.copytree(kernel.late_modules, self.paths.ready.parent / "modules")
             # initramfs (busybox, /init) followed by the kernel's modules: one initrd.
             with open(self.paths.initrd, "wb", opener=qemu.private_opener) as initrd:
                 initrd.write(rootfs.initramfs.read_bytes())
                 if kernel.modules_cpio is not None:
                     initrd.write(kernel.modules_cpio.read_bytes())
 
-            command = qemu.build_command(config, self.paths, kernel.image, rootfs.root, binary)
+            command = qemu.build_command(config, self.paths, kernel.image, rootfs.image, binary)
+            snap = None
+            if config.snapshot:
+                key, _ = snapshots.key_for(command, self.paths.dir, self.name, kernel.manifest.get("key", ""),
+                                           rootfs.manifest["key"], binary)
+                snap = snapshots.lookup(key)
+            restoring = snap is not None and snap.exists()
+            if restoring:
+                # QEMU loads the saved state instead of booting; L1 runs on from where it was saved.
+                command = [*command, "-incoming", f"exec:cat {shlex.quote(str(snap.vmstate))}"]
+            elif kernel.late_modules is not None and kernel.late_modules.is_dir():
+                shutil.copytree(kernel.late_modules, self.paths.ready.parent / "modules")
             l0 = L0Process(command, self.paths.qemu_log)
             started = time.monotonic()
             state = {
@@ -236,19 +248,33 @@ class Lab:
                 "command": command,
                 "kernel": {"image": str(kernel.image), "release": kernel.release, "label": kernel.label,
                            "manifest_key": kernel.manifest.get("key", "")},
-                "rootfs": {"root": str(rootfs.root), "manifest_key": rootfs.manifest["key"]},
+                "rootfs": {"root": str(rootfs.root), "image": str(rootfs.image), "manifest_key": rootfs.manifest["key"]},
                 "paths": {"dir": str(self.paths.dir), "qmp": str(self.paths.qmp),
                           "console": str(self.paths.console), "agent": str(self.paths.agent),
                           "console_log": str(self.paths.console_log), "share": str(self.paths.share)},
             }
+            if snap is not None:
+                state["snapshot"] = {"key": snap.key, "file": str(snap.vmstate), "how": "restoring" if restoring else "booting"}
             try:
-                with self.progress.step(f"Booting L1 ({kernel.label}, {config.cpus} CPUs, "
-                                        f"{config.memory_mib} MiB, THP {config.thp})"):
+                what = (f"Restoring L1 from its snapshot ({kernel.label}, {snap.key[:12]})" if restoring else
+                        f"Booting L1 ({kernel.label}, {config.cpus} CPUs, {config.memory_mib} MiB, THP {config.thp})")
+                with self.progress.step(what) as step:
                     pid = l0.start()
                     # Remembered per binary; the first time, asked while L1 boots.
                     state.update(pid=pid, started_at=time.time(), qemu_version=qemu.qemu_version(binary))
                     _write_json(self.paths.state, state)
-                    ready = self._wait_ready(l0, config, started)
+                    if restoring:
+                        ready = self._restore(l0, config, started, snap)
+                        state["snapshot"]["how"] = "restored"
+                    else:
+                        ready = self._wait_ready(l0, config, started)
+                        if snap is not None:
+                            step.update("saving its snapshot")
+                            if self._save_snapshot(l0, snap, ready, state):
+                                state["snapshot"]["how"] = "saved"
+                                ready.seconds = round(time.monotonic() - started, 2)
+                            else:
+                                state["snapshot"]["how"] = "not saved (another kvmlab is saving it)"
                 state["ready"] = ready.as_dict()
                 _write_json(self.paths.state, state)
             except BaseException:
@@ -258,6 +284,126 @@ class Lab:
                 raise
             l0.detach()
             return ready
+
+    # -- snapshots -----------------------------------------------------------------------
+    def _monitor(self, timeout: float = 10.0):
+        """QMP while `up` still holds the lab (not yet ready, so not through `qmp()`)."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        monitor = QEMUMonitorProtocol(str(self.paths.qmp))
+        monitor.connect()
+        monitor.settimeout(timeout)
+        return monitor
+
+    def _wait_flags(self, pid: int, timeout: float = 5.0) -> str:
+        """'powerbutton' or 'no-powerbutton' once L1's late start-up is done ('' if not seen)."""
+        flags = self.paths.share / ".kvmlab"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and qemu.pid_alive(pid):
+            for flag in ("powerbutton", "no-powerbutton"):
+                if (flags / flag).exists():
+                    return flag
+            time.sleep(0.02)
+        return ""
+
+    def _save_snapshot(self, l0: L0Process, snap: snapshots.Snapshot, ready: ReadyInfo,
+                       state: dict[str, Any]) -> bool:
+        """Saves the L1 that just became ready, then lets it run on. False: someone else is saving."""
+        tmp = snapshots.prepare(snap)
+        lock = open(snap.dir / ".lock", "w")
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if snap.exists():
+                return False
+            # Late start-up (optional modules, power button) is over, or the state would
+            # freeze it half done.
+            flag = self._wait_flags(l0.pid, 10.0)
+            status, output = Agent(self.paths).run_capture("/kvmlab/snapshot save", timeout=30)
+            if status != 0:
+                raise LaunchError(f"L1 could not be prepared for a snapshot: {output.strip()}", command=l0.command)
+            monitor = self._monitor(timeout=30)
+            try:
+                monitor.cmd("stop")
+                # QEMU's default migration bandwidth (32 MiB/s) is for live networks; a file takes all.
+                monitor.cmd_raw("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+                reply = monitor.cmd_raw("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
+                if "error" in reply:
+                    raise LaunchError(f"QEMU refused to save L1: {reply['error'].get('desc')}", command=l0.command)
+                deadline = time.monotonic() + 300
+                while True:
+                    info = monitor.cmd_raw("query-migrate").get("return", {})
+                    if info.get("status") == "completed":
+                        break
+                    if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
+                        raise LaunchError(f"saving L1 failed: {info.get('error-desc', info.get('status', 'timed out'))}",
+                                          command=l0.command)
+                    time.sleep(0.05)
+                snapshots.commit(snap, tmp, {"ready": ready.as_dict(), "flag": flag,
+                                             "inputs": snapshots.key_for(state["command"], self.paths.dir, self.name,
+                                                                         state["kernel"]["manifest_key"],
+                                                                         state["rootfs"]["manifest_key"],
+                                                                         state["command"][0])[1]})
+                monitor.cmd("cont")
+            finally:
+                tmp.unlink(missing_ok=True)
+                monitor.close()
+            self._resume()
+            return True
+        finally:
+            lock.close()
+
+    def _resume(self) -> float:
+        """After a restore (or a save): the share, the clock, a reseeded CRNG. Returns L1's uptime."""
+        status, output = Agent(self.paths).run_capture(
+            f"/kvmlab/snapshot resume {time.time_ns()} {secrets.token_hex(64)}", timeout=30)
+        if status != 0:
+            raise LaunchError(f"L1 did not resume after its snapshot: {output.strip()}", command=[])
+        match = re.search(r"uptime=([\d.]+)", output)
+        return float(match.group(1)) if match else 0.0
+
+    def _restore(self, l0: L0Process, config: LabConfig, started: float, snap: snapshots.Snapshot) -> ReadyInfo:
+        meta = snap.meta() or {}
+        deadline = started + config.boot_timeout
+        monitor = None
+        try:
+            while True:
+                code = l0.exit_code()
+                if code is not None:
+                    raise LaunchError(
+                        f"QEMU exited with status {code} while restoring the snapshot {snap.dir}; "
+                        "`kvmlab images clean --snapshots` removes it, and the next `up --snapshot` saves anew",
+                        command=l0.command, exit_code=code, detail=_detail(self.paths, qemu_output=True))
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"L1 was not restored after {config.boot_timeout:g} s (lab.boot_timeout)",
+                                      command=l0.command, detail=_detail(self.paths, qemu_output=True))
+                try:
+                    if monitor is None and self.paths.qmp.exists():
+                        monitor = self._monitor(timeout=5)
+                    if monitor is not None:
+                        run_state = monitor.cmd_raw("query-status").get("return", {}).get("status")
+                        if run_state == "running":
+                            break
+                        if run_state == "paused":  # loaded; it was saved stopped
+                            monitor.cmd_raw("cont")
+                except Exception:  # QMP not listening yet, or QEMU on its way out (seen above)
+                    monitor = None
+                time.sleep(0.01)
+        finally:
+            if monitor is not None:
+                monitor.close()
+        for sock in self.paths.sockets():
+            os.chmod(sock, 0o600)
+        uptime = self._resume()
+        if meta.get("flag"):
+            (self.paths.share / ".kvmlab" / meta["flag"]).touch()
+        saved = meta.get("ready", {})
+        return ReadyInfo(release=saved.get("release", "?"), kvm_device=saved.get("kvm_device", False),
+                         kvm_mode=saved.get("kvm_mode", ""), kvm_log=saved.get("kvm_log", []),
+                         thp=saved.get("thp", ""), seconds=round(time.monotonic() - started, 2),
+                         guest_uptime=uptime)
 
     def _already_up(self) -> LabBusy:
         return LabBusy(f"lab {self.name!r} is already up (pid {self.pid()}); "

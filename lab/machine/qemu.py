@@ -102,9 +102,10 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         "-device", "virtio-serial-pci,id=vser0",
         *chardev_socket("agent", paths.agent),
         "-device", "virtconsole,chardev=agent,name=kvmlab.agent",
-        # L1's root: the image's root directory, read-only. The share: bulk files both ways.
-        "-fsdev", f"local,id=rootfs,path={rootfs},security_model=none,readonly=on",
-        "-device", "virtio-9p-pci,fsdev=rootfs,mount_tag=rootfs",
+        # L1's root: the image's squashfs, read-only (a disk migrates; a mounted 9p export
+        # would block snapshots). The share: bulk files both ways.
+        "-drive", f"file={str(rootfs).replace(',', ',,')},if=none,id=root,format=raw,readonly=on",
+        "-device", "virtio-blk-pci,drive=root",
         "-fsdev", f"local,id=share,path={paths.share},security_model=none",
         "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
         "-pidfile", str(paths.pidfile),

@@ -48,11 +48,18 @@ def test_every_socket_is_a_unix_socket_in_the_lab_directory():
         assert network not in joined
 
 
-def test_root_is_read_only_and_the_share_is_the_lab_share():
+def test_root_is_a_read_only_disk_and_the_share_is_the_lab_share():
     _, paths, cmd = command()
-    fsdevs = value_after(cmd, "-fsdev")
-    assert fsdevs[0] == "local,id=rootfs,path=/cache/root,security_model=none,readonly=on"
-    assert fsdevs[1] == f"local,id=share,path={paths.share},security_model=none"
+    assert value_after(cmd, "-drive") == ["file=/cache/root,if=none,id=root,format=raw,readonly=on"]
+    assert "virtio-blk-pci,drive=root" in value_after(cmd, "-device")
+    # The only 9p export is the share: a mounted 9p root would block snapshots (migration).
+    assert value_after(cmd, "-fsdev") == [f"local,id=share,path={paths.share},security_model=none"]
+
+
+def test_a_comma_in_the_root_image_path_is_doubled_for_qemu():
+    config, paths, _ = command()
+    cmd = build_command(config, paths, Path("/cache/Image"), Path("/cache/a,b/root.sqfs"))
+    assert value_after(cmd, "-drive")[0].startswith("file=/cache/a,,b/root.sqfs,if=none")
 
 
 def test_extra_args_come_last():
