@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from lab.config import SUITES, THP_MODES, load_config
-from lab.errors import KvmlabError, UserError
+from lab.errors import KvmlabError, LabError, UserError
 from lab.images.build import Builder
 from lab.images.store import Store, tree_size
 from lab.machine.agent import attach_console
@@ -271,10 +271,13 @@ def cp(name, src, dst) -> None:
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @click.option("--keep-up", is_flag=True, help="Leave a lab this command started running.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Labs to spread the scenarios over (NAME-j1... are brought up and down for the run), "
+                   "as far as host CPUs and memory allow.")
 @output_options
 @click.pass_obj
 def test(progress: Progress, targets, keyword, list_only, config, name, kernel, modules, results, keep_up,
-         verbose, json_file, junit_file, html_dir, markdown_file) -> None:
+         verbose, jobs, json_file, junit_file, html_dir, markdown_file) -> None:
     """Run scenario suites (default: thp) and judge stage-2 mappings.
 
     \b
@@ -301,13 +304,69 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
     if not lab.is_up():
         lab.up(cfg)
         started_here = True
+    helpers, started = _helper_labs(cfg, min(jobs, len(scenarios)), progress)
     try:
-        summary = report.run_suite(lab, scenarios, targets, results, progress, verbose)
+        summary = report.run_suite(lab, scenarios, targets, results, progress, verbose, helpers)
     finally:
+        for helper_lab in started:
+            try:
+                helper_lab.down(timeout=2)
+            except LabError:
+                pass
         if started_here and not keep_up:
             lab.down()
     _outputs(summary["results_dir"], json_file, junit_file, html_dir, markdown_file, progress)
     sys.exit(0 if summary["passed"] else 1)
+
+
+def lab_capacity(memory_mib: int, wanted: int) -> tuple[int, str]:
+    """How many labs of `memory_mib` this host runs at once (up to `wanted`), and why not more."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    available = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) // 1024
+    except OSError:
+        available = memory_mib * wanted
+    by_memory = max(1, available // (memory_mib + 512))  # QEMU's own share: TCG code cache, devices
+    labs = min(wanted, cpus, by_memory)
+    why = "" if labs == wanted else (f"{cpus} host CPUs" if labs == cpus else
+                                     f"{available} MiB available, {memory_mib} MiB per lab")
+    return labs, why
+
+
+def _helper_labs(cfg, jobs: int, progress: Progress):
+    """Functions that each bring up one more lab for `test -j` (run in the runner's threads),
+    and the list they add the labs they started to (for the caller to stop)."""
+    import dataclasses
+
+    if jobs <= 1:
+        return [], []
+    labs, why = lab_capacity(cfg.memory_mib, jobs)
+    if labs < jobs:
+        progress.note(f"-j {jobs}: {labs} lab{'s' if labs > 1 else ''} at a time ({why})")
+    started: list[Lab] = []
+
+    def bring_up(helper_name: str):
+        def up() -> Lab | None:
+            helper = Lab(helper_name)
+            if helper.is_up() or helper.running():
+                progress.note(f"lab {helper_name!r} is in use; the run goes on without it")
+                return None
+            try:
+                helper.up(dataclasses.replace(cfg, name=helper_name, gdb=0))
+            except (LabError, UserError) as exc:
+                progress.note(f"lab {helper_name!r} did not come up ({exc}); the run goes on without it")
+                return None
+            started.append(helper)
+            return helper
+        return up
+
+    names = [f"{cfg.name[:28]}-j{i}" for i in range(1, labs)]
+    return [bring_up(n) for n in names], started
 
 
 @main.command("report")
@@ -576,15 +635,25 @@ def images_list(as_json) -> None:
 @images.command("clean")
 @click.option("--stale", is_flag=True,
               help="Only what this kvmlab would no longer build (older code, recipe or config).")
+@click.option("--snapshots", "only_snapshots", is_flag=True, help="Only the saved L1 snapshots (kvmlab up --snapshot).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="The config whose images --stale keeps.")
-def images_clean(stale, config) -> None:
-    """Remove cached images (rebuilt on the next `up`)."""
+def images_clean(stale, only_snapshots, config) -> None:
+    """Remove cached images and L1 snapshots (rebuilt on the next `up`)."""
+    from lab.machine import snapshot
+
     running = [n for n in list_labs() if Lab(n).running()]
     if running:
         raise UserError(f"labs are running on these images ({', '.join(running)}); `kvmlab down --all` first")
+    if only_snapshots:
+        freed = snapshot.clean(None)
+        click.echo(f"Removed the L1 snapshots ({freed / 2**20:.0f} MiB).")
+        return
     keep = Builder().current_keys(_config(config)) if stale else None
     freed = Store().clean(keep)
-    click.echo(f"Removed {'stale' if stale else 'all'} cached images ({freed / 2**20:.0f} MiB).")
+    # A snapshot is only good with the images it was taken on.
+    left = {e.manifest.get("key") for e in Store().entries()} if stale else None
+    freed += snapshot.clean(left)
+    click.echo(f"Removed {'stale' if stale else 'all'} cached images and snapshots ({freed / 2**20:.0f} MiB).")
 
 
 if __name__ == "__main__":

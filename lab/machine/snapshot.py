@@ -118,3 +118,17 @@ def all_snapshots() -> list[Snapshot]:
     if not root().is_dir():
         return []
     return [Snapshot(p.name, p) for p in sorted(root().iterdir()) if p.is_dir()]
+
+
+def clean(images: set[str] | None = None) -> int:
+    """Removes snapshots (all if `images` is None; else those whose kernel or L1 image key
+    is not in `images`); returns the bytes freed."""
+    from lab.images.store import tree_size
+
+    freed = 0
+    for snap in all_snapshots():
+        inputs = (snap.meta() or {}).get("inputs", {})
+        if images is None or inputs.get("kernel") not in images or inputs.get("rootfs") not in images:
+            freed += tree_size(snap.dir)
+            discard(snap)
+    return freed

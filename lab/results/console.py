@@ -47,7 +47,7 @@ def print_list(scenarios: list[Scenario], suites: dict[str, Path]) -> None:
 
 
 def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...], results: str | None, progress,
-              verbose: bool = False) -> dict[str, Any]:
+              verbose: bool = False, helpers: list | None = None) -> dict[str, Any]:
     label = re.sub(r"[^a-z0-9_.-]+", "-", "-".join(Path(t).stem for t in targets) or "thp")[:40]
     out = results_dir(results, label)
     total = len(scenarios)
@@ -73,7 +73,7 @@ def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...], res
     runner = Runner(lab, out, on_result=on_result, on_start=on_start, progress=progress,
                     targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets])
     with progress.bar(f"{label} on {lab.name}", total) as bar:
-        summary = runner.run(scenarios)
+        summary = runner.run(scenarios, helpers)
     print_table(summary, verbose)
     return summary
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,23 +121,29 @@ class Runner:
             (target / f".key-{tools.key}").touch()
         return tools
 
-    def run(self, scenarios: list[Scenario]) -> dict[str, Any]:
+    def run(self, scenarios: list[Scenario], helpers: list[Callable[[], Lab | None]] | None = None) -> dict[str, Any]:
+        """Runs `scenarios` in order on this lab; with `helpers` (each brings up one more
+        lab, or returns None if it could not), spread over all the labs: whichever lab is
+        free takes the next scenario, the long ones first. The summary lists them in order."""
         self.results.mkdir(parents=True, exist_ok=True)
         tools = self._sync_tools()
         self.summary["tools_key"] = tools.key
         started = time.monotonic()
         try:
-            for i, scenario in enumerate(scenarios):
-                if self.on_start:
-                    self.on_start(scenario)
-                result = self.run_one(scenario, tools)
-                self.summary["scenarios"].append(result.as_dict())
-                self._save_summary(time.monotonic() - started)
-                if self.on_result:
-                    self.on_result(result)
-                if result.status == ERROR and not self.lab.is_up():
-                    self._lab_died(scenario, scenarios[i + 1:])
-                    break
+            if helpers:
+                self._run_parallel(scenarios, helpers, tools, started)
+            else:
+                for i, scenario in enumerate(scenarios):
+                    if self.on_start:
+                        self.on_start(scenario)
+                    result = self.run_one(scenario, tools)
+                    self.summary["scenarios"].append(result.as_dict())
+                    self._save_summary(time.monotonic() - started)
+                    if self.on_result:
+                        self.on_result(result)
+                    if result.status == ERROR and not self.lab.is_up():
+                        self._lab_died(scenario, scenarios[i + 1:])
+                        break
         finally:
             self._save_summary(time.monotonic() - started)
             try:
@@ -144,6 +151,82 @@ class Runner:
             except OSError:
                 pass
         return self.summary
+
+    def _run_parallel(self, scenarios: list[Scenario], helpers: list[Callable[[], Lab | None]], tools: Tools,
+                      started: float) -> None:
+        order = {s.name: i for i, s in enumerate(scenarios)}
+        # The longest first (an L2 Linux boot, a stress series), so no lab is left with one
+        # long scenario at the end while the others idle.
+        queue = sorted(scenarios, key=lambda s: (not (s.compare_thp or s.guest.kind == "linux" or s.repeat > 1),
+                                                 order[s.name]))
+        lock = threading.Lock()
+        stop = threading.Event()
+        died: list[Scenario] = []
+        self.summary["labs"] = [self.lab.name]
+
+        def work(runner: Runner) -> None:
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    scenario = queue.pop(0)
+                    if self.on_start:
+                        self.on_start(scenario)
+                result = runner.run_one(scenario, tools)
+                data = {**result.as_dict(), "lab": runner.lab.name}
+                with lock:
+                    self.summary["scenarios"].append(data)
+                    self.summary["scenarios"].sort(key=lambda d: order.get(d["name"], 0))
+                    self._save_summary(time.monotonic() - started)
+                    if self.on_result:
+                        self.on_result(result)
+                if result.status == ERROR and not runner.lab.is_up():
+                    with lock:
+                        died.append(scenario)
+                    return
+
+        helper_labs: list[Lab] = []
+
+        def helper(bring_up: Callable[[], Lab | None]) -> None:
+            lab = None if stop.is_set() else bring_up()
+            if lab is None or stop.is_set():
+                return
+            with lock:
+                helper_labs.append(lab)
+            runner = Runner(lab, self.results, self.builder, progress=self.progress)
+            runner._sync_tools()
+            with lock:
+                self.summary["labs"].append(lab.name)
+            try:
+                work(runner)
+            finally:
+                try:
+                    shutil.copyfile(lab.paths.console_log, self.results / f"l1-console-{lab.name}.log")
+                except OSError:
+                    pass
+
+        threads = [threading.Thread(target=helper, args=(h,), daemon=True) for h in helpers]
+        for thread in threads:
+            thread.start()
+        try:
+            work(self)
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        except BaseException:
+            # Ctrl-C or an error here: the other labs stop too (their scenario ends as the
+            # lab goes), and nobody takes another scenario.
+            stop.set()
+            with lock:
+                doomed = list(helper_labs)
+            for lab in doomed:
+                try:
+                    lab.down(timeout=1)
+                except Exception:
+                    pass
+            raise
+        if queue and died:  # every lab died: what is left was never run
+            self._lab_died(died[0], list(queue))
 
     def _lab_died(self, during: Scenario, rest: list[Scenario]) -> None:
         """The lab is gone: what was measured stays; the scenarios not reached are listed

@@ -93,3 +93,25 @@ def test_commands_on_one_lab_at_once_each_get_their_own_output(private_runtime):
             assert (proc.returncode, out) == (0, f"slow-{i}\n".encode()), err
     finally:
         kvmlab("down", "--name", name)
+
+
+def test_test_j2_spreads_the_scenarios_over_two_labs_with_the_same_verdicts(tmp_path, private_runtime):
+    assert kvmlab("up", "--name", "conc-j").returncode == 0
+    try:
+        alone = kvmlab("test", "--name", "conc-j", *targets(), "--results", str(tmp_path / "alone"))
+        assert alone.returncode == 0, alone.stdout.decode()
+        spread = kvmlab("test", "--name", "conc-j", "-j", "2", *targets(), "--results", str(tmp_path / "j2"))
+        assert spread.returncode == 0, spread.stdout.decode() + spread.stderr.decode()
+        assert verdicts(tmp_path / "j2") == verdicts(tmp_path / "alone")
+        [summary] = (tmp_path / "j2").glob("*/summary.json")
+        data = json.loads(summary.read_text())
+        # In the order given, each marked with the lab it ran on; both labs took some.
+        assert [s["name"] for s in data["scenarios"]] == [Path(t).stem for t in targets()]
+        assert data["labs"] == ["conc-j", "conc-j-j1"]
+        assert {s["lab"] for s in data["scenarios"]} == {"conc-j", "conc-j-j1"}
+        assert (summary.parent / "l1-console-conc-j-j1.log").stat().st_size > 0
+        # The helper lab was brought down again; the user's lab stays up.
+        assert qemu_pids_in(private_runtime / "labs" / "conc-j-j1") == []
+        assert kvmlab("status", "--name", "conc-j").returncode == 0
+    finally:
+        kvmlab("down", "--name", "conc-j")
