@@ -141,7 +141,9 @@ def step(b: Bisection, label: str, good_signature: str | None = None,
         record.update(status=s["status"], observed=s["observed"], signature=signature(s), reasons=s["reasons"],
                       artefacts=s["artefacts"])
     except LaunchError as exc:
-        record.update(status="no boot", reasons=[f"L1 did not boot: {exc.message}"], exit=SKIP)
+        # The console's last lines say why (the lab's own log is gone with the next step's).
+        record.update(status="no boot", reasons=[f"L1 did not boot: {exc.message}", *([exc.detail] if exc.detail else [])],
+                      exit=SKIP)
         return _finish(b, record, out, started, echo)
     finally:
         if lab.is_up():

@@ -272,9 +272,9 @@ class Lab:
                             step.update("saving its snapshot")
                             if self._save_snapshot(l0, snap, ready, state):
                                 state["snapshot"]["how"] = "saved"
-                                ready.seconds = round(time.monotonic() - started, 2)
                             else:
-                                state["snapshot"]["how"] = "not saved (another kvmlab is saving it)"
+                                state["snapshot"]["how"] = "not saved"
+                            ready.seconds = round(time.monotonic() - started, 2)
                 state["ready"] = ready.as_dict()
                 _write_json(self.paths.state, state)
             except BaseException:
@@ -308,7 +308,8 @@ class Lab:
 
     def _save_snapshot(self, l0: L0Process, snap: snapshots.Snapshot, ready: ReadyInfo,
                        state: dict[str, Any]) -> bool:
-        """Saves the L1 that just became ready, then lets it run on. False: someone else is saving."""
+        """Saves the L1 that just became ready, then lets it run on. False: not saved (another
+        kvmlab is saving it, or QEMU could not; the lab is up all the same)."""
         tmp = snapshots.prepare(snap)
         lock = open(snap.dir / ".lock", "w")
         try:
@@ -323,7 +324,9 @@ class Lab:
             flag = self._wait_flags(l0.pid, 10.0)
             status, output = Agent(self.paths).run_capture("/kvmlab/snapshot save", timeout=30)
             if status != 0:
-                raise LaunchError(f"L1 could not be prepared for a snapshot: {output.strip()}", command=l0.command)
+                self.progress.note(f"the snapshot was not saved (L1: {output.strip()}); the lab runs on, booted")
+                return False
+            saved = False
             monitor = self._monitor(timeout=30)
             try:
                 monitor.cmd("stop")
@@ -331,27 +334,32 @@ class Lab:
                 monitor.cmd_raw("migrate-set-parameters", {"max-bandwidth": 1 << 40})
                 reply = monitor.cmd_raw("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
                 if "error" in reply:
-                    raise LaunchError(f"QEMU refused to save L1: {reply['error'].get('desc')}", command=l0.command)
+                    raise LabError(f"QEMU refused: {reply['error'].get('desc')}")
                 deadline = time.monotonic() + 300
                 while True:
                     info = monitor.cmd_raw("query-migrate").get("return", {})
                     if info.get("status") == "completed":
                         break
                     if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
-                        raise LaunchError(f"saving L1 failed: {info.get('error-desc', info.get('status', 'timed out'))}",
-                                          command=l0.command)
+                        raise LabError(info.get("error-desc", info.get("status", "timed out")))
                     time.sleep(0.05)
                 snapshots.commit(snap, tmp, {"ready": ready.as_dict(), "flag": flag,
                                              "inputs": snapshots.key_for(state["command"], self.paths.dir, self.name,
                                                                          state["kernel"]["manifest_key"],
                                                                          state["rootfs"]["manifest_key"],
                                                                          state["command"][0])[1]})
-                monitor.cmd("cont")
+                saved = True
+            except (LabError, OSError) as exc:
+                # The lab itself is fine: it runs on, booted; the next `up --snapshot` tries again.
+                self.progress.note(f"the snapshot was not saved ({exc}); the lab runs on, booted")
             finally:
                 tmp.unlink(missing_ok=True)
-                monitor.close()
+                try:
+                    monitor.cmd("cont")
+                finally:
+                    monitor.close()
             self._resume()
-            return True
+            return saved
         finally:
             lock.close()
 
