@@ -46,10 +46,20 @@ static int hexval(char c)
 	return -1;
 }
 
+/* Runs the caller on `cpu` alone. */
+static int pin(int cpu)
+{
+	cpu_set_t one;
+
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	return sched_setaffinity(0, sizeof(one), &one);
+}
+
 static int sleepers(void)
 {
 	struct timespec until = { KICK_SECONDS - 1, 0 };
-	cpu_set_t all, one;
+	cpu_set_t all;
 
 	if (sched_getaffinity(0, sizeof(all), &all))
 		fail("sched_getaffinity");
@@ -64,9 +74,7 @@ static int sleepers(void)
 		if (pid > 0)
 			continue;
 		setsid();
-		CPU_ZERO(&one);
-		CPU_SET(cpu, &one);
-		if (sched_setaffinity(0, sizeof(one), &one))
+		if (pin(cpu))
 			_exit(1);
 		while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &until, NULL) != 0)
 			;
@@ -82,7 +90,7 @@ int main(int argc, char **argv)
 		unsigned char bytes[256];
 	} pool;
 	struct timespec kick = { KICK_SECONDS, 0 }, host, tick = { 0, 1000000 };
-	cpu_set_t all, one;
+	cpu_set_t all;
 	long long ns;
 	size_t n;
 	int cpu, fd;
@@ -117,9 +125,7 @@ int main(int argc, char **argv)
 	for (cpu = 0; cpu < CPU_SETSIZE; cpu++) {
 		if (!CPU_ISSET(cpu, &all))
 			continue;
-		CPU_ZERO(&one);
-		CPU_SET(cpu, &one);
-		if (sched_setaffinity(0, sizeof(one), &one))
+		if (pin(cpu))
 			fail("sched_setaffinity");
 		if (clock_settime(CLOCK_REALTIME, &kick))
 			fail("clock_settime (kick)");
@@ -129,9 +135,7 @@ int main(int argc, char **argv)
 	for (cpu = 0; cpu < CPU_SETSIZE; cpu++) {
 		if (!CPU_ISSET(cpu, &all))
 			continue;
-		CPU_ZERO(&one);
-		CPU_SET(cpu, &one);
-		if (sched_setaffinity(0, sizeof(one), &one) || nanosleep(&tick, NULL))
+		if (pin(cpu) || nanosleep(&tick, NULL))
 			fail("a 1 ms sleep");
 	}
 	sched_setaffinity(0, sizeof(all), &all);
