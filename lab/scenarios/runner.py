@@ -189,7 +189,10 @@ class Runner:
 
         def helper(bring_up: Callable[[], Lab | None]) -> None:
             lab = None if stop.is_set() else bring_up()
-            if lab is None or stop.is_set():
+            if lab is None:
+                return
+            if stop.is_set():  # it came up after the run was stopped: nothing leaks
+                lab.down(timeout=1)
                 return
             with lock:
                 helper_labs.append(lab)
@@ -224,6 +227,9 @@ class Runner:
                     lab.down(timeout=1)
                 except Exception:
                     pass
+            # A lab still booting is taken down by its own thread once `up` returns.
+            for thread in threads:
+                thread.join(60)
             raise
         if queue and died:  # every lab died: what is left was never run
             self._lab_died(died[0], list(queue))

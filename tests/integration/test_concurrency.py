@@ -4,8 +4,10 @@ name race and exactly one wins."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,20 @@ def test_test_j2_spreads_the_scenarios_over_two_labs_with_the_same_verdicts(tmp_
         assert kvmlab("status", "--name", "conc-j").returncode == 0
     finally:
         kvmlab("down", "--name", "conc-j")
+
+
+def test_ctrl_c_during_test_j2_leaves_no_helper_lab(tmp_path, private_runtime):
+    # Interrupted while the extra lab is still booting: it is taken down once up, not leaked.
+    assert kvmlab("up", "--name", "conc-int").returncode == 0
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "test", "--name", "conc-int", "-j", "2",
+                                 *targets(), "--results", str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 130, out.decode()[-2000:]
+        assert qemu_pids_in(private_runtime / "labs" / "conc-int-j1") == []
+        assert kvmlab("status", "--name", "conc-int").returncode == 0  # the user's lab stays up
+    finally:
+        kvmlab("down", "--name", "conc-int")
