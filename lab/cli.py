@@ -323,14 +323,10 @@ def lab_capacity(memory_mib: int, wanted: int) -> tuple[int, str]:
     """How many labs of `memory_mib` this host runs at once (up to `wanted`), and why not more."""
     import os
 
+    from lab.config import meminfo_mib
+
     cpus = os.cpu_count() or 1
-    available = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) // 1024
-    except OSError:
-        available = memory_mib * wanted
+    available = meminfo_mib("MemAvailable") or memory_mib * wanted
     by_memory = max(1, available // (memory_mib + 512))  # QEMU's own share: TCG code cache, devices
     labs = min(wanted, cpus, by_memory)
     why = "" if labs == wanted else (f"{cpus} host CPUs" if labs == cpus else

@@ -42,14 +42,19 @@ def parse_size_mib(value: Any) -> int:
     return int(mib)
 
 
-def _host_memory_mib() -> int:
+def meminfo_mib(field: str) -> int | None:
+    """A /proc/meminfo field (MemTotal, MemAvailable...) in MiB; None if unreadable."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) // 1024
     except OSError:
         pass
-    return 1 << 20
+    return None
+
+
+def _host_memory_mib() -> int:
+    return meminfo_mib("MemTotal") or 1 << 20
 
 
 class Invalid(ValueError):

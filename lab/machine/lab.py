@@ -232,9 +232,9 @@ class Lab:
             command = qemu.build_command(config, self.paths, kernel.image, rootfs.image, binary)
             snap = None
             if config.snapshot:
-                key, _ = snapshots.key_for(command, self.paths.dir, self.name, kernel.manifest.get("key", ""),
-                                           rootfs.manifest["key"], binary)
-                snap = snapshots.lookup(key)
+                key, inputs = snapshots.key_for(command, self.paths.dir, self.name, kernel.manifest.get("key", ""),
+                                                rootfs.manifest["key"], binary)
+                snap = snapshots.lookup(key, inputs)
             restoring = snap is not None and snap.exists()
             if restoring:
                 # QEMU loads the saved state instead of booting; L1 runs on from where it was saved.
@@ -270,7 +270,7 @@ class Lab:
                         ready = self._wait_ready(l0, config, started)
                         if snap is not None:
                             step.update("saving its snapshot")
-                            if self._save_snapshot(l0, snap, ready, state):
+                            if self._save_snapshot(l0, snap, ready):
                                 state["snapshot"]["how"] = "saved"
                             else:
                                 state["snapshot"]["how"] = "not saved"
@@ -295,6 +295,11 @@ class Lab:
         monitor.settimeout(timeout)
         return monitor
 
+    def _private_sockets(self) -> None:
+        """QEMU made the sockets 0700 (umask 077); a socket needs no execute bit: 0600."""
+        for sock in self.paths.sockets():
+            os.chmod(sock, 0o600)
+
     def _wait_flags(self, pid: int, timeout: float = 5.0) -> str:
         """'powerbutton' or 'no-powerbutton' once L1's late start-up is done ('' if not seen)."""
         flags = self.paths.share / ".kvmlab"
@@ -306,8 +311,7 @@ class Lab:
             time.sleep(0.02)
         return ""
 
-    def _save_snapshot(self, l0: L0Process, snap: snapshots.Snapshot, ready: ReadyInfo,
-                       state: dict[str, Any]) -> bool:
+    def _save_snapshot(self, l0: L0Process, snap: snapshots.Snapshot, ready: ReadyInfo) -> bool:
         """Saves the L1 that just became ready, then lets it run on. False: not saved (another
         kvmlab is saving it, or QEMU could not; the lab is up all the same)."""
         tmp = snapshots.prepare(snap)
@@ -343,11 +347,7 @@ class Lab:
                     if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
                         raise LabError(info.get("error-desc", info.get("status", "timed out")))
                     time.sleep(0.05)
-                snapshots.commit(snap, tmp, {"ready": ready.as_dict(), "flag": flag,
-                                             "inputs": snapshots.key_for(state["command"], self.paths.dir, self.name,
-                                                                         state["kernel"]["manifest_key"],
-                                                                         state["rootfs"]["manifest_key"],
-                                                                         state["command"][0])[1]})
+                snapshots.commit(snap, tmp, {"ready": ready.as_dict(), "flag": flag, "inputs": snap.inputs})
                 saved = True
             except (LabError, OSError) as exc:
                 # The lab itself is fine: it runs on, booted; the next `up --snapshot` tries again.
@@ -402,8 +402,7 @@ class Lab:
         finally:
             if monitor is not None:
                 monitor.close()
-        for sock in self.paths.sockets():
-            os.chmod(sock, 0o600)
+        self._private_sockets()
         uptime = self._resume()
         if meta.get("flag"):
             (self.paths.share / ".kvmlab" / meta["flag"]).touch()
@@ -429,9 +428,7 @@ class Lab:
         private = False
         while not self._ready_written():
             if not private and all(p.exists() for p in self.paths.sockets()):
-                # QEMU made them 0700 (umask 077); a socket needs no execute bit: 0600.
-                for sock in self.paths.sockets():
-                    os.chmod(sock, 0o600)
+                self._private_sockets()
                 private = True
             code = l0.exit_code()
             if code is not None:
@@ -451,8 +448,7 @@ class Lab:
             time.sleep(0.01)
         seconds = time.monotonic() - started
         if not private:
-            for sock in self.paths.sockets():
-                os.chmod(sock, 0o600)
+            self._private_sockets()
         values = parse_ready(self.paths.ready.read_text())
         kvm_log = kvm_messages(self.paths.console_log.read_text(errors="replace"))
         if not kvm_mode(kvm_log):
@@ -488,15 +484,11 @@ class Lab:
             how = "killed"
             try:
                 # Right after `up`, L1 may still be arming its power button (images/rootfs/kvmlab/late).
-                flags = self.paths.share / ".kvmlab"
-                deadline = time.monotonic() + 5
-                while not any((flags / f).exists() for f in ("powerbutton", "no-powerbutton")) \
-                        and time.monotonic() < deadline and qemu.pid_alive(pid):
-                    time.sleep(0.02)
-                if (flags / "powerbutton").exists():
+                button = self._wait_flags(pid) == "powerbutton"
+                if button:
                     with self.qmp(timeout=5) as monitor:
                         monitor.cmd("system_powerdown")
-                if qemu.wait_pid(pid, timeout if (flags / "powerbutton").exists() else 0):
+                if qemu.wait_pid(pid, timeout if button else 0):
                     how = "powered down"
                 else:
                     with self.qmp(timeout=5) as monitor:

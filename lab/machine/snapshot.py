@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ FORMAT = 1
 class Snapshot:
     key: str
     dir: Path
+    #: What the key was made of (kept in meta.json); empty for one found on disk.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vmstate(self) -> Path:
@@ -87,8 +89,8 @@ def key_for(command: list[str], lab_dir: Path, name: str, kernel_key: str, rootf
     return digest[:24], inputs
 
 
-def lookup(key: str) -> Snapshot:
-    return Snapshot(key, root() / key)
+def lookup(key: str, inputs: dict[str, Any] | None = None) -> Snapshot:
+    return Snapshot(key, root() / key, inputs or {})
 
 
 def prepare(snapshot: Snapshot) -> Path:
