@@ -19,6 +19,7 @@ from lab.images.build import Builder
 from lab.images.store import Store, tree_size
 from lab.machine.agent import attach_console
 from lab.machine.lab import Lab, list_labs
+from lab.machine.qemu import l0_lacks
 from lab.progress import Progress
 
 
@@ -146,6 +147,11 @@ def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, gdb
         ("THP", info.thp),
         ("L1", f"{cfg.cpus} vCPUs, {cfg.memory_mib} MiB"),
         ("L0", state.get("qemu_version", "?")),
+    ]
+    lacks = l0_lacks(state.get("qemu_version", ""))
+    if lacks:
+        rows.append(("note", f"{lacks} (scripts/setup installs QEMU 10 on Debian 12; or set qemu.binary)"))
+    rows += [
         ("console", f"kvmlab console --name {cfg.name}  (log: {lab.paths.console_log})"),
     ]
     if cfg.gdb:

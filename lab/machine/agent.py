@@ -37,6 +37,9 @@ GUEST_SHARE = "/mnt/share"
 #: Canonical-mode tty lines stop at 4095 bytes; longer scripts travel through the share.
 MAX_LINE = 3000
 RS = b"\x1e"
+#: How long a cancelled command may take to end: L1's watchdog notices the cancel file
+#: within 1 s and gives SIGTERM 10 s before SIGKILL (images/rootfs/kvmlab/run), plus slack.
+UNWIND_SECONDS = 20
 
 
 @contextmanager
@@ -98,7 +101,7 @@ class Agent:
             with self._connect() as child:
                 orphans = self._cancel_orphans(kvmlab_dir)
                 if orphans:
-                    answer_timeout += 10  # its watchdog: 1 s to notice, 2 s from SIGTERM to SIGKILL
+                    answer_timeout += UNWIND_SECONDS
                 owner.parent.mkdir(parents=True, exist_ok=True)
                 owner.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
                 child.send(f"/kvmlab/run {token} {seconds} {argument}\n".encode())
@@ -118,7 +121,7 @@ class Agent:
                     cancel.parent.mkdir(parents=True, exist_ok=True)
                     cancel.touch()
                     try:
-                        self._stream(child, end, out, status_file, limit=15)
+                        self._stream(child, end, out, status_file, limit=UNWIND_SECONDS)
                     except LabError:
                         pass
                     raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -153,6 +154,28 @@ def qemu_version(binary: str) -> str:
     except OSError:
         pass
     return version
+
+
+#: What an L0 QEMU older than a version does not give L1 (QEMU's changelogs): FEAT_NV and
+#: FEAT_NV2 for `-cpu max` under TCG, and the virt board's EL2 virtual timer interrupt
+#: (without it a VHE L1 of Linux 7.x runs L2 about 13x slower), both since 9.0.
+L0_FEATURES = (((9, 0), "no FEAT_NV2"), ((9, 0), "no EL2 virtual timer"))
+
+
+def l0_version(version_line: str) -> tuple[int, int] | None:
+    """(major, minor) of `qemu-system-aarch64 --version`'s first line, or None."""
+    match = re.search(r"version (\d+)\.(\d+)", version_line)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def l0_lacks(version_line: str) -> str:
+    """One line naming what this L0 lacks, e.g. "QEMU 7.2: no FEAT_NV2, no EL2 virtual timer";
+    "" for a QEMU new enough (or one whose version cannot be read)."""
+    have = l0_version(version_line)
+    if have is None:
+        return ""
+    lacks = [what for since, what in L0_FEATURES if have < since]
+    return f"QEMU {have[0]}.{have[1]}: {', '.join(lacks)}" if lacks else ""
 
 
 def pid_alive(pid: int) -> bool:

@@ -70,3 +70,15 @@ def test_extra_args_come_last():
 def test_the_gdb_stub_is_asked_for_and_binds_loopback_only():
     _, _, cmd = command(**{"lab.gdb": 1234})
     assert value_after(cmd, "-gdb") == ["tcp:127.0.0.1:1234"]
+
+
+def test_an_l0_older_than_9_0_is_named_with_what_it_lacks():
+    from lab.machine.qemu import l0_lacks, l0_version
+
+    debian12 = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"
+    assert l0_version(debian12) == (7, 2)
+    assert l0_lacks(debian12) == "QEMU 7.2: no FEAT_NV2, no EL2 virtual timer"
+    assert l0_lacks("QEMU emulator version 8.2.2 (Debian 1:8.2.2+ds-0ubuntu1)").startswith("QEMU 8.2: no FEAT_NV2")
+    assert l0_lacks("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)") == ""
+    assert l0_lacks("QEMU emulator version 9.0.0") == ""
+    assert l0_lacks("unknown") == ""

@@ -89,16 +89,13 @@ def test_the_action_steps_are_the_ci_job_script():
     commands = [step["run"] for step in action["runs"]["steps"] if "run" in step]
     used = [re.fullmatch(r'"\$GITHUB_ACTION_PATH/../../../scripts/ci-job" (\w+)', c).group(1) for c in commands]
     assert used == ["setup", "key", "run"]
-    ci_run = (ROOT / ".ci/run").read_text()
-    for sub in ("setup", "run"):
-        assert f"scripts/ci-job {sub}" in ci_run
     uses = {step["uses"].split("@")[0] for step in action["runs"]["steps"] if "uses" in step}
     assert uses == {"actions/cache", "actions/upload-artifact"}
 
 
 def test_scripts_pass_shellcheck():
     assert shutil.which("shellcheck"), "scripts/setup installs shellcheck"
-    scripts = [ROOT / "scripts/setup", ROOT / "scripts/ci-job", ROOT / ".ci/run"]
+    scripts = [ROOT / "scripts/setup", ROOT / "scripts/ci-job", ROOT / "scripts/fresh-check", ROOT / ".ci/run"]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -115,3 +112,16 @@ def test_ci_job_key_names_the_images(tmp_path):
     other = subprocess.run([str(ROOT / "scripts/ci-job"), "key"], capture_output=True, text=True,
                            env={**os.environ, "KVMLAB_KERNEL": "sid"}, timeout=60)
     assert other.stdout != one.stdout  # one cache per kernel
+
+
+def test_ci_proves_the_readme_commands_on_a_fresh_machine():
+    """.ci/run is scripts/fresh-check, which runs the README's two commands as written
+    (command 1 limited to two scenarios), so the README cannot drift from what CI proves."""
+    assert "scripts/fresh-check" in (ROOT / ".ci/run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    command_1, command_2 = [line for line in block.splitlines() if line and not line.startswith("#")][:2]
+    check = (ROOT / "scripts/fresh-check").read_text()
+    assert f"step command-2 '{command_2} -rfE'" in check
+    main_job = "kvmlab test thp -k 'anon-thp-*'"
+    assert f"step command-1 \"{command_1.split(' && kvmlab test thp')[0]} && {{ {main_job};" in check
