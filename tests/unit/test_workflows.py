@@ -65,6 +65,12 @@ def test_workflows_lint_clean(lint_tree):
      'input "paths" is not defined in action "actions/cache'),
     (".github/workflows/action-as-workflow.yml", "steps.key.outputs.key", "steps.keys.outputs.key",
      'property "keys" is not defined'),
+    (".github/workflows/kvmlab.yml", "image: debian:bookworm", "imag: debian:bookworm",
+     'unexpected key "imag" for "container" section'),
+    (".github/workflows/kvmlab.yml", "options: --privileged", "option: --privileged",
+     'unexpected key "option" for "container" section'),
+    (".github/workflows/kvmlab.yml", "container:", "containers:",
+     'unexpected key "containers" for "job" section'),
 ])
 def test_the_lint_can_fail(lint_tree, path, old, new, message):
     target = lint_tree / path
@@ -79,6 +85,8 @@ def test_the_workflow_runs_the_action_on_every_debian_kernel():
     workflow = yaml.safe_load(WORKFLOW.read_text())
     job = workflow["jobs"]["thp"]
     assert job["runs-on"].startswith("ubuntu-") and job["strategy"]["fail-fast"] is False
+    # in the environment scripts/fresh-check proves: a Debian 12 container
+    assert job["container"]["image"] == "debian:bookworm"
     assert job["strategy"]["matrix"]["kernel"] == list(SUITES)
     assert any(step.get("uses") == "./.github/actions/kvmlab" for step in job["steps"])
 
