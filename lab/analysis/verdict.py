@@ -64,13 +64,15 @@ def phase_regions(scenario: Scenario, faults: list[Fault], phase: int) -> dict[i
             if touched.pages_in(a, mapping.REGION)}
 
 
-def check_regions(scenario: Scenario, faults: list[Fault], release: str) -> tuple[list[dict[str, Any]], dict[int, Region]]:
-    """One check per region expectation (those whose `kernels` condition L1 meets)."""
+def check_regions(scenario: Scenario, faults: list[Fault], release: str,
+                  l0: str = "") -> tuple[list[dict[str, Any]], dict[int, Region]]:
+    """One check per region expectation: those whose `kernels` condition L1 meets, and whose
+    `qemu` condition the L0 QEMU version `l0` ("10.0.2") meets (all, if `l0` is unknown)."""
     touched = touched_of(scenario)
     checks = []
     shown: dict[int, Region] = {}
     for exp in scenario.regions:
-        if not versions_match(exp.kernels, release):
+        if not versions_match(exp.kernels, release) or (l0 and not versions_match(exp.qemu, l0)):
             continue
         start = exp.start if exp.start is not None else touched.base
         size = exp.size if exp.size is not None else touched.size
@@ -104,7 +106,7 @@ def check_regions(scenario: Scenario, faults: list[Fault], release: str) -> tupl
 
 
 def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Trace | None,
-             probe: dict[str, Any] | None, crashes: list[Crash]) -> Verdict:
+             probe: dict[str, Any] | None, crashes: list[Crash], l0: str = "") -> Verdict:
     if result.get("skip"):
         return Verdict(SKIP, "", [result["skip"]])
     if result.get("error"):
@@ -155,7 +157,7 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
         if scenario.kill_after is not None:
             verdict.reasons.append("L1 log clean")
 
-    checks, _ = check_regions(scenario, trace.faults, release)
+    checks, _ = check_regions(scenario, trace.faults, release, l0)
     phases = sorted({r.phase for r in scenario.regions if r.phase is not None})
     if phases:
         # One summary per phase the expectations name: what each phase changed.

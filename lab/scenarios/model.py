@@ -77,6 +77,14 @@ def check_versions(spec: str) -> str:
     return spec
 
 
+def check_qemu_versions(spec: str) -> str:
+    """L0 QEMU version conditions: '>=9.0', '<9.0'."""
+    try:
+        return check_versions(spec)
+    except Bad:
+        raise Bad("QEMU version conditions such as '>=9.0' or '<9.0'") from None
+
+
 def versions_match(spec: str | None, release: str) -> bool:
     if not spec:
         return True
@@ -124,6 +132,9 @@ class RegionExpectation:
     phase: int | None = None
     faults: tuple[int, int] | None = None
     kernels: str | None = None
+    #: L0 QEMU versions this expectation holds under (e.g. ">=9.0"), for behaviour that
+    #: depends on what L0 emulates; the description says why
+    qemu: str | None = None
 
     def describe(self) -> str:
         text = self.mapping or "any"
@@ -134,6 +145,8 @@ class RegionExpectation:
             text = f"phase {self.phase}: {text}"
         if self.kernels:
             text += f" on {self.kernels}"
+        if self.qemu:
+            text += f" under QEMU {self.qemu}"
         return text
 
 
@@ -422,7 +435,7 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     regions = []
     for i, raw in enumerate(e.get("regions") or []):
         key = f"expect.regions[{i}]"
-        r = c.mapping(key, raw, ("mapping", "range", "phase", "faults", "kernels"))
+        r = c.mapping(key, raw, ("mapping", "range", "phase", "faults", "kernels", "qemu"))
         rng = r.get("range")
         start = size = None
         if rng is not None:
@@ -436,7 +449,8 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
             mapping=c.get(r, "mapping", f"{key}.mapping", _choice(MAPPINGS)), start=start, size=size,
             phase=c.get(r, "phase", f"{key}.phase", _int(0, 4)),
             faults=c.get(r, "faults", f"{key}.faults", _bounds),
-            kernels=c.get(r, "kernels", f"{key}.kernels", check_versions)))
+            kernels=c.get(r, "kernels", f"{key}.kernels", check_versions),
+            qemu=c.get(r, "qemu", f"{key}.qemu", check_qemu_versions)))
     smaps = []
     raw_smaps = e.get("smaps")
     blocks = raw_smaps if isinstance(raw_smaps, list) else [raw_smaps] if raw_smaps is not None else []

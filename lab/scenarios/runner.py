@@ -31,6 +31,7 @@ from lab.images import payload
 from lab.images.build import Builder, Tools
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.lab import Lab, tail
+from lab.machine.qemu import l0_version
 from lab.results import RESULTS_FORMAT
 from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
 
@@ -103,6 +104,8 @@ class Runner:
         state = lab._require_up()
         self.state = state
         self.release = state.get("ready", {}).get("release", "")
+        #: the L0 QEMU's version ("10.0"), for expectations with a `qemu:` condition
+        self.l0 = ".".join(map(str, l0_version(state.get("qemu_version") or "") or ()))
         self.summary: dict[str, Any] = {
             "format": RESULTS_FORMAT, "lab": lab.name, "kernel": state["kernel"]["label"], "release": self.release,
             "kvm_mode": state.get("ready", {}).get("kvm_mode"), "qemu_version": state.get("qemu_version"),
@@ -396,7 +399,7 @@ class Runner:
         result, probe, trace = run["result"], run["probe"], run["trace"]
         analysed = time.monotonic()
         verdict: Verdict = evaluate(scenario, result.get("l1_release", self.release), result, trace, probe,
-                                    crash.scan(run["log"]))
+                                    crash.scan(run["log"]), self.l0)
         out.status, out.observed, out.reasons = verdict.status, verdict.observed, verdict.reasons
         out.faults, out.counts, out.checks = verdict.faults, verdict.counts(), verdict.checks
         out.timings = {"l1": round(run["l1_seconds"], 2), "analysis": round(time.monotonic() - analysed, 2),
@@ -425,7 +428,7 @@ class Runner:
                 out.reasons = [f"THP {mode}: {p}" for p in problem]
                 return self._finish(out, artefacts, started)
             v = evaluate(scenario, run["result"].get("l1_release", self.release), run["result"], run["trace"],
-                         run["probe"], crash.scan(run["log"]))
+                         run["probe"], crash.scan(run["log"]), self.l0)
             if v.status != PASS:
                 out.status, out.reasons = v.status, [f"THP {mode}: {r}" for r in v.reasons]
                 return self._finish(out, artefacts, started)

@@ -37,6 +37,7 @@ def test_defaults():
     ({"actions": [{"do": "explode"}]}, "actions[0].do: expected one of"),
     ({"expect": {"regions": [{"mapping": "huge"}]}}, "expect.regions[0].mapping: expected one of block"),
     ({"expect": {"regions": [{"mapping": "block", "kernels": "5.15"}]}}, "kernel version conditions"),
+    ({"expect": {"regions": [{"mapping": "block", "qemu": "10"}]}}, "QEMU version conditions"),
     ({"timeout": 0}, "timeout: expected a number of seconds"),
     ({"l1": {"thp": "sometimes"}}, "l1.thp: expected one of always, madvise, never"),
 ])

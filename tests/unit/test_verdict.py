@@ -58,6 +58,16 @@ def test_kernel_conditions_pick_the_expectation():
     assert evaluate(scenario, "5.10.0-32-arm64", result, trace, None, []).status == FAIL
 
 
+def test_l0_qemu_conditions_pick_the_expectation():
+    def per_l0(d):
+        d["expect"] = {"regions": [{"mapping": "block", "qemu": ">=9.0"}, {"mapping": "page", "qemu": "<9.0"}]}
+    scenario, result, trace = recorded("anon-thp-always", per_l0)
+    assert scenario.regions[0].describe() == "block under QEMU >=9.0"
+    assert evaluate(scenario, RELEASE, result, trace, None, [], l0="10.0").status == PASS
+    v = evaluate(scenario, RELEASE, result, trace, None, [], l0="7.2")
+    assert v.status == FAIL and v.reasons[0].startswith("0/32 regions mapped as 4 KiB pages")
+
+
 def test_lost_events_are_never_a_pass():
     scenario, result, trace = recorded("anon-thp-always", lambda d: d["expect"].pop("smaps"))
     trace.problems.append("cpu1: 12 dropped events")
