@@ -321,9 +321,18 @@ class Builder:
         }
 
 
+#: What libc6-dev-arm64-cross installs: the headers static arm64 helpers compile against.
+ARM64_LIBC_HEADERS = Path("/usr/aarch64-linux-gnu/include/stdio.h")
+
+
 def compile_helper(source: Path, binary: Path) -> None:
     """A small C program for L1, static (L1's libc does not matter), stripped."""
     gcc = debian.require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
+    if not ARM64_LIBC_HEADERS.exists():
+        # only a Recommends of the cross compiler: without it gcc falls back on the host's
+        # headers and fails deep inside them
+        raise UserError(f"the arm64 C library headers are not installed ({ARM64_LIBC_HEADERS.parent} is missing); "
+                        "run scripts/setup (or apt-get install libc6-dev-arm64-cross)")
     result = subprocess.run([gcc, "-static", "-Os", "-s", "-Wall", "-Werror", "-o", str(binary), str(source)],
                             capture_output=True, text=True)
     if result.returncode != 0:

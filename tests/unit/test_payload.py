@@ -3,6 +3,7 @@
 import re
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,18 @@ def test_build_and_patch(tmp_path):
     assert patched[offsets["touch.elf"]:offsets["touch.elf"] + 128] == params.pack()
     with pytest.raises(ValueError):
         payload.patched(blob, offsets["touch.elf"] + 8, params)
+
+
+def test_l1_helpers_compile_statically_and_missing_arm64_headers_are_named(tmp_path, monkeypatch):
+    """A new machine whose cross compiler came without its Recommends has no arm64 libc
+    headers: one line naming the package, not gcc's error deep inside the host's headers."""
+    from lab.errors import UserError
+    from lab.images import build
+
+    source = Path(__file__).resolve().parent.parent.parent / "images/rootfs-src/snaphelper.c"
+    binary = tmp_path / "helper"
+    build.compile_helper(source, binary)
+    assert binary.read_bytes()[:4] == b"\x7fELF" and binary.read_bytes()[18] == 183  # e_machine EM_AARCH64
+    monkeypatch.setattr(build, "ARM64_LIBC_HEADERS", tmp_path / "no/include/stdio.h")
+    with pytest.raises(UserError, match=r"arm64 C library headers are not installed .* libc6-dev-arm64-cross"):
+        build.compile_helper(source, tmp_path / "again")
