@@ -130,6 +130,6 @@ def test_ci_proves_the_readme_commands_on_a_fresh_machine():
     block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
     command_1, command_2 = [line for line in block.splitlines() if line and not line.startswith("#")][:2]
     check = (ROOT / "scripts/fresh-check").read_text()
-    assert f"step command-2 '{command_2} -rfE'" in check
+    assert f"step command-2 '{command_2} -rfE --durations=25'" in check
     main_job = "kvmlab test thp -k 'anon-thp-*'"
     assert f"step command-1 \"{command_1.split(' && kvmlab test thp')[0]} && {{ {main_job};" in check
