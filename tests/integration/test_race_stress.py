@@ -1,6 +1,8 @@
 """The exit_mmap() race from the review of "KVM: arm64: Walk userspace page tables to
-compute the THP mapping size", stressed on every Debian kernel: configs/stress/exit-mmap-race
-(50 VMM kills while 4 vCPUs fault on THP memory under munmap / MADV_DONTNEED churn).
+compute the THP mapping size", stressed on the oldest and the newest Debian kernel (5.10,
+before the series, and sid's 7.x): configs/stress/exit-mmap-race (50 VMM kills while 4
+vCPUs fault on THP memory under munmap / MADV_DONTNEED churn). All four kernels, again and
+again, are `scripts/soak stress`: a full matrix is a soak, not a CI test.
 
 What is checked is kvmlab: on each kernel all 50 runs happen, every one faults, and the
 verdict is a pass or a kernel finding with its evidence (a crash in L1's log, a VMM the
@@ -13,20 +15,21 @@ import json
 
 import pytest
 
-from lab.kernels.spec import SUITES
+#: before and after "Walk userspace page tables to compute the THP mapping size" (5.15)
+KERNELS = ["bullseye", "sid"]
 from tests.conftest import kvmlab
 
 pytestmark = pytest.mark.boot
 
 
-def test_exit_mmap_race_runs_50_times_on_every_debian_kernel_and_judges_each(tmp_path):
+def test_exit_mmap_race_runs_50_times_on_the_oldest_and_newest_kernel_and_judges_each(tmp_path):
     out = tmp_path / "matrix.json"
-    result = kvmlab("matrix", "--kernels", ",".join(SUITES), "stress", "--results", str(tmp_path / "results"),
+    result = kvmlab("matrix", "--kernels", ",".join(KERNELS), "stress", "--results", str(tmp_path / "results"),
                     "--json", str(out), timeout=1800)
     text = result.stdout.decode() + result.stderr.decode()
     assert result.returncode in (0, 1), text
     doc = json.loads(out.read_text())
-    assert sorted(doc["runs"]) == sorted(SUITES)
+    assert sorted(doc["runs"]) == sorted(KERNELS)
     lines = []
     for label, run in doc["runs"].items():
         [scenario] = run["scenarios"]
