@@ -1,5 +1,7 @@
-"""Trace losslessness: a million stage-2 faults captured with none lost and the exact
-count; a ring buffer too small for the scenario is reported as lost events, never a pass."""
+"""Trace losslessness: 131,072 stage-2 faults captured with none lost and the exact count
+(configs/trace/exact-faults; its 1,048,576-fault sibling million-faults takes minutes under
+TCG and is run by `scripts/soak --runs 1 --kernels trixie trace`); a ring buffer too small
+for the scenario is reported as lost events, never a pass."""
 
 from __future__ import annotations
 
@@ -10,23 +12,23 @@ import pytest
 
 pytestmark = pytest.mark.boot
 
-MILLION = 262_144 * 4  # 1 GiB of 4 KiB pages, written in four passes
+EXACT = 65_536 * 2  # 256 MiB of 4 KiB pages, written in two passes
 
 
-def test_a_million_faults_are_captured_exactly(kvm_lab):
-    result = kvm_lab.run("million-faults")
+def test_every_fault_is_captured_exactly(kvm_lab):
+    result = kvm_lab.run("exact-faults")
     assert result.passed, result
-    assert result.faults == MILLION
+    assert result.faults == EXACT
     # Every CPU's ring buffer says it dropped nothing, and the host decoded what it counted.
     verdict = json.loads((Path(result.artefacts) / "verdict.json").read_text())
     run = json.loads((Path(result.artefacts) / "result.json").read_text())
     stats = run["trace"]["stats"]
-    assert sum(int(s["entries"]) for s in stats.values()) >= MILLION
+    assert sum(int(s["entries"]) for s in stats.values()) >= EXACT
     assert all(int(s["overrun"]) == 0 and int(s.get("dropped_events", 0)) == 0 for s in stats.values())
-    assert verdict["timings"]["events"] >= MILLION
-    # 4 faults on every page of every one of the 512 regions: 2048 per 2 MiB region.
-    assert len(result.regions) == 512
-    assert {r["faults"] for r in result.regions} == {2048}
+    assert verdict["timings"]["events"] >= EXACT
+    # 2 faults on every page of every one of the 128 regions: 1024 per 2 MiB region.
+    assert len(result.regions) == 128
+    assert {r["faults"] for r in result.regions} == {1024}
     events_per_second = verdict["timings"]["events"] / max(verdict["timings"]["l1"], 1e-9)
     print(f"{verdict['timings']['events']} events in {verdict['timings']['l1']:.1f} s in L1 "
           f"({events_per_second:.0f}/s); trace dump {verdict['timings']['trace_dump']:.1f} s")
