@@ -67,7 +67,7 @@ def phase_regions(scenario: Scenario, faults: list[Fault], phase: int) -> dict[i
 def check_regions(scenario: Scenario, faults: list[Fault], release: str,
                   l0: str = "") -> tuple[list[dict[str, Any]], dict[int, Region]]:
     """One check per region expectation: those whose `kernels` condition L1 meets, and whose
-    `qemu` condition the L0 QEMU version `l0` ("10.0.2") meets (all, if `l0` is unknown)."""
+    `qemu` condition the L0 QEMU version `l0` ("10.0") meets (all, if `l0` is unknown)."""
     touched = touched_of(scenario)
     checks = []
     shown: dict[int, Region] = {}
