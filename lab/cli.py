@@ -1,4 +1,4 @@
-"""The `kvmlab` command: a thin layer over lab.machine.Lab and lab.images.
+"""The `kvmlab` command: a thin layer over lab.machine.Lab and lab.builder.
 
 Exit status: 0 done; 1 the lab failed (or the command run in L1 failed, for `exec`: its
 own status); 2 bad input (a config key, a value, a path); 130 interrupted.
@@ -14,13 +14,13 @@ from pathlib import Path
 import click
 
 from lab.config import SUITES, THP_MODES, load_config
-from lab.errors import KvmlabError, LabError, UserError
-from lab.images.build import Builder
-from lab.images.store import Store, tree_size
+from lab.core.errors import KvmlabError, LabError, UserError
+from lab.builder.build import Builder
+from lab.builder.store import Store, tree_size
 from lab.machine.agent import attach_console
 from lab.machine.lab import Lab, list_labs
 from lab.machine.qemu import l0_lacks
-from lab.progress import Progress
+from lab.core.progress import Progress
 
 
 def _fail(exc: KvmlabError) -> None:
@@ -287,17 +287,17 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
     """Run scenario suites (default: thp) and judge stage-2 mappings.
 
     \b
-    TARGETS: suite names (configs/SUITE/), scenario files or directories.
+    TARGETS: suite names (configs/suites/SUITE/), scenario files or directories.
     Uses the running lab, or brings one up and down around the run.
     Exit status: 0 all passed (or skipped), 1 a scenario failed, 2 bad input.
     """
     from lab.results import console as report
-    from lab.scenarios import model
+    from lab.scenarios import model, suites
 
-    scenarios = model.resolve(list(targets), keyword)
+    scenarios = suites.resolve(list(targets), keyword)
     _check_outputs(json_file, junit_file, html_dir, markdown_file)
     if list_only:
-        report.print_list(scenarios, model.suites())
+        report.print_list(scenarios, suites.suites())
         return
     cfg = _config(config, name=name, kernel=kernel, modules=modules)
     lab = Lab(cfg.name, progress)
@@ -386,7 +386,7 @@ def report_command(progress: Progress, results_dir, json_file, junit_file, html_
     """
     from lab.results import console as report
     from lab.results import load
-    from lab.scenarios import matrix as mx
+    from lab.orchestrate import matrix as mx
 
     _check_outputs(json_file, junit_file, html_dir, markdown_file)
     results = load.load(results_dir)
@@ -421,13 +421,13 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs,
     import os
 
     from lab.results.console import results_dir
-    from lab.scenarios import matrix as mx
-    from lab.scenarios import model
+    from lab.orchestrate import matrix as mx
+    from lab.scenarios import model, suites
 
     kernels = [k.strip() for k in (kernel_list or "").split(",") if k.strip()] + list(kernel_opts)
     if not kernels:
         raise UserError("matrix: give the kernels, e.g. --kernels bullseye,bookworm,trixie,sid")
-    scenarios = model.resolve(list(targets), keyword)
+    scenarios = suites.resolve(list(targets), keyword)
     _check_outputs(json_file, junit_file, html_dir, markdown_file)
     _config(config)  # the config file itself is checked once, before any kernel
     columns = mx.plan(kernels, lambda kernel, lab_name: _config(config, kernel=kernel, name=lab_name))
@@ -551,12 +551,12 @@ def bisect(src, good, bad, scenario, judge, build_cmd, base, fragments, config, 
     Each step: build, boot a lab on it, run the scenario, judge; a failed build skips.
     Exit status: 0 found (or narrowed to skipped commits), 1 not found, 2 bad input.
     """
-    from lab.kernels import bisect as bis
+    from lab.orchestrate import bisect as bis
     from lab.results.console import results_dir
 
     src_path = Path(src).expanduser().resolve()
     scenario_path = bis.find_scenario(scenario)
-    from lab.scenarios import model
+    from lab.scenarios import model, suites
 
     model.load(scenario_path)  # checked before any build
     _config(config, name=name)

@@ -12,34 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from lab.errors import ConfigError
+from lab.core import validate as v
+from lab.core.errors import ConfigError
+from lab.core.validate import Bad, read_yaml
 from lab.kernels import spec as kernel_spec
 from lab.kernels.spec import SUITES, KernelSpec
-from lab.paths import CONFIGS_DIR
+from lab.core.paths import CONFIGS_DIR
 
 DEFAULT_CONFIG = CONFIGS_DIR / "lab.yaml"
 THP_MODES = ("always", "madvise", "never")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
-
-
-def parse_size_mib(value: Any) -> int:
-    """'2G', '2048M', '2GiB', 2048 (MiB) -> MiB. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError("a size")
-    if isinstance(value, int):
-        return value
-    match = _SIZE_RE.match(str(value))
-    if not match:
-        raise ValueError("a size such as 2G, 1536M or 2048 (MiB)")
-    number, unit = int(match.group(1)), match.group(2).upper()
-    scale = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
-    mib = number * scale
-    if mib != int(mib):
-        raise ValueError("a whole number of MiB")
-    return int(mib)
 
 
 def meminfo_mib(field: str) -> int | None:
@@ -57,58 +39,6 @@ def _host_memory_mib() -> int:
     return meminfo_mib("MemTotal") or 1 << 20
 
 
-class Invalid(ValueError):
-    """A checker's complete explanation (used as it is, not as "expected ...")."""
-
-
-# Each checker takes the raw YAML value and returns the clean one or raises ValueError
-# with what is expected.
-def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"an integer from {lo} to {hi}")
-        if not lo <= value <= hi:
-            raise ValueError(f"an integer from {lo} to {hi}")
-        return value
-    return check
-
-
-def _number_range(lo: float, hi: float) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise ValueError(f"a number of seconds from {lo:g} to {hi:g}")
-        return float(value)
-    return check
-
-
-def _string(pattern: re.Pattern[str] | None = None, expected: str = "a string") -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or (pattern and not pattern.match(value)):
-            raise ValueError(expected)
-        return value
-    return check
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise ValueError("one of " + ", ".join(options))
-        return value
-    return check
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
-
-
-def _string_list(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("a list of strings")
-    return list(value)
-
-
 #: QEMU options that open a listener: the host part of their address must be loopback.
 _LISTEN = re.compile(r"(?:^|[,=])(?:tcp|telnet|websocket|udp):(\[[^\]]*\]|[^:,]*):(\d+)")
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -119,10 +49,10 @@ def _extra_args(value: Any) -> list[str]:
 
     kvmlab's own sockets are unix sockets in the lab's private directory; the lab gdb
     option binds 127.0.0.1. An argument that would listen on every interface is refused."""
-    args = _string_list(value)
+    args = v.text_list(value)
     for i, arg in enumerate(args):
         if arg == "-s":
-            raise Invalid("-s: gdb on port 1234 of every interface; use lab.gdb (kvmlab up --gdb PORT), "
+            raise v.Invalid("-s: gdb on port 1234 of every interface; use lab.gdb (kvmlab up --gdb PORT), "
                           "which binds 127.0.0.1")
         option = args[i - 1] if i else ""
         hosts = [m.group(1) for m in _LISTEN.finditer(arg)]
@@ -132,16 +62,16 @@ def _extra_args(value: Any) -> list[str]:
             hosts.append(m.group(1))
         for host in hosts:
             if host not in _LOOPBACK:
-                raise Invalid(f"{arg!r} would listen on {host or 'every interface'}; bind 127.0.0.1 "
+                raise v.Invalid(f"{arg!r} would listen on {host or 'every interface'}; bind 127.0.0.1 "
                               "(nothing of a lab listens on the network unless asked, and then on loopback)")
     return args
 
 
 def _memory(value: Any) -> int:
-    mib = parse_size_mib(value)
+    mib = v.size_mib(value)
     top = _host_memory_mib()
     if not 256 <= mib <= top:
-        raise ValueError(f"a size from 256M to this machine's {top}M")
+        raise Bad(f"a size from 256M to this machine's {top}M")
     return mib
 
 
@@ -149,7 +79,7 @@ def _kernel(value: Any) -> str:
     try:
         spec = kernel_spec.parse(value)
     except ValueError as exc:
-        raise Invalid(f"{exc}") from None
+        raise v.Invalid(f"{exc}") from None
     return str(spec.path) if spec.path is not None else spec.text
 
 
@@ -158,36 +88,36 @@ def _modules(value: Any) -> str:
     if value in ("", None):
         return ""
     if not isinstance(value, str):
-        raise ValueError("the path of a modules directory, or empty")
+        raise Bad("the path of a modules directory, or empty")
     if not Path(value).is_dir():
-        raise Invalid(f"{value}: no such directory; give lib/modules/RELEASE of the kernel, "
+        raise v.Invalid(f"{value}: no such directory; give lib/modules/RELEASE of the kernel, "
                       "or the INSTALL_MOD_PATH it was installed to")
     return value
 
 
 SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
     "lab": {
-        "name": _string(NAME_RE, "a name of lowercase letters, digits, '.', '_' or '-' (at most 32)"),
+        "name": v.text(NAME_RE, "a name of lowercase letters, digits, '.', '_' or '-' (at most 32)"),
         "kernel": _kernel,
         "modules": _modules,
-        "cpus": _int_range(1, 16),
+        "cpus": v.integer(1, 16),
         "memory": _memory,
-        "thp": _choice(THP_MODES),
-        "boot_timeout": _number_range(5, 3600),
-        "gdb": _int_range(0, 65535),
-        "snapshot": _bool,
+        "thp": v.choice(THP_MODES),
+        "boot_timeout": v.seconds(5, 3600),
+        "gdb": v.integer(0, 65535),
+        "snapshot": v.boolean,
     },
     "qemu": {
-        "binary": _string(expected="the name or path of qemu-system-aarch64"),
-        "cpu": _string(re.compile(r"^[A-Za-z0-9_.,=-]+$"), "a -cpu value such as max,pauth-impdef=on"),
-        "append": _string(),
+        "binary": v.text(expected="the name or path of qemu-system-aarch64"),
+        "cpu": v.text(re.compile(r"^[A-Za-z0-9_.,=-]+$"), "a -cpu value such as max,pauth-impdef=on"),
+        "append": v.text(expected="a string"),
         "extra_args": _extra_args,
     },
     "images": {
-        "userspace_suite": _choice(SUITES),
-        "extra_packages": _string_list,
-        "mirror": _string(expected="a mirror URI, or empty for mmdebstrap's default"),
-        "updates": _bool,
+        "userspace_suite": v.choice(SUITES),
+        "extra_packages": v.text_list,
+        "mirror": v.text(expected="a mirror URI, or empty for mmdebstrap's default"),
+        "updates": v.boolean,
     },
 }
 
@@ -233,23 +163,6 @@ class LabConfig:
             "images": {"userspace_suite": self.userspace_suite, "extra_packages": self.extra_packages,
                        "mirror": self.mirror, "updates": self.updates},
         }
-
-
-def read_yaml(path: Path, missing: str, fix: str = "fix the file") -> Any:
-    """A YAML file's data; a missing, unreadable or malformed file is one UserError line."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {missing}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}; {fix}") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -310,7 +223,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             value, where = merged[section][key]
             try:
                 clean[f"{section}.{key}"] = check(value)
-            except Invalid as exc:
+            except v.Invalid as exc:
                 raise ConfigError(f"{where}: {section}.{key}: {exc}") from None
             except ValueError as exc:
                 raise ConfigError(f"{where}: {section}.{key}: expected {exc}, got {value!r}") from None

@@ -48,7 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # A wrong --kvmlab-kernel or --kvmlab-config is a usage error before any test runs.
     if config.getoption("--kvmlab-kernel", None) or config.getoption("--kvmlab-config", None):
-        from lab.errors import KvmlabError
+        from lab.core.errors import KvmlabError
 
         try:
             _config(config)
@@ -139,8 +139,8 @@ class KvmLab:
 
     def scenario(self, spec: Any):
         """A Scenario from a dict (the YAML's shape), a file, a suite scenario's name, or a Scenario."""
-        from lab.errors import UserError
-        from lab.scenarios import model
+        from lab.core.errors import UserError
+        from lab.scenarios import model, suites
 
         if isinstance(spec, model.Scenario):
             return spec
@@ -149,10 +149,10 @@ class KvmLab:
         path = Path(str(spec))
         if path.suffix in (".yaml", ".yml"):
             return model.load(path)
-        for suite in model.suites().values():
+        for suite in suites.suites().values():
             if (suite / f"{spec}.yaml").exists():
                 return model.load(suite / f"{spec}.yaml")
-        raise UserError(f"{spec}: not a scenario name in any suite ({', '.join(model.suites())}), "
+        raise UserError(f"{spec}: not a scenario name in any suite ({', '.join(suites.suites())}), "
                         "nor a .yaml file; `kvmlab test --list` shows the names")
 
     def run(self, spec: Any, **overrides: Any) -> ScenarioOutcome:
@@ -198,9 +198,9 @@ class KvmLab:
 def kvm_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvmLab]:
     """An arm64 L1 running KVM (kvmlab), up for the whole session; `.run(scenario)` measures
     stage-2 mappings. See `--kvmlab-*` options."""
-    from lab.errors import KvmlabError
+    from lab.core.errors import KvmlabError
     from lab.machine.lab import Lab
-    from lab.progress import Progress
+    from lab.core.progress import Progress
 
     opt = request.config.getoption
     try:

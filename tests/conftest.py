@@ -20,7 +20,7 @@ pytest_plugins = ["pytester"]
 
 @pytest.fixture(scope="session", autouse=True)
 def private_runtime(tmp_path_factory):
-    from lab.paths import cache_dir
+    from lab.core.paths import cache_dir
 
     runtime = tmp_path_factory.mktemp("rt")
     old = os.environ.get("KVMLAB_RUNTIME_DIR")

@@ -15,14 +15,15 @@ from lab.analysis import mapping
 from lab.analysis.crash import Crash
 from lab.analysis.mapping import LABELS, Fault, Region, Touched
 from lab.analysis.trace import Trace
-from lab.scenarios.model import MiB, Scenario, versions_match
-
-PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
+from lab.analysis.expect import Judged
+from lab.core.status import ERROR, FAIL, PASS, SKIP, Status
+from lab.core.versions import versions_match
+from lab.shared.units import human_size
 
 
 @dataclass
 class Verdict:
-    status: str
+    status: Status
     observed: str = ""
     reasons: list[str] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -37,19 +38,12 @@ class Verdict:
         return dict(mapping.summary(self.regions))
 
 
-def human_size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1024)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale} {unit}"
-    return f"{n} bytes"
-
-
-def touched_of(scenario: Scenario) -> Touched:
+def touched_of(scenario: Judged) -> Touched:
     g = scenario.guest
     return Touched(g.base, g.size, g.stride)
 
 
-def _access_words(scenario: Scenario) -> str:
+def _access_words(scenario: Judged) -> str:
     passes = scenario.guest.passes
     word = {"read": "read", "write": "written", "read-write": "read and written"}
     if len(passes) == 1:
@@ -57,14 +51,14 @@ def _access_words(scenario: Scenario) -> str:
     return " then ".join(word[p] for p in passes)
 
 
-def phase_regions(scenario: Scenario, faults: list[Fault], phase: int) -> dict[int, Region]:
+def phase_regions(scenario: Judged, faults: list[Fault], phase: int) -> dict[int, Region]:
     """The touched regions as the faults of one phase alone map them."""
     touched = touched_of(scenario)
     return {a: r for a, r in mapping.infer([f for f in faults if f.phase == phase], touched).items()
             if touched.pages_in(a, mapping.REGION)}
 
 
-def check_regions(scenario: Scenario, faults: list[Fault], release: str,
+def check_regions(scenario: Judged, faults: list[Fault], release: str,
                   l0: str = "") -> tuple[list[dict[str, Any]], dict[int, Region]]:
     """One check per region expectation: those whose `kernels` condition L1 meets, and whose
     `qemu` condition the L0 QEMU version `l0` ("10.0") meets (all, if `l0` is unknown)."""
@@ -105,7 +99,7 @@ def check_regions(scenario: Scenario, faults: list[Fault], release: str,
     return checks, shown
 
 
-def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Trace | None,
+def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trace | None,
              probe: dict[str, Any] | None, crashes: list[Crash], l0: str = "") -> Verdict:
     if result.get("skip"):
         return Verdict(SKIP, "", [result["skip"]])
@@ -189,7 +183,7 @@ def evaluate(scenario: Scenario, release: str, result: dict[str, Any], trace: Tr
     return verdict
 
 
-def _stress(scenario: Scenario, repeat: dict[str, Any], crashes: list[Crash]) -> Verdict:
+def _stress(scenario: Judged, repeat: dict[str, Any], crashes: list[Crash]) -> Verdict:
     """A stress scenario: N runs of the VMM, each killed as asked while its vCPUs fault,
     and L1's log clean. A crash in the log comes first; then a VMM that died by itself
     (a signal it did not get from the runner) or hung; then a run that never faulted."""

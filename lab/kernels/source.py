@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import ImageError, UserError
-from lab.images.arm64 import image_problem
-from lab.paths import CONFIGS_DIR, cache_dir
-from lab.progress import Progress
+from lab.core.errors import ImageError, UserError
+from lab.kernels.arm64 import image_problem
+from lab.core.paths import CONFIGS_DIR, cache_dir
+from lab.core.progress import Progress
 
 FRAGMENT = CONFIGS_DIR / "kernel" / "kvmlab.config"
 BASES = ("defconfig", "tinyconfig", "allnoconfig")

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.images.arm64 import image_problem
+from lab.kernels.arm64 import image_problem
 
 SUITES = ("bullseye", "bookworm", "trixie", "sid")
 #: The kernel series each suite released with: a pinned version's suite when none is named.

@@ -29,16 +29,16 @@ from typing import BinaryIO, Callable, Iterator
 import pexpect
 import pexpect.fdpexpect
 
-from lab.errors import LabError
+from lab.core.errors import LabError
 from lab.machine.qemu import LabPaths
 
-#: Guest path of the lab's share (mounted by the initramfs, images/initramfs/fstab).
+#: Guest path of the lab's share (mounted by the initramfs, images/l1/initramfs/fstab).
 GUEST_SHARE = "/mnt/share"
 #: Canonical-mode tty lines stop at 4095 bytes; longer scripts travel through the share.
 MAX_LINE = 3000
 RS = b"\x1e"
 #: How long a cancelled command may take to end: L1's watchdog notices the cancel file
-#: within 1 s and gives SIGTERM 10 s before SIGKILL (images/rootfs/kvmlab/run), plus slack.
+#: within 1 s and gives SIGTERM 10 s before SIGKILL (images/l1/rootfs/kvmlab/run), plus slack.
 UNWIND_SECONDS = 20
 
 

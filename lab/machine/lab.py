@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from lab.config import LabConfig, NAME_RE
-from lab.errors import LabBusy, LabError, LaunchError, UserError
-from lab.images.build import Builder
+from lab.core.errors import LabBusy, LabError, LaunchError, UserError
+from lab.builder.build import Builder
 from lab.machine import qemu
 from lab.machine import snapshot as snapshots
 from lab.machine.agent import GUEST_SHARE, Agent, flock
 from lab.machine.qemu import L0Process, LabPaths
-from lab.paths import private_dir, runtime_dir
-from lab.progress import Progress
+from lab.core.paths import private_dir, runtime_dir
+from lab.core.progress import Progress
 
 #: Console lines that mean L1 will not become ready: stop waiting at once.
 FATAL_BOOT = re.compile(r"Kernel panic|kvmlab-initramfs: FAILED|Unable to handle kernel|Internal error:")
@@ -54,7 +54,7 @@ class ReadyInfo:
 
 
 def parse_ready(text: str) -> dict[str, str]:
-    """The key=value file L1's agent writes when it is ready (images/rootfs/kvmlab/agent)."""
+    """The key=value file L1's agent writes when it is ready (images/l1/rootfs/kvmlab/agent)."""
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
@@ -483,7 +483,7 @@ class Lab:
                 raise LabError(f"lab {self.name!r} is not up")
             how = "killed"
             try:
-                # Right after `up`, L1 may still be arming its power button (images/rootfs/kvmlab/late).
+                # Right after `up`, L1 may still be arming its power button (images/l1/rootfs/kvmlab/late).
                 button = self._wait_flags(pid) == "powerbutton"
                 if button:
                     with self.qmp(timeout=5) as monitor:

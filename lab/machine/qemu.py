@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.config import LabConfig
-from lab.errors import LaunchError, UserError
+from lab.core.errors import LaunchError, UserError
 
 @dataclass(frozen=True)
 class LabPaths:
@@ -127,7 +127,7 @@ def find_qemu(binary: str) -> str:
 def qemu_version(binary: str) -> str:
     """`qemu-system-aarch64 --version`'s first line, remembered per binary (path, size,
     mtime): asking costs a process start, on a host whose cores are busy booting L1."""
-    from lab.paths import cache_dir
+    from lab.core.paths import cache_dir
 
     try:
         st = os.stat(binary)

@@ -12,7 +12,7 @@ and name taken out (any lab may restore it). Each lives in the image cache:
 Both are written to temporary names first and renamed when complete; a folder without
 meta.json is not a snapshot. The folder is the user's alone (it holds L1's memory).
 
-What a restore must mend (lab/machine/lab.py, images/rootfs/kvmlab/snapshot): the share
+What a restore must mend (lab/machine/lab.py, images/l1/rootfs/kvmlab/snapshot): the share
 is mounted again (it was unmounted for the save: a mounted 9p export blocks migration),
 the wall clock is set from the host's, and the CRNG is reseeded from host randomness, so
 restored labs do not draw the same numbers.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.paths import cache_dir, private_dir
+from lab.core.paths import cache_dir, private_dir
 
 #: Bumped when what a snapshot holds, or how it is restored, changes.
 FORMAT = 1
@@ -125,7 +125,7 @@ def all_snapshots() -> list[Snapshot]:
 def clean(images: set[str] | None = None) -> int:
     """Removes snapshots (all if `images` is None; else those whose kernel or L1 image key
     is not in `images`); returns the bytes freed."""
-    from lab.images.store import tree_size
+    from lab.builder.store import tree_size
 
     freed = 0
     for snap in all_snapshots():

@@ -10,5 +10,6 @@
 `kvmlab report RESULTS_DIR` renders any of them again without re-running anything.
 """
 
-#: summary.json's "format": bump when a reader of saved results must tell old from new.
-RESULTS_FORMAT = "kvmlab-results/1"
+from lab.scenarios import RESULTS_FORMAT
+
+__all__ = ["RESULTS_FORMAT"]

@@ -16,7 +16,7 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from lab.machine.lab import Lab
-from lab.progress import stamp
+from lab.core.progress import stamp
 from lab.scenarios.model import Scenario
 from lab.scenarios.runner import Runner, ScenarioResult
 

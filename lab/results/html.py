@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.errors import UserError
+from lab.core.errors import UserError
 from lab.results import figures
 from lab.results.load import Matrix, Run
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.errors import UserError
+from lab.core.errors import UserError
 
 #: Files of a scenario's directory that reports link to, in this order.
 LINKED = ("l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json", "job.json")

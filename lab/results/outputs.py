@@ -35,7 +35,7 @@ def _atomic_text(path: Path, text: str) -> None:
 def check(json_file: str | None = None, junit_file: str | None = None, html_dir: str | None = None,
           markdown_file: str | None = None) -> None:
     """Before a run: the outputs can be written (a wrong --html costs nothing afterwards)."""
-    from lab.errors import UserError
+    from lab.core.errors import UserError
     from lab.results import html
 
     for option, value in (("--json", json_file), ("--junit", junit_file), ("--markdown", markdown_file)):

@@ -16,8 +16,8 @@ from typing import Any
 from lab.analysis import crash, mapping
 from lab.analysis import trace as tracefile
 from lab.analysis.esr import Esr
-from lab.errors import LabError, UserError
-from lab.images.build import Builder
+from lab.core.errors import LabError, UserError
+from lab.builder.build import Builder
 from lab.machine.lab import Lab
 from lab.scenarios.runner import GUEST_KVMLAB, Runner, _read_from, _write_json
 

@@ -25,15 +25,18 @@ from typing import Any, Callable
 
 from lab.analysis import crash
 from lab.analysis import trace as tracefile
-from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP, Verdict, evaluate, phase_regions
-from lab.errors import LabError
-from lab.images import payload
-from lab.images.build import Builder, Tools
+from lab.analysis.verdict import Verdict, evaluate, phase_regions
+from lab.builder import payload
+from lab.builder.build import Builder, Tools
+from lab.core.errors import LabError
+from lab.core.status import ERROR, FAIL, PASS, SKIP
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.lab import Lab, tail
 from lab.machine.qemu import l0_version
-from lab.results import RESULTS_FORMAT
+from lab.scenarios import RESULTS_FORMAT
 from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
+from lab.shared import contract
+from lab.shared.files import write_json
 
 GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
 #: Lines of the L1 console kept in the verdict when the lab dies.
@@ -60,12 +63,6 @@ class ScenarioResult:
         return dict(self.__dict__)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def buffer_kb(scenario: Scenario) -> int:
     """Per-CPU ring buffer: every event may land on one CPU; ~48 bytes each, doubled."""
     if scenario.trace_buffer_kb:
@@ -73,16 +70,21 @@ def buffer_kb(scenario: Scenario) -> int:
     return int(min(256 * 1024, max(1024, math.ceil(scenario.expected_faults() * 96 / 1024))))
 
 
-def make_probe_job(scenario: Scenario, run_guest: str) -> dict[str, Any]:
-    return {
-        "vcpus": scenario.guest.vcpus, "code_ipa": PROBE_CODE_IPA, "uart": UART,
-        "payload": f"{run_guest}/touch.bin", "report": f"{run_guest}/probe.json",
-        "memslots": [{"slot": m.slot, "ipa": m.ipa, "size": m.size, "backing": m.backing, "offset": m.offset,
-                      "dirty_log": m.dirty_log} for m in scenario.memslots],
-        "actions": scenario.actions,
-        # The probe stops waiting a little before L1's runner would kill it.
-        "timeout": scenario.timeout,
-    }
+def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
+    return contract.ProbeJob(
+        vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART,
+        payload=f"{run_guest}/touch.bin", report=f"{run_guest}/probe.json",
+        memslots=[contract.Memslot(m.slot, m.ipa, m.size, m.backing, m.offset, m.dirty_log) for m in scenario.memslots],
+        actions=scenario.actions, timeout=scenario.timeout)
+
+
+def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,
+                 qemu: contract.QemuJob | None = None) -> contract.ScenarioJob:
+    return contract.ScenarioJob(
+        name=scenario.name, vmm="qemu" if scenario.vmm == "qemu" else "probe", timeout=scenario.timeout,
+        l1=contract.L1Settings(**{**scenario.l1, **(l1_overrides or {})}),
+        trace=contract.Trace(buffer_kb=buffer_kb(scenario)), kill_after=scenario.kill_after,
+        kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu)
 
 
 def touch_params(scenario: Scenario) -> payload.TouchParams:
@@ -257,7 +259,7 @@ class Runner:
         self.summary["seconds"] = round(seconds, 2)
         self.summary["counts"] = {k: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
         self.summary["passed"] = not any(s in (FAIL, ERROR) for s in statuses)
-        _write_json(self.results / "summary.json", self.summary)
+        write_json(self.results / "summary.json", self.summary)
 
     # -- one scenario --------------------------------------------------------------------
     def _l2_files(self, scenario: Scenario, run_host: Path, run_guest: str) -> dict[str, str]:
@@ -285,26 +287,21 @@ class Runner:
         artefacts = self.results / name
         shutil.rmtree(artefacts, ignore_errors=True)
         artefacts.parent.mkdir(parents=True, exist_ok=True)
-        job: dict[str, Any] = {
-            "name": scenario.name, "vmm": scenario.vmm, "l1": {**scenario.l1, **(l1_overrides or {})},
-            "timeout": scenario.timeout, "kill_after": scenario.kill_after, "kill_after_max": scenario.kill_after_max,
-            "repeat": scenario.repeat,
-            "trace": {"events": ["kvm:kvm_guest_fault"], "buffer_kb": buffer_kb(scenario)},
-        }
         params = touch_params(scenario)
+        qemu = None
         if scenario.vmm == "probe":
             blob, offset = tools.payload("touch.bin")
             (run_host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
-            _write_json(run_host / "probe-job.json", make_probe_job(scenario, run_guest))
+            write_json(run_host / "probe-job.json", contract.encode(make_probe_job(scenario, run_guest)))
         elif scenario.guest.kind == "linux":
-            job["qemu"] = {**scenario.qemu, **self._l2_files(scenario, run_host, run_guest), "smp": scenario.guest.vcpus,
-                           "actions": scenario.actions}
+            qemu = contract.QemuJob(**scenario.qemu, **self._l2_files(scenario, run_host, run_guest),
+                                    smp=scenario.guest.vcpus, actions=scenario.actions)
         else:
             blob, offset = tools.payload("touch.elf")
             (run_host / "touch.elf").write_bytes(payload.patched(blob, offset, params))
-            job["qemu"] = {**scenario.qemu, "kernel": f"{run_guest}/touch.elf", "smp": scenario.guest.vcpus,
-                           "actions": scenario.actions}
-        _write_json(run_host / "job.json", job)
+            qemu = contract.QemuJob(**scenario.qemu, kernel=f"{run_guest}/touch.elf", smp=scenario.guest.vcpus,
+                                    actions=scenario.actions)
+        write_json(run_host / "job.json", contract.encode(scenario_job(scenario, l1_overrides, qemu)))
         console = self.lab.paths.console_log
         mark = console.stat().st_size if console.exists() else 0
         command = f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json"
@@ -456,7 +453,7 @@ class Runner:
             data["regions"] = region_records(verdict.regions)
         if maps:
             data["maps"] = maps
-        _write_json(artefacts / "verdict.json", data)
+        write_json(artefacts / "verdict.json", data)
         return out
 
 
@@ -495,7 +492,7 @@ L2_APPLETS = ("sh", "mount", "echo", "cut", "cat", "dd", "poweroff", "sync", "rm
 
 
 def l2_initramfs(busybox: bytes, workload: str) -> bytes:
-    from lab.images.cpio import CpioWriter
+    from lab.builder.cpio import CpioWriter
 
     writer = CpioWriter()
     for directory in ("bin", "dev", "proc", "sys", "tmp"):

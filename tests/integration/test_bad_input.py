@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.paths import cache_dir
+from lab.core.paths import cache_dir
 
 GOOD_SCENARIO = "memslots: [{ipa: 1G, size: 8M}]\n"
 

@@ -27,9 +27,9 @@ def verdicts(results: Path) -> dict[str, tuple[str, dict]]:
 
 
 def targets() -> list[str]:
-    from lab.paths import CONFIGS_DIR
+    from lab.core.paths import SUITES_DIR
 
-    return [str(CONFIGS_DIR / "thp" / f"{name}.yaml") for name in ("anon-thp-always", "anon-thp-never", *MORE)]
+    return [str(SUITES_DIR / "thp" / f"{name}.yaml") for name in ("anon-thp-always", "anon-thp-never", *MORE)]
 
 
 def test_two_labs_in_parallel_give_the_verdicts_of_one_at_a_time(tmp_path, private_runtime):

@@ -302,7 +302,7 @@ def test_a_full_or_read_only_cache_is_one_clear_line_and_holds_no_broken_entry(s
 def test_a_read_only_cache_that_holds_the_images_still_serves_up(tmp_path, private_runtime):
     if os.geteuid() != 0:
         pytest.skip("a read-only bind mount needs root (CI runs as root)")
-    from lab.paths import cache_dir
+    from lab.core.paths import cache_dir
 
     assert kvmlab("images", "build").returncode == 0  # the default images, cached
     view = tmp_path / "ro-cache"

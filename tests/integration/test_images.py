@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lab.config import load_config
-from lab.images.build import Builder
-from lab.images.cpio import read_names
+from lab.builder.build import Builder
+from lab.builder.cpio import read_names
 from tests.conftest import kvmlab
 
 pytestmark = pytest.mark.boot
@@ -100,7 +100,7 @@ def test_images_list_marks_current_entries(built):
 def test_clean_stale_keeps_what_this_kvmlab_uses(built, tmp_path):
     import shutil
 
-    from lab.images.store import Store
+    from lab.builder.store import Store
 
     store = Store()
     kernel, _ = built

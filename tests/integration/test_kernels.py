@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.paths import CONFIGS_DIR
+from lab.core.paths import SUITES_DIR
 from tests.conftest import kvmlab, qemu_pids_in
 
 pytestmark = pytest.mark.boot
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.boot
 def test_matrix_marks_the_rows_where_kernels_map_differently(tmp_path, private_runtime):
     # fork-child-munmap: pages on 5.10, blocks since the 5.15 series (the scenario says why);
     # anon-thp-always: blocks on both.
-    thp = CONFIGS_DIR / "thp"
+    thp = SUITES_DIR / "thp"
     run = kvmlab("matrix", str(thp / "fork-child-munmap.yaml"), str(thp / "anon-thp-always.yaml"),
                  "--kernels", "bullseye,trixie", "--results", str(tmp_path), "--json", str(tmp_path / "m.json"),
                  timeout=900)
@@ -66,7 +66,7 @@ def test_bisect_finds_the_commit_that_switches_kernels(tmp_path, private_runtime
         git(repo, "add", "KERNEL", "n")
         git(repo, "commit", "-q", "-m", f"step {i}: {kernel}")
         commits[i] = git(repo, "rev-parse", "HEAD")
-    scenario = yaml.safe_load((CONFIGS_DIR / "thp/fork-child-munmap.yaml").read_text())
+    scenario = yaml.safe_load((SUITES_DIR / "thp/fork-child-munmap.yaml").read_text())
     scenario["expect"]["regions"] = [{"mapping": "page", "faults": [512, 514]}]
     (tmp_path / "fork-child-pages.yaml").write_text(yaml.safe_dump(scenario))
     build = 'k=$(cat KERNEL); echo "building $k" >&2; [ "$k" != broken ] && echo "$k"'

@@ -1,6 +1,6 @@
 """The exit_mmap() race from the review of "KVM: arm64: Walk userspace page tables to
 compute the THP mapping size", stressed on the oldest and the newest Debian kernel (5.10,
-before the series, and sid's 7.x): configs/stress/exit-mmap-race (50 VMM kills while 4
+before the series, and sid's 7.x): configs/suites/stress/exit-mmap-race (50 VMM kills while 4
 vCPUs fault on THP memory under munmap / MADV_DONTNEED churn). All four kernels, again and
 again, are `scripts/soak stress`: a full matrix is a soak, not a CI test.
 

@@ -12,7 +12,7 @@ import pytest
 import xmlschema
 import yaml
 
-from lab.scenarios import model
+from lab.scenarios import model, suites
 from tests.conftest import kvmlab
 from tests.integration.test_report_browser import check_rendered
 from tests.unit.test_results import SCHEMA
@@ -44,7 +44,7 @@ def suite(lab, outputs, tmp_path_factory):
 def test_every_thp_scenario_passes(suite):
     run, summary, _ = suite
     assert run.returncode == 0, run.stdout.decode()[-3000:]
-    names = {s.name for s in model.resolve(["thp"])}
+    names = {s.name for s in suites.resolve(["thp"])}
     assert {s["name"] for s in summary["scenarios"]} == names
     bad = {s["name"]: s["reasons"] for s in summary["scenarios"] if s["status"] not in ("pass", "skip")}
     assert bad == {}
@@ -101,7 +101,7 @@ def test_verdicts_carry_their_evidence(suite):
 
 
 def test_a_wrong_expectation_fails_the_run(lab, tmp_path):
-    data = yaml.safe_load((model.suites()["thp"] / "anon-thp-always.yaml").read_text())
+    data = yaml.safe_load((suites.suites()["thp"] / "anon-thp-always.yaml").read_text())
     data["name"] = "wrong-expectation"
     data["expect"] = {"regions": [{"mapping": "page"}]}
     path = tmp_path / "wrong.yaml"
@@ -140,8 +140,8 @@ def test_trace_any_command(lab, tmp_path):
 
 def test_trace_reports_lost_events(lab, tmp_path):
     # A 64 KiB buffer per CPU cannot hold the faults of 32 MiB of 4 KiB pages.
-    from lab.images import payload
-    from lab.images.build import Builder
+    from lab.builder import payload
+    from lab.builder.build import Builder
 
     blob, offset = Builder().tools().payload("touch.bin")
     (tmp_path / "touch.bin").write_bytes(payload.patched(blob, offset, payload.TouchParams(1 << 30, 32 << 20)))

@@ -1,5 +1,5 @@
 """Trace losslessness: 131,072 stage-2 faults captured with none lost and the exact count
-(configs/trace/exact-faults; its 1,048,576-fault sibling million-faults takes minutes under
+(configs/suites/trace/exact-faults; its 1,048,576-fault sibling million-faults takes minutes under
 TCG and is run by `scripts/soak --runs 1 --kernels trixie trace`); a ring buffer too small
 for the scenario is reported as lost events, never a pass."""
 

@@ -1,6 +1,6 @@
 import stat
 
-from lab.images.cpio import CpioWriter, read_names
+from lab.builder.cpio import CpioWriter, read_names
 
 
 def test_entries_parents_and_trailer():

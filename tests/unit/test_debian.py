@@ -2,8 +2,8 @@
 
 import subprocess
 
-from lab.images.arm64 import image_problem
-from lab.images.debian import Deb, _only_suite_hook
+from lab.kernels.arm64 import image_problem
+from lab.builder.debian import Deb, _only_suite_hook
 
 
 def test_deb_file_names_with_epochs(tmp_path):
@@ -36,7 +36,7 @@ def test_image_problem(tmp_path):
 
 
 def test_busybox_applet_table():
-    from lab.images.build import busybox_applets
+    from lab.builder.build import busybox_applets
 
     blob = b"\x7fELF...junk\0" + b"[\0[[\0cat\0insmod\0mount\0sh\0zcat\0\0more junk"
     assert busybox_applets(blob) == ["[", "[[", "cat", "insmod", "mount", "sh", "zcat"]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lab.config import SCHEMA, LabConfig, load_config
-from lab.errors import UserError
+from lab.core.errors import UserError
 from lab.scenarios import model
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,7 +6,7 @@ import pytest
 
 from lab.kernels import spec as kspec
 from lab.kernels.source import FRAGMENT, read_config, unmet
-from lab.scenarios.matrix import KernelColumn, rows, signature
+from lab.orchestrate.matrix import KernelColumn, rows, signature
 
 
 @pytest.mark.parametrize("text, kind, suite, package, label", [
@@ -115,9 +115,9 @@ def test_rows_mark_where_kernels_differ():
 
 
 def test_smaps_expectations_by_kernel_version():
-    from lab.scenarios import model
+    from lab.scenarios import model, suites
 
-    scenario = model.load(model.suites()["thp"] / "memfd-misaligned-first-touch.yaml")
+    scenario = model.load(suites.suites()["thp"] / "memfd-misaligned-first-touch.yaml")
     assert scenario.smaps_for("5.10.0-32-arm64") == {"ShmemPmdMapped": (16 << 20, 16 << 20)}
     assert scenario.smaps_for("6.1.0-50-arm64") == {"ShmemPmdMapped": (16 << 20, 16 << 20)}
     assert scenario.smaps_for("6.12.117+deb13-arm64") == {"ShmemPmdMapped": (0, 0)}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.images import payload
+from lab.builder import payload
 
 
 def test_layout_matches_touch_s():
@@ -48,10 +48,10 @@ def test_build_and_patch(tmp_path):
 def test_l1_helpers_compile_statically_and_missing_arm64_headers_are_named(tmp_path, monkeypatch):
     """A new machine whose cross compiler came without its Recommends has no arm64 libc
     headers: one line naming the package, not gcc's error deep inside the host's headers."""
-    from lab.errors import UserError
-    from lab.images import build
+    from lab.core.errors import UserError
+    from lab.builder import build
 
-    source = Path(__file__).resolve().parent.parent.parent / "images/rootfs-src/snaphelper.c"
+    source = Path(__file__).resolve().parent.parent.parent / "images/l1/src/snaphelper.c"
     binary = tmp_path / "helper"
     build.compile_helper(source, binary)
     assert binary.read_bytes()[:4] == b"\x7fELF" and binary.read_bytes()[18] == 183  # e_machine EM_AARCH64

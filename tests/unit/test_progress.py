@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from lab.progress import Progress, stamp
+from lab.core.progress import Progress, stamp
 
 LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
 

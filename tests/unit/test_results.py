@@ -13,7 +13,7 @@ import pytest
 import xmlschema
 from PIL import Image
 
-from lab.errors import UserError
+from lab.core.errors import UserError
 from lab.results import figures, html, junit, load, markdown, outputs
 from tests.conftest import kvmlab
 
@@ -95,7 +95,7 @@ def test_junit_validates_and_counts(run_copy, tmp_path):
     assert "\x1b" not in ET.tostring(cases["vmm-killed"], encoding="unicode")  # escape codes made XML-safe
     assert cases["hugetlb-1g"].find("skipped") is not None
     assert cases["anon-thp-always"].find("failure") is None and cases["anon-thp-always"].find("error") is None
-    assert cases["anon-thp-always"].get("file") == "configs/thp/anon-thp-always.yaml"
+    assert cases["anon-thp-always"].get("file") == "configs/thp/anon-thp-always.yaml"  # as recorded
     assert "observed: 32 block (1 fault each)" in cases["anon-thp-always"].find("system-out").text
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
     assert props["release"].startswith("6.12.") and props["kvm_mode"] == "VHE"

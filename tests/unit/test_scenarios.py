@@ -3,14 +3,14 @@
 import pytest
 import yaml
 
-from lab.errors import UserError
-from lab.scenarios import model
+from lab.core.errors import UserError
+from lab.scenarios import model, suites
 
 GOOD = {"memslots": [{"ipa": "1G", "size": "64M"}], "expect": {"regions": [{"mapping": "block"}]}}
 
 
 def test_the_thp_suite_loads_and_is_big_enough():
-    scenarios = model.resolve(["thp"])
+    scenarios = suites.resolve(["thp"])
     assert len(scenarios) >= 12
     assert len({s.name for s in scenarios}) == len(scenarios)
     assert all(s.description for s in scenarios)
@@ -44,9 +44,9 @@ def test_defaults():
 def test_mistakes_name_the_key_and_value(change, where):
     data = {**GOOD, **change}
     with pytest.raises(UserError) as info:
-        model.parse(data, "configs/thp/x.yaml")
+        model.parse(data, "configs/suites/thp/x.yaml")
     message = info.value.message
-    assert message.startswith("configs/thp/x.yaml: ") and where in message, message
+    assert message.startswith("configs/suites/thp/x.yaml: ") and where in message, message
     assert "\n" not in message and info.value.exit_status == 2
 
 
@@ -61,13 +61,13 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 
 def test_resolve_targets_and_keyword(tmp_path):
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(GOOD))
-    assert [s.name for s in model.resolve([str(tmp_path / "mine.yaml")])] == ["mine"]
-    assert [s.name for s in model.resolve([str(tmp_path)])] == ["mine"]
-    assert [s.name for s in model.resolve(["thp"], "anon-thp-*")] == ["anon-thp-always", "anon-thp-never"]
+    assert [s.name for s in suites.resolve([str(tmp_path / "mine.yaml")])] == ["mine"]
+    assert [s.name for s in suites.resolve([str(tmp_path)])] == ["mine"]
+    assert [s.name for s in suites.resolve(["thp"], "anon-thp-*")] == ["anon-thp-always", "anon-thp-never"]
     with pytest.raises(UserError, match="no scenario matches"):
-        model.resolve(["thp"], "nothing-like-this")
+        suites.resolve(["thp"], "nothing-like-this")
     with pytest.raises(UserError, match="not a suite"):
-        model.resolve(["nosuchsuite"])
+        suites.resolve(["nosuchsuite"])
 
 
 @pytest.mark.parametrize("spec, release, ok", [

@@ -98,8 +98,8 @@ def test_skip_error_and_timeout():
     assert v.status == ERROR and v.reasons[0] == "timed out: the VMM was still running after 60 s (the scenario's timeout), killed with SIGKILL"
 
 
-# -- stress scenarios (repeat): recorded from configs/stress/exit-mmap-race.yaml on trixie ----
-STRESS = Path(__file__).parent.parent.parent / "configs" / "stress" / "exit-mmap-race.yaml"
+# -- stress scenarios (repeat): recorded from configs/suites/stress/exit-mmap-race.yaml on trixie ----
+STRESS = Path(__file__).parent.parent.parent / "configs" / "suites" / "stress" / "exit-mmap-race.yaml"
 
 
 def stress_result(change=None):
@@ -161,7 +161,7 @@ def test_repeat_needs_a_stress_shape():
     data = yaml.safe_load(STRESS.read_text())
     data.pop("kill_after")
     import pytest
-    from lab.errors import UserError
+    from lab.core.errors import UserError
 
     with pytest.raises(UserError, match="repeat: expected 1, unless the scenario is a stress run"):
         model.parse(data, "s.yaml")

@@ -1,6 +1,6 @@
-"""The L2 guest payloads (lab/l1/payload/*.S): assembled with binutils-aarch64-linux-gnu
+"""The L2 guest payloads (images/l2/*.S): assembled with binutils-aarch64-linux-gnu
 when the images are built, and given their parameters per scenario by patching the
-128-byte block at the symbol `params` (layout: lab/l1/payload/touch.S)."""
+128-byte block at the symbol `params` (layout: images/l2/touch.S)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.errors import ImageError
+from lab.core.errors import ImageError
+from lab.core.paths import L2_IMAGE_DIR
 
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "l1" / "payload"
+SOURCE_DIR = L2_IMAGE_DIR
 TOOLS = ("aarch64-linux-gnu-as", "aarch64-linux-gnu-ld", "aarch64-linux-gnu-objcopy", "aarch64-linux-gnu-nm")
 MAGIC = b"KVMLABT1"
 PARAMS_SIZE = 128

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import ImageError
+from lab.core.errors import ImageError
 
 SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 

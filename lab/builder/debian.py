@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from lab.errors import ImageError, UserError
-from lab.progress import Step
+from lab.core.errors import ImageError, UserError
+from lab.core.progress import Step
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Where kvmlab keeps things.
 
-- the project checkout (recipes under images/, configs under configs/);
+- the project checkout: what runs inside the guests under images/ (l1/, l2/), the lab
+  config, kernel fragments and scenario suites under configs/;
 - the cache (built images: large, rebuilt on demand): $KVMLAB_CACHE_DIR, else
   $XDG_CACHE_HOME/kvmlab, else ~/.cache/kvmlab;
 - the runtime directory (one private directory per running lab: sockets, pid, console log,
@@ -13,11 +14,17 @@ import os
 import stat
 from pathlib import Path
 
-from lab.errors import UserError
+from lab.core.errors import UserError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = PROJECT_ROOT / "images"
+#: L1's recipe, initramfs, root overlay, C helpers and Python runner.
+L1_IMAGE_DIR = IMAGES_DIR / "l1"
+#: The L2 guests' code: the touch payload and the L2 Linux's /init.
+L2_IMAGE_DIR = IMAGES_DIR / "l2"
 CONFIGS_DIR = PROJECT_ROOT / "configs"
+#: Scenario suites: one directory of YAML files each.
+SUITES_DIR = CONFIGS_DIR / "suites"
 
 
 def cache_dir() -> Path:

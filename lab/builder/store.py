@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lab.errors import ImageError
-from lab.paths import cache_dir
+from lab.core.errors import ImageError
+from lab.core.paths import cache_dir
 
 #: Bump when the cache layout changes (the building code is keyed by its own digest).
 FORMAT = 2

@@ -1,6 +1,6 @@
 """`kvmlab bisect`: the first commit at which a scenario goes bad, by `git bisect run`.
 
-Per step (this module run as `python -m lab.kernels.bisect STATE`, by git):
+Per step (this module run as `python -m lab.orchestrate.bisect STATE`, by git):
   1. the build command, in the source tree: exit 0 and print, as the last line of its
      output, the kernel to boot (an Image or build directory, or a Debian kernel such as
      `bullseye`); any other exit status skips the commit (git's 125);
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lab.errors import KvmlabError, LabError, LaunchError, UserError
+from lab.core.errors import KvmlabError, LabError, LaunchError, UserError
 
 GOOD, BAD, SKIP = 0, 1, 125
 #: Any exit status above 127 makes `git bisect run` stop.
@@ -65,15 +65,15 @@ def default_build_cmd(base: str, fragments: list[str]) -> str:
 
 
 def find_scenario(name: str) -> Path:
-    """A scenario file, or the name of one in any suite under configs/."""
-    from lab.scenarios import model
+    """A scenario file, or the name of one in any suite under configs/suites/."""
+    from lab.scenarios import model, suites
 
     path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise UserError(f"--scenario {name}: no such file")
         return path.resolve()
-    found = [p for suite in model.suites().values() for p in suite.glob(f"{name}.yaml")]
+    found = [p for suite in suites.suites().values() for p in suite.glob(f"{name}.yaml")]
     if len(found) != 1:
         raise UserError(f"--scenario {name}: " + ("no scenario of that name" if not found else
                         "in several suites: " + ", ".join(map(str, found)) + "; give the file")
@@ -109,8 +109,8 @@ def step(b: Bisection, label: str, good_signature: str | None = None,
     """Builds and tests the checked-out commit; returns its record (with `exit`: 0/1/125)."""
     from lab.config import load_config
     from lab.machine.lab import Lab
-    from lab.scenarios import model
-    from lab.scenarios.matrix import signature
+    from lab.scenarios import model, suites
+    from lab.orchestrate.matrix import signature
     from lab.scenarios.runner import Runner
 
     commit = git(b.src, "rev-parse", "HEAD")
@@ -220,7 +220,7 @@ def run(b: Bisection, echo: Callable[[str], None]) -> dict[str, Any]:
         git(b.src, "bisect", "good", good)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                                          os.environ.get("PYTHONPATH")]))}
-        cmd = ["git", "-C", str(b.src), "bisect", "run", sys.executable, "-m", "lab.kernels.bisect", str(b.state_file)]
+        cmd = ["git", "-C", str(b.src), "bisect", "run", sys.executable, "-m", "lab.orchestrate.bisect", str(b.state_file)]
         output: list[str] = []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                               env=env, cwd=b.src) as proc:

@@ -1,6 +1,6 @@
 /*
  * /kvmlab/snaphelper: the parts of a snapshot that need system calls (driven by
- * images/rootfs/kvmlab/snapshot). Built statically for arm64 with the L1 image; C, not
+ * images/l1/rootfs/kvmlab/snapshot). Built statically for arm64 with the L1 image; C, not
  * python3, because `resume` runs while every translation in QEMU is still cold.
  *
  * snaphelper sleepers: before the save, one process per CPU, pinned there, sleeping on

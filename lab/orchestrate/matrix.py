@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP
 from lab.config import LabConfig
-from lab.errors import KvmlabError, UserError
-from lab.images.build import Builder
+from lab.core.errors import KvmlabError, UserError
+from lab.builder.build import Builder
 from lab.machine.lab import Lab
-from lab.progress import Progress, stamp
+from lab.core.progress import Progress, stamp
 from lab.scenarios.model import Scenario
 from lab.scenarios.runner import Runner, ScenarioResult
 

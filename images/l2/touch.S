@@ -6,7 +6,7 @@
 // touch.elf (linked at 0x40080000, QEMU virt's kernel address).
 //
 // Parameters: the 128-byte block at `params`, which the host patches per scenario
-// (lab/l1/payload.py keeps the layout). vCPU 0 starts the others with PSCI CPU_ON; vCPU i
+// (lab/builder/payload.py keeps the layout). vCPU 0 starts the others with PSCI CPU_ON; vCPU i
 // takes the i-th share of the accesses. Between passes all vCPUs meet at a barrier; a pass
 // flagged PAUSE makes vCPU 0 print "kvmlab-touch: pause" on the PL011 and wait for a byte
 // on it (the VMM answers once it has done what the scenario asks at that point). At the

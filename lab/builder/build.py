@@ -1,14 +1,16 @@
-"""What L1 boots, built from Debian's arm64 packages and the recipe under images/.
+"""What L1 boots, built from Debian's arm64 packages and what images/l1/ holds.
 
 Three kinds of cache entry:
 - kernel-LABEL-KEY: the arm64 `Image`, its config, and `modules.cpio` (the modules the
   recipe asks for, decompressed, with an `order` file for the initramfs). LABEL is a
   Debian suite, a pinned Debian kernel (bookworm-6.1.176-1) or image-NAME for a user's
   Image (copied in, so rebuilding it does not change a running lab's kernel);
-- rootfs-SUITE-KEY: `root/` (L1's root filesystem, exported read-only over 9p) and
-  `initramfs.cpio` (busybox and /init: mounts that root and switches to it);
-- tools-KEY: what kvmlab runs in L1 (the lab/l1 package) and the L2 guest payloads,
-  assembled from lab/l1/payload with binutils-aarch64-linux-gnu.
+- rootfs-SUITE-KEY: `root/` (L1's root filesystem, with images/l1/rootfs laid over it),
+  `root.sqfs` (that tree as the read-only squashfs L1 boots from, on a virtio disk) and
+  `initramfs.cpio` (busybox and images/l1/initramfs/init: mounts that root, switches to it);
+- tools-KEY: what kvmlab runs in L1 (images/l1/python/l1, with lab/shared, the host-guest
+  contract both sides import) and the L2 guest payloads, assembled from images/l2 with
+  binutils-aarch64-linux-gnu. It reaches L1 through the lab's share.
 
 At boot the initrd is initramfs.cpio followed by modules.cpio: the kernel unpacks both.
 """
@@ -27,18 +29,19 @@ from typing import Any
 import yaml
 
 from lab.config import SUITES, LabConfig
-from lab.errors import ImageError, UserError
-from lab.images import debian, payload
-from lab.images.arm64 import image_problem
+from lab.core.errors import ImageError, UserError
+from lab.builder import debian, payload
+from lab.kernels.arm64 import image_problem
 from lab.kernels.spec import KernelSpec, image_release
-from lab.images.cpio import CpioWriter
-from lab.images.kmod import ModuleTree, decompress
-from lab.images.store import Entry, Store, content_key, hash_files
-from lab.paths import IMAGES_DIR
-from lab.progress import Progress
+from lab.builder.cpio import CpioWriter
+from lab.builder.kmod import ModuleTree, decompress
+from lab.builder.store import Entry, Store, content_key, hash_files
+from lab.core.paths import L1_IMAGE_DIR, PROJECT_ROOT
+from lab.core.progress import Progress
 
-RECIPE = IMAGES_DIR / "l1.yaml"
-L1_DIR = Path(__file__).resolve().parent.parent / "l1"
+RECIPE = L1_IMAGE_DIR / "recipe.yaml"
+#: L1's Python package (`python3 -m l1.scenario`), copied into the tools entry.
+L1_PYTHON = L1_IMAGE_DIR / "python" / "l1"
 #: Directories L1 mounts something on: they must exist in the read-only root.
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
 
@@ -74,7 +77,7 @@ class KernelImage:
 
 
 class Tools(Entry):
-    """The tools cache entry: the lab/l1 package and the assembled payloads."""
+    """The tools cache entry: L1's Python (l1/ and lab/shared/) and the assembled payloads."""
 
     @property
     def key(self) -> str:
@@ -246,7 +249,7 @@ class Builder:
 
     # -- tools (what runs in L1, and the L2 payloads) ------------------------------------
     def tools_inputs(self) -> dict[str, Any]:
-        return {"kind": "tools", "code": code_digest(), "l1": hash_files(L1_DIR),
+        return {"kind": "tools", "code": code_digest(), "l1": hash_files(L1_PYTHON),
                 "payload": hashlib.sha256(Path(payload.__file__).read_bytes()).hexdigest()}
 
     def tools(self) -> Tools:
@@ -258,8 +261,8 @@ class Builder:
         return {"kind": "rootfs", "suite": config.userspace_suite, "code": code_digest(),
                 "packages": self.recipe["packages"] + config.extra_packages,
                 "applets": self.recipe["initramfs_applets"],
-                "initramfs": hash_files(IMAGES_DIR / "initramfs"), "overlay": hash_files(IMAGES_DIR / "rootfs"),
-                "helpers": hash_files(IMAGES_DIR / "rootfs-src"),
+                "initramfs": hash_files(L1_IMAGE_DIR / "initramfs"), "overlay": hash_files(L1_IMAGE_DIR / "rootfs"),
+                "helpers": hash_files(L1_IMAGE_DIR / "src"),
                 "mirror": config.mirror, "updates": config.updates}
 
     def rootfs(self, config: LabConfig) -> Rootfs:
@@ -284,13 +287,13 @@ class Builder:
             os.symlink("busybox", root / "usr/bin/sh")
         for mount_point in MOUNT_POINTS:
             (root / mount_point).mkdir(parents=True, exist_ok=True)
-        shutil.copytree(IMAGES_DIR / "rootfs", root, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(L1_IMAGE_DIR / "rootfs", root, symlinks=True, dirs_exist_ok=True)
         step.update("compiling the L1 helpers")
-        compile_helper(IMAGES_DIR / "rootfs-src" / "snaphelper.c", root / "kvmlab" / "snaphelper")
+        compile_helper(L1_IMAGE_DIR / "src" / "snaphelper.c", root / "kvmlab" / "snaphelper")
 
         busybox = root / "usr/bin/busybox"
         if not busybox.exists():
-            raise ImageError("the L1 userspace has no /usr/bin/busybox; keep busybox-static in images/l1.yaml")
+            raise ImageError("the L1 userspace has no /usr/bin/busybox; keep busybox-static in images/l1/recipe.yaml")
         # Applet links made here, not by `busybox --install` at every boot. Last in PATH:
         # Debian's own programs win where both exist.
         applets = busybox_applets(busybox.read_bytes())
@@ -306,7 +309,7 @@ class Builder:
         writer.add_file("bin/busybox", busybox, 0o755)
         for applet in self.recipe["initramfs_applets"]:
             writer.symlink(f"bin/{applet}", "busybox")
-        for path in sorted((IMAGES_DIR / "initramfs").iterdir()):  # /init and the fstabs it mounts
+        for path in sorted((L1_IMAGE_DIR / "initramfs").iterdir()):  # /init and the fstabs it mounts
             writer.add_file(path.name, path)
         (work / "initramfs.cpio").write_bytes(writer.getvalue())
         shutil.rmtree(work / "debs")
@@ -353,7 +356,7 @@ def squash_root(root: Path, image: Path) -> None:
 def _build_tools(work: Path, step) -> dict[str, Any]:
     step.update("assembling the guest payloads")
     offsets = payload.build(work)
-    shutil.copytree(L1_DIR, work / "l1", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(L1_PYTHON, work / "l1", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return {"params_offset": offsets, "artefacts": hash_files(work)}
 
 

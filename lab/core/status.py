@@ -1,0 +1,25 @@
+"""The four outcomes a scenario (or a selftest, a matrix cell) can have."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(str, Enum):
+    """A str, so it compares equal to (and serialises as) its value in results files."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    SKIP = "skip"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+PASS, FAIL, ERROR, SKIP = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP
+#: No measurement to compare: a kernel that skipped or errored says nothing about a change.
+NOT_MEASURED = (SKIP, ERROR)

@@ -1,0 +1,34 @@
+"""Writing a file so that a reader sees the old content or the new, never half of it:
+into a temporary file beside it, flushed, then renamed over it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None) -> None:
+    """`data` into `path` by way of a temporary sibling (same directory, so the rename is
+    atomic); on any error the temporary file is removed and `path` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path: str | os.PathLike[str], data: Any, indent: int = 2) -> None:
+    """`data` as JSON (anything else as its str()), atomically."""
+    write_atomic(path, json.dumps(data, indent=indent, default=str) + "\n")
