@@ -36,12 +36,14 @@ from lab.kernels.spec import KernelSpec, image_release
 from lab.builder.cpio import CpioWriter
 from lab.builder.kmod import ModuleTree, decompress
 from lab.builder.store import Entry, Store, content_key, hash_files
-from lab.core.paths import L1_IMAGE_DIR, PROJECT_ROOT
+from lab.core.paths import L1_IMAGE_DIR, L2_IMAGE_DIR, PROJECT_ROOT
 from lab.core.progress import Progress
 
 RECIPE = L1_IMAGE_DIR / "recipe.yaml"
 #: L1's Python package (`python3 -m l1.scenario`), copied into the tools entry.
 L1_PYTHON = L1_IMAGE_DIR / "python" / "l1"
+#: lab/shared: the host-guest contract, shipped into L1 as it is.
+SHARED = PROJECT_ROOT / "lab" / "shared"
 #: Directories L1 mounts something on: they must exist in the read-only root.
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
 
@@ -249,7 +251,8 @@ class Builder:
 
     # -- tools (what runs in L1, and the L2 payloads) ------------------------------------
     def tools_inputs(self) -> dict[str, Any]:
-        return {"kind": "tools", "code": code_digest(), "l1": hash_files(L1_PYTHON),
+        return {"kind": "tools", "code": code_digest(), "l1": hash_files(L1_PYTHON), "shared": hash_files(SHARED),
+                "l2": hash_files(L2_IMAGE_DIR),
                 "payload": hashlib.sha256(Path(payload.__file__).read_bytes()).hexdigest()}
 
     def tools(self) -> Tools:
@@ -356,7 +359,13 @@ def squash_root(root: Path, image: Path) -> None:
 def _build_tools(work: Path, step) -> dict[str, Any]:
     step.update("assembling the guest payloads")
     offsets = payload.build(work)
-    shutil.copytree(L1_PYTHON, work / "l1", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    no_cache = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(L1_PYTHON, work / "l1", ignore=no_cache)
+    # The contract and its helpers, the same files the host imports, under the same names
+    # (lab.shared.contract); lab/__init__.py is empty, so nothing else of the host comes along.
+    (work / "lab").mkdir()
+    (work / "lab" / "__init__.py").write_text("")
+    shutil.copytree(SHARED, work / "lab" / "shared", ignore=no_cache)
     return {"params_offset": offsets, "artefacts": hash_files(work)}
 
 

@@ -139,7 +139,8 @@ class Action:
     op: str | None = None
     ops: list[Op] = field(default_factory=list)
     label: str = "at"
-    seconds: float = 1.0
+    #: sleep: 1 s when not given; dirty_rate: 10 s
+    seconds: float | None = None
     bandwidth: int = 4 * MiB
 
     def as_op(self) -> Op:

@@ -1,7 +1,7 @@
 """The KVM API (arm64) and memory backings, through ctypes and fcntl.ioctl.
 
 Numbers are from include/uapi/linux/kvm.h and arch/arm64/include/uapi/asm/kvm.h; the
-backing names follow tools/testing/selftests/kvm/lib (vm_mem_backing_src_type).
+backings are lab.shared.contract.BACKINGS (names as in tools/testing/selftests/kvm/lib).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import fcntl
 import mmap
 import os
 import struct
+
+from lab.shared.contract import BACKINGS, MADVICE as MADV
+from lab.shared.units import MiB, PAGE
 
 KVMIO = 0xAE
 
@@ -76,39 +79,13 @@ RUN_MMIO = 32  # u64 phys_addr; u8 data[8]; u32 len; u8 is_write
 
 # KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | (offset in struct kvm_regs) / 4
 _CORE = 0x6000000000000000 | 0x0030000000000000 | 0x0010 << 16
-
-
-def core_reg_x(n: int) -> int:
-    return _CORE | (n * 8 // 4)
-
-
 REG_PC = _CORE | (32 * 8 // 4)  # regs[31], sp, then pc
 
 # mmap and madvise (arm64 uses the generic values)
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 MAP_NORESERVE, MAP_HUGETLB, MAP_HUGE_SHIFT = 0x4000, 0x40000, 26
-MADV = {"normal": 0, "dontneed": 4, "remove": 9, "dontfork": 10, "hugepage": 14, "nohugepage": 15,
-        "pageout": 21, "populate_read": 22, "populate_write": 23, "collapse": 25}
 MFD_HUGETLB = 4
-
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-PAGE = 4 * KiB
-
-#: name -> (kind, madvise, huge page size). Every scenario names one of these.
-BACKINGS = {
-    "anonymous": ("anonymous", None, 0),
-    "anonymous_thp": ("anonymous", "hugepage", 0),
-    "anonymous_nothp": ("anonymous", "nohugepage", 0),
-    "shmem": ("shmem", None, 0),
-    "shmem_thp": ("shmem", "hugepage", 0),
-    "memfd": ("memfd", None, 0),
-    "memfd_thp": ("memfd", "hugepage", 0),
-    "hugetlb_64k": ("hugetlb", None, 64 * KiB),
-    "hugetlb_2m": ("hugetlb", None, 2 * MiB),
-    "hugetlb_32m": ("hugetlb", None, 32 * MiB),
-    "hugetlb_1g": ("hugetlb", None, GiB),
-}
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -149,7 +126,8 @@ class Memory:
     def __init__(self, backing: str, size: int, offset: int = 0, align: int = 2 * MiB):
         if backing not in BACKINGS:
             raise ValueError(f"unknown backing {backing!r}; known: {', '.join(BACKINGS)}")
-        kind, advice, huge = BACKINGS[backing]
+        spec = BACKINGS[backing]
+        kind, advice, huge = spec.kind, spec.advice, spec.huge
         self.backing, self.size, self.offset, self.fd = backing, size, offset, -1
         self.huge = huge
         align = max(align, huge)

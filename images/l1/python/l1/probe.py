@@ -1,8 +1,9 @@
 """The probe VMM: a minimal KVM VMM for what QEMU cannot set up.
 
 It places memslots at exact IPAs and host addresses (co-alignment offsets, sizes that are
-not a multiple of 2 MiB), backs them any way in kvm.BACKINGS, runs the touch payload on
-one or more vCPUs, and does the scenario's VMM actions at set points:
+not a multiple of 2 MiB), backs them any way in lab.shared.contract.BACKINGS, runs the touch payload on
+one or more vCPUs, and does the scenario's VMM actions (lab.shared.contract.ACTIONS) at
+set points:
 
     start      after the memslots exist, before any vCPU runs
     pause N    when the guest reaches its N-th pause (between two passes)
@@ -13,7 +14,7 @@ smaps, sleep, churn (a thread repeating madvise / mprotect / munmap / remap whil
 vCPUs run). At every pause the probe writes "kvmlab: phase N" to trace_marker, so the
 trace itself says which faults came after which action.
 
-Input: a JSON job (written by the host, lab/scenarios/runner.py). Output: a JSON report.
+Input: a ProbeJob (lab/shared/contract.py, written by the host). Output: a JSON report.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
+
+from lab.shared.contract import Action, Op, ProbeJob, decode
+from lab.shared.files import write_json
 
 from . import kvm
 
@@ -73,7 +77,7 @@ def vmstat() -> dict[str, int]:
 
 
 class Probe:
-    def __init__(self, job: dict[str, Any]):
+    def __init__(self, job: ProbeJob):
         self.job = job
         self.report: dict[str, Any] = {"uart": "", "pauses": 0, "actions": [], "dirty_pages": {},
                                        "smaps": {}, "exits": {}, "events": []}
@@ -88,80 +92,64 @@ class Probe:
         self.answered = False
         self.remapping = False
         started = time.monotonic()
-        for slot in job["memslots"]:
-            mem = kvm.Memory(slot["backing"], slot["size"], slot.get("offset", 0))
-            self.memory[slot["slot"]] = mem
-            self.vm.set_memslot(slot["slot"], slot["ipa"], slot["size"], mem.addr, slot.get("dirty_log", False))
+        for slot in job.memslots:
+            mem = kvm.Memory(slot.backing, slot.size, slot.offset)
+            self.memory[slot.slot] = mem
+            self.vm.set_memslot(slot.slot, slot.ipa, slot.size, mem.addr, slot.dirty_log)
         # The payload: its own small anonymous memslot (slot 0).
-        code = open(job["payload"], "rb").read()
+        code = open(job.payload, "rb").read()
         code_size = max(64 * 1024, (len(code) + 0xFFFF) // 0x10000 * 0x10000)
         self.code = kvm.Memory("anonymous_nothp", code_size, 0)
         ctypes_memmove(self.code.addr, code)
-        self.vm.set_memslot(0, job["code_ipa"], code_size, self.code.addr)
-        self.vcpus = [self.vm.vcpu(i, powered_off=i > 0) for i in range(job["vcpus"])]
-        self.vcpus[0].set_reg(kvm.REG_PC, job["code_ipa"])
+        self.vm.set_memslot(0, job.code_ipa, code_size, self.code.addr)
+        self.vcpus = [self.vm.vcpu(i, powered_off=i > 0) for i in range(job.vcpus)]
+        self.vcpus[0].set_reg(kvm.REG_PC, job.code_ipa)
         self.report["setup_seconds"] = round(time.monotonic() - started, 3)
         self.report["memslots"] = [
-            {"slot": s["slot"], "ipa": s["ipa"], "size": s["size"], "backing": s["backing"],
-             "userspace_addr": self.memory[s["slot"]].addr} for s in job["memslots"]]
+            {"slot": s.slot, "ipa": s.ipa, "size": s.size, "backing": s.backing,
+             "userspace_addr": self.memory[s.slot].addr} for s in job.memslots]
 
     # -- actions -------------------------------------------------------------------------
     def actions_at(self, point: str) -> None:
-        for action in self.job.get("actions", []):
-            if action["at"] == point:
+        for action in self.job.actions:
+            if action.at == point:
                 started = time.monotonic()
                 self.do(action)
-                self.report["actions"].append({"at": point, "do": action["do"],
+                self.report["actions"].append({"at": point, "do": action.do,
                                                "seconds": round(time.monotonic() - started, 3)})
 
-    def _ranges(self, action: dict[str, Any], mem: kvm.Memory):
-        """(address, length) pieces an action applies to: [offset, offset+size) of the slot,
-        or `size` bytes at every `every` bytes."""
-        offset = action.get("offset", 0)
-        size = action.get("size", mem.size - offset)
-        every = action.get("every")
-        if every:
-            for at in range(offset, mem.size, every):
-                yield mem.addr + at, min(size, mem.size - at)
-        else:
-            yield mem.addr + offset, size
-
-    def do(self, action: dict[str, Any]) -> None:
-        what = action["do"]
-        mem = self.memory.get(action.get("slot", 1))
+    def do(self, action: Action) -> None:
+        what = action.do
+        mem = self.memory.get(action.slot)
         if what == "prefault":
-            if action.get("access", "write") == "write":
-                for addr, length in self._ranges(action, mem):
-                    ctypes_memset(addr, 1, length)
-            else:
-                for addr, length in self._ranges(action, mem):
-                    read_pages(addr, length)
+            touch = ctypes_memset_1 if action.access == "write" else read_pages
+            for addr, length in ranges(action.as_op(), mem):
+                touch(addr, length)
         elif what == "dirty_log":
-            self.vm.set_dirty_log(action.get("slot", 1), action.get("on", True))
+            self.vm.set_dirty_log(action.slot, action.on)
         elif what == "dirty_pages":
-            slot = action.get("slot", 1)
-            self.report["dirty_pages"].setdefault(str(slot), []).append(self.vm.dirty_pages(slot))
+            self.report["dirty_pages"].setdefault(str(action.slot), []).append(self.vm.dirty_pages(action.slot))
         elif what in ("madvise", "mprotect", "munmap"):
-            apply_ops([action], self._ranges, mem)
+            apply_ops([action.as_op()], mem)
         elif what == "fork_child":
             self.fork_child(action, mem)
         elif what == "alias":
-            addr = mem.alias(action.get("offset", 4096))
-            if action.get("access", "write") == "write":
+            addr = mem.alias(action.offset if action.offset is not None else 4096)
+            if action.access == "write":
                 ctypes_memset(addr, 2, mem.size)
             else:
                 read_pages(addr, mem.size)
             self.report["alias"] = {"addr": addr, "smaps": smaps_for(addr)}
         elif what == "smaps":
-            self.report["smaps"][action.get("label", "at")] = self.smaps()
+            self.report["smaps"][action.label] = self.smaps()
         elif what == "sleep":
-            time.sleep(action.get("seconds", 1))
+            time.sleep(action.seconds if action.seconds is not None else 1)
         elif what == "churn":
             threading.Thread(target=self.churn, args=(action, mem), daemon=True).start()
         else:
-            raise ValueError(f"unknown action {what!r}")
+            raise ValueError(f"action {what!r} is not one the probe does")
 
-    def fork_child(self, action: dict[str, Any], mem: kvm.Memory) -> None:
+    def fork_child(self, action: Action, mem: kvm.Memory) -> None:
         """A child process changes its own copy of the mapping; it stays alive (holding
         its mappings) until the probe ends."""
         read_fd, write_fd = os.pipe()
@@ -169,7 +157,7 @@ class Probe:
         if pid == 0:
             try:
                 os.close(read_fd)
-                apply_ops(action.get("ops", []), self._ranges, mem)
+                apply_ops(action.ops, mem)
                 os.write(write_fd, b"ok")
                 while True:
                     time.sleep(3600)
@@ -182,15 +170,15 @@ class Probe:
         if answer != b"ok":
             raise RuntimeError("the forked child failed to change its mapping")
 
-    def churn(self, action: dict[str, Any], mem: kvm.Memory) -> None:
+    def churn(self, action: Action, mem: kvm.Memory) -> None:
         """Another VMM thread changing the memory under the vCPUs, round after round:
         `op` (madvise, mprotect, munmap, remap) or a list `ops`, one per round in turn."""
-        ops = action.get("ops") or [{**action, "op": action.get("op", "madvise")}]
-        if any(op.get("op") in ("munmap", "remap") for op in ops):
+        ops = action.ops or [action.as_op()]
+        if any(op.op in ("munmap", "remap") for op in ops):
             self.remapping = True  # vCPUs faulting on a hole get EFAULT: they try again
         count = 0
         while not self.done.is_set():
-            apply_ops([ops[count % len(ops)]], self._ranges, mem)
+            apply_ops([ops[count % len(ops)]], mem)
             count += 1
             self.report["churn_rounds"] = count
 
@@ -199,7 +187,7 @@ class Probe:
 
     # -- running -------------------------------------------------------------------------
     def vcpu_loop(self, vcpu: kvm.Vcpu) -> None:
-        uart = self.job.get("uart", 0x09000000)
+        uart = self.job.uart
         try:
             while not self.done.is_set():
                 try:
@@ -269,22 +257,37 @@ class Probe:
         return self.report
 
 
-def apply_ops(ops, ranges, mem: kvm.Memory) -> None:
+def ranges(op: Op, mem: kvm.Memory) -> Iterator[tuple[int, int]]:
+    """(address, length) pieces an operation applies to: [offset, offset+size) of the
+    memslot, or `size` bytes at every `every` bytes."""
+    size = op.size if op.size is not None else mem.size - op.offset
+    if op.every:
+        for at in range(op.offset, mem.size, op.every):
+            yield mem.addr + at, min(size, mem.size - at)
+    else:
+        yield mem.addr + op.offset, size
+
+
+def apply_ops(ops: list[Op], mem: kvm.Memory) -> None:
     for op in ops:
-        what = op.get("op", op.get("do"))
         for addr, length in ranges(op, mem):
-            if what == "madvise":
-                kvm.madvise(addr, length, op["advice"])
-            elif what == "mprotect":
+            if op.op == "madvise":
+                assert op.advice is not None  # the contract requires it
+                kvm.madvise(addr, length, op.advice)
+            elif op.op == "mprotect":
                 prot = {"none": kvm.PROT_NONE, "read": kvm.PROT_READ,
-                        "write": kvm.PROT_READ | kvm.PROT_WRITE}[op.get("prot", "read")]
+                        "write": kvm.PROT_READ | kvm.PROT_WRITE}[op.prot]
                 kvm.mprotect(addr, length, prot)
-            elif what == "munmap":
+            elif op.op == "munmap":
                 kvm.munmap(addr, length)
-            elif what == "remap":
+            elif op.op == "remap":
                 mem.remap(addr, length)
             else:
-                raise ValueError(f"unknown memory operation {what!r}")
+                raise ValueError(f"unknown memory operation {op.op!r}")
+
+
+def ctypes_memset_1(addr: int, length: int) -> None:
+    ctypes_memset(addr, 1, length)
 
 
 def ctypes_memset(addr: int, value: int, length: int) -> None:
@@ -312,12 +315,10 @@ def read_pages(addr: int, length: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    job = json.loads(open(argv[0]).read())
-    report = Probe(job).run(job.get("timeout", 60))
-    tmp = job["report"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.rename(tmp, job["report"])
+    with open(argv[0]) as f:
+        job = decode(ProbeJob, json.load(f), "probe-job")
+    report = Probe(job).run(job.timeout)
+    write_json(job.report, report, indent=1)
     return 0 if report["error"] is None else 1
 
 

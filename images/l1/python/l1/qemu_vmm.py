@@ -11,6 +11,7 @@ The L2 Linux guest (kind: linux) is the same Debian kernel with a tiny initramfs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,9 @@ import subprocess
 import threading
 import time
 from typing import Any
+
+from lab.shared.contract import Action, QemuJob
+from lab.shared.units import MiB
 
 from .probe import marker
 
@@ -68,24 +72,23 @@ class Qmp:
             pass
 
 
-def command(spec: dict[str, Any], qmp_path: str, console_log: str) -> list[str]:
-    mib = spec["memory"] // (1 << 20)
-    backend = spec.get("backend", "ram")
-    props = [f"memory-backend-{backend}", "id=mem0", f"size={mib}M"]
-    if backend == "file":
+def command(spec: QemuJob, qmp_path: str, console_log: str) -> list[str]:
+    mib = spec.memory // MiB
+    props = [f"memory-backend-{spec.backend}", "id=mem0", f"size={mib}M"]
+    if spec.backend == "file":
         props += ["mem-path=/dev/hugepages", "share=on"]
-    if spec.get("prealloc"):
+    if spec.prealloc:
         props.append("prealloc=on")
-    cmd = [QEMU, "-M", "virt,gic-version=3", "-accel", "kvm", "-cpu", "host", "-smp", str(spec.get("smp", 1)),
+    cmd = [QEMU, "-M", "virt,gic-version=3", "-accel", "kvm", "-cpu", "host", "-smp", str(spec.smp),
            "-m", f"{mib}M", "-object", ",".join(props), "-machine", "memory-backend=mem0",
            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
            "-chardev", f"stdio,id=ser,signal=off,logfile={console_log}", "-serial", "chardev:ser",
            "-qmp", f"unix:{qmp_path},server=on,wait=off",
-           "-kernel", spec["kernel"]]
-    if spec.get("initrd"):
-        cmd += ["-initrd", spec["initrd"]]
-    if spec.get("append"):
-        cmd += ["-append", spec["append"]]
+           "-kernel", spec.kernel]
+    if spec.initrd:
+        cmd += ["-initrd", spec.initrd]
+    if spec.append:
+        cmd += ["-append", spec.append]
     return cmd
 
 
@@ -95,14 +98,14 @@ def local_copy(path: str) -> str:
     size = os.stat(path).st_size
     if not os.path.exists(local) or os.stat(local).st_size != size:
         shutil.copyfile(path, local + ".tmp")
-        os.rename(local + ".tmp", local)
+        os.replace(local + ".tmp", local)
     return local
 
 
-def start(spec: dict[str, Any], out_dir: str) -> tuple[int, dict[str, Any]]:
+def start(spec: QemuJob, out_dir: str) -> tuple[int, dict[str, Any]]:
     os.makedirs("/run/kvmlab", exist_ok=True)
-    if spec.get("initrd"):  # an L2 Linux: its kernel is the same for every scenario
-        spec = {**spec, "kernel": local_copy(spec["kernel"])}
+    if spec.initrd:  # an L2 Linux: its kernel is the same for every scenario
+        spec = dataclasses.replace(spec, kernel=local_copy(spec.kernel))
     qmp_path = f"/run/kvmlab/l2-{os.getpid()}.qmp"
     cmd = command(spec, qmp_path, os.path.join(out_dir, "l2-console.log"))
     with open(os.path.join(out_dir, "l2-command"), "w") as f:
@@ -112,11 +115,11 @@ def start(spec: dict[str, Any], out_dir: str) -> tuple[int, dict[str, Any]]:
     return proc.pid, {"proc": proc, "qmp_path": qmp_path, "out_dir": out_dir}
 
 
-def _action(qmp: Qmp, action: dict[str, Any]) -> dict[str, Any]:
-    what = action["do"]
+def _action(qmp: Qmp, action: Action) -> dict[str, Any]:
+    what = action.do
     if what == "migrate":
         # Slow on purpose: the migration (and its dirty logging) lasts while the guest runs.
-        qmp.cmd("migrate-set-parameters", **{"max-bandwidth": int(action.get("bandwidth", 4 << 20))})
+        qmp.cmd("migrate-set-parameters", **{"max-bandwidth": action.bandwidth})
         qmp.cmd("migrate", uri=f"exec:cat > /run/kvmlab/migration-{os.getpid()}")
         deadline = time.monotonic() + 10
         while True:  # dirty logging is on once the migration leaves "setup"
@@ -125,16 +128,16 @@ def _action(qmp: Qmp, action: dict[str, Any]) -> dict[str, Any]:
                 return {"migration": status}
             time.sleep(0.02)
     if what == "dirty_rate":
-        qmp.cmd("calc-dirty-rate", **{"calc-time": int(action.get("seconds", 10)), "mode": "dirty-bitmap"})
+        qmp.cmd("calc-dirty-rate", **{"calc-time": int(action.seconds if action.seconds is not None else 10), "mode": "dirty-bitmap"})
         time.sleep(0.3)
         return {"dirty_rate": qmp.cmd("query-dirty-rate").get("status")}
     if what == "sleep":
-        time.sleep(action.get("seconds", 1))
+        time.sleep(action.seconds if action.seconds is not None else 1)
         return {}
     raise ValueError(f"action {what!r} is for the probe VMM, not QEMU")
 
 
-def drive(extra: dict[str, Any], spec: dict[str, Any], kill_after: float | None) -> dict[str, Any]:
+def drive(extra: dict[str, Any], spec: QemuJob, kill_after: float | None) -> dict[str, Any]:
     """Starts the serial reader; returns at once (scenario.wait_vmm waits for the process)."""
     proc = extra["proc"]
     outcome: dict[str, Any] = {"pauses": 0, "actions": []}
@@ -154,9 +157,9 @@ def drive(extra: dict[str, Any], spec: dict[str, Any], kill_after: float | None)
                     n = outcome["pauses"]
                     marker(f"kvmlab: pause {n}")
                     qmp = qmp or Qmp(extra["qmp_path"])
-                    for action in spec.get("actions", []):
-                        if action.get("at") == f"pause {n}":
-                            outcome["actions"].append({"do": action["do"], **_action(qmp, action)})
+                    for action in spec.actions:
+                        if action.at == f"pause {n}":
+                            outcome["actions"].append({"do": action.do, **_action(qmp, action)})
                     marker(f"kvmlab: phase {n}")
                     proc.stdin.write(b"g")
                     proc.stdin.flush()

@@ -25,6 +25,9 @@ import time
 import traceback
 from typing import Any
 
+from lab.shared.contract import ContractError, L1Settings, ScenarioJob, decode
+from lab.shared.files import write_json
+
 from . import tracefs
 
 MM = "/sys/kernel/mm"
@@ -63,13 +66,13 @@ class Settings:
         self.saved.clear()
 
 
-def apply_l1(spec: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], str | None]:
+def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], str | None]:
     """Returns (what L1 now has, a reason to skip or None)."""
     thp = f"{MM}/transparent_hugepage"
-    for key, path in (("thp", "enabled"), ("defrag", "defrag"), ("shmem_thp", "shmem_enabled")):
-        if spec.get(key):
-            settings.set(f"{thp}/{path}", spec[key])
-    if not spec.get("khugepaged"):
+    for value, path in ((spec.thp, "enabled"), (spec.defrag, "defrag"), (spec.shmem_thp, "shmem_enabled")):
+        if value:
+            settings.set(f"{thp}/{path}", value)
+    if not spec.khugepaged:
         # khugepaged parked: a collapse mid-scenario remaps stage 2 and changes smaps at
         # random (seen: read-then-write's split pages collapsed back, AnonHugePages 14 MiB).
         # The write wakes it once now, before the VMM exists, then it sleeps for a day.
@@ -81,7 +84,7 @@ def apply_l1(spec: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], 
         write_setting("/proc/sys/vm/compact_memory", "1")
     have = {"thp": read_setting(f"{thp}/enabled"), "defrag": read_setting(f"{thp}/defrag"),
             "shmem_thp": read_setting(f"{thp}/shmem_enabled"), "hugepages": {}}
-    for size_kb, count in (spec.get("hugepages") or {}).items():
+    for size_kb, count in spec.hugepages.items():
         path = f"{MM}/hugepages/hugepages-{size_kb}kB/nr_hugepages"
         if not os.path.exists(path):
             return have, f"this kernel has no {size_kb} KiB huge pages"
@@ -98,9 +101,9 @@ def apply_l1(spec: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], 
     return have, None
 
 
-def run_vmm(job: dict[str, Any], out_dir: str) -> tuple[int, dict[str, Any]]:
+def run_vmm(job: ScenarioJob, out_dir: str) -> tuple[int, dict[str, Any]]:
     """Starts the VMM in a child process; returns (pid, how to wait for it)."""
-    kind = job["vmm"]
+    kind = job.vmm
     if kind == "probe":
         pid = os.fork()
         if pid == 0:
@@ -119,25 +122,26 @@ def run_vmm(job: dict[str, Any], out_dir: str) -> tuple[int, dict[str, Any]]:
     if kind == "qemu":
         from . import qemu_vmm
 
-        return qemu_vmm.start(job["qemu"], out_dir)
+        assert job.qemu is not None
+        return qemu_vmm.start(job.qemu, out_dir)
     # A shell command (kvmlab trace), its output kept in the run directory.
     log = open(os.path.join(out_dir, "command.log"), "wb")
-    proc = subprocess.Popen(["sh", "-c", job["command"]], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(["sh", "-c", job.command or "true"], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, cwd="/root")
     return proc.pid, {"proc": proc}
 
 
-def wait_vmm(pid: int, job: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
-    kill_after = job.get("kill_after")
-    if kill_after is not None and job.get("kill_after_max"):
-        kill_after = random.uniform(kill_after, job["kill_after_max"])
-    timeout = job.get("timeout", 120)
+    kill_after = job.kill_after
+    if kill_after is not None and job.kill_after_max:
+        kill_after = random.uniform(kill_after, job.kill_after_max)
+    timeout = job.timeout
     outcome: dict[str, Any] = {}
-    if job["vmm"] == "qemu":
+    if job.vmm == "qemu" and job.qemu is not None:
         from . import qemu_vmm
 
-        outcome = qemu_vmm.drive(extra, job["qemu"], kill_after)  # filled in as the guest runs
+        outcome = qemu_vmm.drive(extra, job.qemu, kill_after)  # filled in as the guest runs
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -158,20 +162,20 @@ def wait_vmm(pid: int, job: dict[str, Any], extra: dict[str, Any]) -> dict[str, 
     return outcome
 
 
-def stress(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def stress(job: ScenarioJob, out_dir: str) -> dict[str, Any]:
     """The VMM `repeat` times in a row, each killed (SIGKILL) at a random moment of the
     kill_after window while its vCPUs fault: exit_mmap() racing stage-2 faults, over and
     over. Not traced: millions of faults; L1's log is the verdict."""
-    if job["vmm"] == "probe":
+    if job.vmm == "probe":
         from . import probe  # noqa: F401 - imported once here, so each forked VMM starts at once
     # Faults are counted, not kept: proof that the vCPUs were faulting in every run.
-    counter = tracefs.Counter((job.get("trace") or {}).get("events", ["kvm:kvm_guest_fault"]), 1024,
+    counter = tracefs.Counter(job.trace.events, 1024,
                               follow_pid=os.getpid())
     counter.start()
     runs = []
     started = time.monotonic()
     try:
-        for i in range(job["repeat"]):
+        for i in range(job.repeat):
             counter.reset()
             pid, extra = run_vmm(job, out_dir)
             if i == 0:
@@ -191,7 +195,6 @@ def stress(job: dict[str, Any], out_dir: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     job_path = argv[0]
-    job = json.loads(open(job_path).read())
     out_dir = os.path.dirname(job_path)
     result: dict[str, Any] = {"started": time.time()}
     settings = Settings()
@@ -202,18 +205,19 @@ def main(argv: list[str]) -> int:
     # and L1's settings are restored before this process ends.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        result["l1"], skip = apply_l1(job.get("l1", {}), settings)
+        with open(job_path) as f:
+            job = decode(ScenarioJob, json.load(f))
+        result["l1"], skip = apply_l1(job.l1, settings)
         result["l1_release"] = open("/proc/sys/kernel/osrelease").read().strip()
         if skip:
             result["skip"] = skip
             return 0
-        if job.get("repeat", 1) > 1:
+        if job.repeat > 1:
             result["repeat"] = stress(job, out_dir)
             result["vmm"] = result["repeat"]["runs"][-1] if result["repeat"]["runs"] else {}
             return 0
-        trace = job.get("trace") or {}
-        capture = tracefs.Capture(trace.get("events", ["kvm:kvm_guest_fault"]), trace.get("buffer_kb", 4096),
-                                  follow_pid=os.getpid() if trace.get("follow", True) else None)
+        capture = tracefs.Capture(job.trace.events, job.trace.buffer_kb,
+                                  follow_pid=os.getpid() if job.trace.follow else None)
         capture.start()
         result["setup_seconds"] = round(time.monotonic() - started, 3)
         vmm_pid, extra = run_vmm(job, out_dir)
@@ -225,6 +229,8 @@ def main(argv: list[str]) -> int:
         dumped = time.monotonic()
         result["trace"] = capture.dump(out_dir)
         result["trace"]["dump_seconds"] = round(time.monotonic() - dumped, 3)
+    except ContractError as exc:  # the host and L1 disagree on the job: a kvmlab bug
+        result["error"] = f"the job does not match the contract (lab/shared/contract.py): {exc}"
     except BaseException as exc:
         result["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else "interrupted"
         result["traceback"] = traceback.format_exc()
@@ -242,10 +248,7 @@ def main(argv: list[str]) -> int:
                 pass
         settings.restore()
         result["seconds"] = round(time.monotonic() - started, 3)
-        tmp = os.path.join(out_dir, "result.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.rename(tmp, os.path.join(out_dir, "result.json"))
+        write_json(os.path.join(out_dir, "result.json"), result, indent=1)
     return 0
 
 

@@ -1,0 +1,90 @@
+"""The host-guest contract (lab/shared/contract.py): every shipped scenario's job survives
+the trip into L1, a mistake in an action is refused on the host (exit 2, file and key),
+and L1 refuses a job that does not match."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lab.builder.build import Builder
+from lab.core.errors import UserError
+from lab.scenarios import model, suites
+from lab.scenarios.runner import make_probe_job, scenario_job
+from lab.shared import contract
+from lab.shared.contract import ContractError, ProbeJob, QemuJob, ScenarioJob, decode, encode
+
+ALL = suites.resolve(list(suites.suites()))
+GOOD = {"memslots": [{"ipa": "1G", "size": "64M"}], "guest": {"pauses": [0]},
+        "expect": {"regions": [{"mapping": "block"}]}}
+
+
+@pytest.mark.parametrize("scenario", ALL, ids=[s.name for s in ALL])
+def test_every_scenario_job_decodes_as_it_was_sent(scenario):
+    qemu = QemuJob(memory=scenario.qemu["memory"], kernel="/k", actions=scenario.actions) if scenario.qemu else None
+    job = scenario_job(scenario, qemu=qemu)
+    assert decode(ScenarioJob, json.loads(json.dumps(encode(job)))) == job
+    if scenario.vmm == "probe":
+        probe = make_probe_job(scenario, "/run")
+        assert decode(ProbeJob, json.loads(json.dumps(encode(probe)))) == probe
+
+
+@pytest.mark.parametrize("action, where", [
+    ({"do": "prefault", "slot": 1, "acess": "read"}, "actions[0].acess: unknown key"),
+    ({"do": "fork_child", "slot": 1, "ops": [{"op": "mprotect", "prot": "raed"}]}, "actions[0].ops[0].prot: expected one of"),
+    ({"do": "madvise", "slot": 1, "advice": "dontneeed"}, "actions[0].advice: expected one of"),
+    ({"do": "madvise", "slot": 1}, "actions[0].advice: expected"),
+    ({"do": "churn", "slot": 1, "op": "madvise", "advice": "dontneed", "evry": "2M"}, "actions[0].evry: unknown key"),
+    ({"do": "migrate"}, "actions[0].do: expected an action the probe VMM does"),
+    ({"do": "sleep", "seconds": "long"}, "actions[0].seconds: expected a number of seconds"),
+    ({"do": "dirty_log", "slot": 1, "on": "yes"}, "actions[0].on: expected true or false"),
+    ({"do": "smaps", "at": "pause 9"}, "actions[0].at: expected start, end or 'pause N'"),
+    ({"do": "fork_child", "slot": 1, "ops": [{"size": "4K"}]}, "actions[0].ops[0]: expected a mapping with `op`"),
+])
+def test_a_mistake_in_an_action_is_exit_2_naming_the_file_and_key(action, where):
+    with pytest.raises(UserError) as info:
+        model.parse({**GOOD, "actions": [action]}, "mine.yaml")
+    message = info.value.message
+    assert message.startswith(f"mine.yaml: {where}"), message
+    assert info.value.exit_status == 2 and "\n" not in message
+
+
+def test_sizes_are_bytes_in_the_job():
+    s = model.parse({**GOOD, "actions": [{"do": "madvise", "slot": 1, "advice": "dontneed", "size": "4K",
+                                          "every": "2M"}]}, "mine.yaml")
+    assert encode(s.actions[0]) == {"do": "madvise", "at": "start", "size": 4096, "every": 2 << 20,
+                                    "advice": "dontneed"}
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"bogus": 1}, "job.bogus: unknown key"),
+    ({"timeout": "60"}, "job.timeout: expected a number"),
+    ({"vmm": "kvmtool"}, "job.vmm: expected one of probe, qemu, command"),
+    ({"l1": {"thp": "always", "hugepage": {}}}, "job.l1.hugepage: unknown key"),
+    ({"trace": {"events": "kvm:kvm_guest_fault"}}, "job.trace.events: expected a list"),
+])
+def test_l1_refuses_a_job_that_does_not_match(change, key):
+    job = {"name": "x", "vmm": "probe", "timeout": 60.0, **change}
+    with pytest.raises(ContractError) as info:
+        decode(ScenarioJob, job)
+    assert str(info.value).startswith(key), info.value
+
+
+def test_a_missing_key_is_named():
+    with pytest.raises(ContractError, match=r"^job.timeout: expected `timeout`"):
+        decode(ScenarioJob, {"name": "x", "vmm": "probe"})
+
+
+def test_l1_ships_the_hosts_contract_file_itself_and_rejects_a_bad_job(tmp_path):
+    """The tools entry carries lab/shared byte for byte; L1's runner, run from it as L1 runs
+    it, writes result.json with the contract error instead of running anything."""
+    tools = Builder().tools().path
+    assert (tools / "lab/shared/contract.py").read_bytes() == open(contract.__file__, "rb").read()
+    assert (tools / "lab/__init__.py").read_text() == ""
+    (tmp_path / "job.json").write_text(json.dumps({"name": "x", "vmm": "probe", "timeout": 5, "acess": 1}))
+    run = subprocess.run([sys.executable, "-c", "import sys, l1.scenario as s; sys.exit(s.main(sys.argv[1:]))",
+                          str(tmp_path / "job.json")], cwd=tools, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert "job.acess: unknown key" in result["error"] and "vmm" not in result
