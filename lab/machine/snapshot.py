@@ -12,7 +12,7 @@ and name taken out (any lab may restore it). Each lives in the image cache:
 Both are written to temporary names first and renamed when complete; a folder without
 meta.json is not a snapshot. The folder is the user's alone (it holds L1's memory).
 
-What a restore must mend (lab/machine/lab.py, images/l1/rootfs/kvmlab/snapshot): the share
+What a restore must mend (lab/machine/snapshotting.py, images/l1/rootfs/kvmlab/snapshot): the share
 is mounted again (it was unmounted for the save: a mounted 9p export blocks migration),
 the wall clock is set from the host's, and the CRNG is reseeded from host randomness, so
 restored labs do not draw the same numbers.
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.paths import cache_dir, private_dir
+from lab.shared.files import write_atomic
 
 #: Bumped when what a snapshot holds, or how it is restored, changes.
 FORMAT = 1
@@ -106,10 +107,7 @@ def commit(snapshot: Snapshot, tmp: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, snapshot.vmstate)
     meta = {**meta, "key": snapshot.key, "bytes": snapshot.vmstate.stat().st_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    part = snapshot.meta_file.with_name(f"meta.json.tmp-{os.getpid()}")
-    part.write_text(json.dumps(meta, indent=2) + "\n")
-    os.chmod(part, 0o600)
-    os.replace(part, snapshot.meta_file)
+    write_atomic(snapshot.meta_file, json.dumps(meta, indent=2) + "\n", mode=0o600)
 
 
 def discard(snapshot: Snapshot) -> None:

@@ -12,8 +12,6 @@ row whose signatures differ is marked. Everything lands in one results directory
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import threading
 import time
@@ -22,17 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP
+from lab.builder.build import Builder
 from lab.config import LabConfig
 from lab.core.errors import KvmlabError, UserError
-from lab.builder.build import Builder
-from lab.machine.lab import Lab
 from lab.core.progress import Progress, stamp
+from lab.core.status import NOT_MEASURED, PASS
+from lab.machine.lab import Lab
 from lab.scenarios.model import Scenario
 from lab.scenarios.runner import Runner, ScenarioResult
-
-#: What a cell shows for a scenario that did not measure a mapping.
-NOT_MEASURED = (SKIP, ERROR)
+from lab.shared.files import write_json
 
 
 @dataclass
@@ -166,47 +162,3 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
     matrix["passed"] = all(k["passed"] for k in matrix["kernels"])
     write_json(out / "matrix.json", matrix)
     return matrix
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: ""}
-
-
-def print_table(matrix: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Column, Table
-
-    console = Console(width=max(120, Console().width), highlight=False)
-    kernels = matrix["kernels"]
-    table = Table("≠", Column("scenario", no_wrap=True),
-                  *[f"{k['label']}\n{k['release'] or '-'}" for k in kernels],
-                  title="observed stage-2 mapping per kernel (✗: the scenario's expectation failed; "
-                        "≠: kernels differ)")
-    for row in matrix["scenarios"]:
-        cells = []
-        for k in kernels:
-            cell = row["cells"].get(k["label"])
-            if cell is None:
-                cells.append("-")
-                continue
-            text = cell["signature"] + MARK[cell["status"]]
-            style = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}.get(cell["status"], "")
-            cells.append(f"[{style}]{_escape(text)}[/]" if style else _escape(text))
-        table.add_row("[bold magenta]≠[/]" if row["differs"] else "", row["name"], *cells)
-    console.print(table)
-    for k in kernels:
-        if k["error"]:
-            console.print(f"[bold red]{k['label']}[/]: {_escape(k['error'])}", soft_wrap=True)
-    console.print(f"{len(matrix['differing'])} of {len(matrix['scenarios'])} scenarios differ between kernels"
-                  + (f" ({', '.join(matrix['differing'])})" if matrix["differing"] else "")
-                  + f"; {matrix['seconds']:.0f} s with -j{matrix['jobs']}; results: {matrix['results_dir']}",
-                  soft_wrap=True)
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")

@@ -3,35 +3,21 @@ evidence of every scenario that did not pass."""
 
 from __future__ import annotations
 
-import os
-import re
 import textwrap
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 from rich.console import Console
 from rich.markup import escape as rich_escape
-from rich.table import Table
+from rich.table import Column, Table
 
-from lab.machine.lab import Lab
 from lab.core.progress import stamp
+from lab.core.status import ERROR, FAIL, PASS, SKIP
 from lab.scenarios.model import Scenario
-from lab.scenarios.runner import Runner, ScenarioResult
+from lab.scenarios.runner import ScenarioResult
 
-STYLE = {"pass": "green", "fail": "bold red", "error": "bold red", "skip": "yellow"}
-
-
-def results_dir(base: str | None, label: str) -> Path:
-    root = Path(base or os.environ.get("KVMLAB_RESULTS") or "kvmlab-results").expanduser()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{label}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{stamp}-{label}-{n}"
-    return path
+STYLE = {PASS: "green", FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}
 
 
 def _console() -> Console:
@@ -46,36 +32,22 @@ def print_list(scenarios: list[Scenario], suites: dict[str, Path]) -> None:
     _console().print(table)
 
 
-def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...], results: str | None, progress,
-              verbose: bool = False, helpers: list | None = None) -> dict[str, Any]:
-    label = re.sub(r"[^a-z0-9_.-]+", "-", "-".join(Path(t).stem for t in targets) or "thp")[:40]
-    out = results_dir(results, label)
-    total = len(scenarios)
+def result_printer(total: int) -> Callable[[ScenarioResult], None]:
+    """Prints one line per scenario as its result comes (and its first reason if not a pass)."""
     done = [0]
-    bar = None
-
-    def on_start(scenario: Scenario) -> None:
-        if bar is not None:
-            bar.start(scenario.name)
 
     def on_result(r: ScenarioResult) -> None:
         done[0] += 1
-        if bar is not None:
-            bar.advance()
         tag = r.status.upper()
         click.echo(stamp(f"[{done[0]}/{total}] {tag:<5} {r.name}  {r.observed or ''}  ({r.seconds:.1f} s)"))
-        if r.status != "pass" and r.reasons:
+        if r.status != PASS and r.reasons:
             click.echo(f"        {r.reasons[0]}")
+    return on_result
 
-    state = lab.state() or {}
-    click.echo(f"Running {total} scenario{'s' if total != 1 else ''} on lab '{lab.name}' "
-               f"({state.get('ready', {}).get('release', '?')}); results in {out}")
-    runner = Runner(lab, out, on_result=on_result, on_start=on_start, progress=progress,
-                    targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets])
-    with progress.bar(f"{label} on {lab.name}", total) as bar:
-        summary = runner.run(scenarios, helpers)
-    print_table(summary, verbose)
-    return summary
+
+def print_start(lab_name: str, release: str, total: int, out: Path) -> None:
+    click.echo(f"Running {total} scenario{'s' if total != 1 else ''} on lab '{lab_name}' ({release}); "
+               f"results in {out}")
 
 
 def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
@@ -91,14 +63,14 @@ def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
                       f"[{STYLE[s['status']]}]{s['status'].upper()}[/]", f"{s['seconds']:.1f}")
     console.print(table)
     for s in summary["scenarios"]:
-        if verbose or s["status"] != "pass":
+        if verbose or s["status"] != PASS:
             lines = [r for r in s["reasons"] if "\n" not in r]
             blocks = [r for r in s["reasons"] if "\n" in r]  # a crash report, a console tail
             console.print(f"[{STYLE[s['status']]}]{s['status'].upper()}[/] {rich_escape(s['name'])}: "
                           + rich_escape("; ".join(lines)), soft_wrap=True)
             for block in blocks:
                 console.print(rich_escape(textwrap.indent(block, "    ")), soft_wrap=True)
-            if s["status"] != "pass":
+            if s["status"] != PASS:
                 console.print(f"    artefacts: {s['artefacts']}", soft_wrap=True)
     c = summary["counts"]
     died = summary.get("lab_died")
@@ -108,3 +80,35 @@ def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
                       + "; what ran is kept. The lab is down: `kvmlab up` starts it again.", soft_wrap=True)
     console.print(f"{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped "
                   f"in {summary['seconds']:.1f} s; results: {summary['results_dir']}", soft_wrap=True)
+
+
+MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: ""}
+
+
+def print_matrix(matrix: dict[str, Any]) -> None:
+    """`kvmlab matrix`'s table: a row per scenario, a column per kernel (lab/orchestrate/matrix.py)."""
+    console = _console()
+    kernels = matrix["kernels"]
+    table = Table("≠", Column("scenario", no_wrap=True),
+                  *[f"{k['label']}\n{k['release'] or '-'}" for k in kernels],
+                  title="observed stage-2 mapping per kernel (✗: the scenario's expectation failed; "
+                        "≠: kernels differ)")
+    for row in matrix["scenarios"]:
+        cells = []
+        for k in kernels:
+            cell = row["cells"].get(k["label"])
+            if cell is None:
+                cells.append("-")
+                continue
+            text = cell["signature"] + MARK[cell["status"]]
+            style = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}.get(cell["status"], "")
+            cells.append(f"[{style}]{rich_escape(text)}[/]" if style else rich_escape(text))
+        table.add_row("[bold magenta]≠[/]" if row["differs"] else "", row["name"], *cells)
+    console.print(table)
+    for k in kernels:
+        if k["error"]:
+            console.print(f"[bold red]{k['label']}[/]: {rich_escape(k['error'])}", soft_wrap=True)
+    console.print(f"{len(matrix['differing'])} of {len(matrix['scenarios'])} scenarios differ between kernels"
+                  + (f" ({', '.join(matrix['differing'])})" if matrix["differing"] else "")
+                  + f"; {matrix['seconds']:.0f} s with -j{matrix['jobs']}; results: {matrix['results_dir']}",
+                  soft_wrap=True)

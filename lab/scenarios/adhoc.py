@@ -16,10 +16,13 @@ from typing import Any
 from lab.analysis import crash, mapping
 from lab.analysis import trace as tracefile
 from lab.analysis.esr import Esr
-from lab.core.errors import LabError, UserError
 from lab.builder.build import Builder
+from lab.core.errors import LabError, UserError
 from lab.machine.lab import Lab
-from lab.scenarios.runner import GUEST_KVMLAB, Runner, _read_from, _write_json
+from lab.machine.logs import read_from, size_of
+from lab.scenarios.runner import GUEST_KVMLAB, Runner
+from lab.shared import contract
+from lab.shared.files import write_json
 
 
 @dataclass
@@ -37,16 +40,17 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
         if ":" not in event:
             raise UserError(f"--event {event}: write SYSTEM:EVENT, e.g. kvm:kvm_guest_fault")
     runner = Runner(lab, results, builder)
-    runner._sync_tools()
+    runner.sync_tools()
     name = f"trace-{secrets.token_hex(4)}"
     run_host = lab.paths.share / ".kvmlab" / "runs" / name
     run_guest = f"{GUEST_KVMLAB}/runs/{name}"
     run_host.mkdir(parents=True)
     script = command[0] if len(command) == 1 else shlex.join(command)
-    _write_json(run_host / "job.json", {"name": name, "vmm": "command", "command": script, "l1": {},
-                                        "timeout": timeout, "trace": {"events": events, "buffer_kb": buffer_kb}})
+    job = contract.ScenarioJob(name=name, vmm="command", command=script, timeout=float(timeout),
+                               trace=contract.Trace(events=list(events), buffer_kb=buffer_kb))
+    write_json(run_host / "job.json", contract.encode(job))
     console = lab.paths.console_log
-    mark = console.stat().st_size if console.exists() else 0
+    mark = size_of(console)
     try:
         _, output = lab.run(f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json",
                             timeout=timeout + 120)
@@ -55,7 +59,7 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
         if run_host.exists():
             shutil.move(str(run_host), str(results / "trace"))
     artefacts = results / "trace"
-    log = _read_from(console, mark)
+    log = read_from(console, mark)
     (artefacts / "l1.log").write_text(log)
     result_file = artefacts / "result.json"
     if not result_file.exists():

@@ -31,10 +31,12 @@ from lab.builder.build import Builder, Tools
 from lab.core.errors import LabError
 from lab.core.status import ERROR, FAIL, PASS, SKIP
 from lab.machine.agent import GUEST_SHARE
-from lab.machine.lab import Lab, tail
+from lab.machine.lab import Lab
+from lab.machine.logs import read_from, size_of, tail
 from lab.machine.qemu import l0_version
 from lab.scenarios import RESULTS_FORMAT
-from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
+from lab.scenarios.jobs import l2_initramfs, make_probe_job, scenario_job, touch_params
+from lab.scenarios.model import Scenario
 from lab.shared import contract
 from lab.shared.files import write_json
 
@@ -63,34 +65,8 @@ class ScenarioResult:
         return dict(self.__dict__)
 
 
-def buffer_kb(scenario: Scenario) -> int:
-    """Per-CPU ring buffer: every event may land on one CPU; ~48 bytes each, doubled."""
-    if scenario.trace_buffer_kb:
-        return scenario.trace_buffer_kb
-    return int(min(256 * 1024, max(1024, math.ceil(scenario.expected_faults() * 96 / 1024))))
-
-
-def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
-    return contract.ProbeJob(
-        vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART,
-        payload=f"{run_guest}/touch.bin", report=f"{run_guest}/probe.json",
-        memslots=[contract.Memslot(m.slot, m.ipa, m.size, m.backing, m.offset, m.dirty_log) for m in scenario.memslots],
-        actions=scenario.actions, timeout=scenario.timeout)
-
-
-def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,
-                 qemu: contract.QemuJob | None = None) -> contract.ScenarioJob:
-    return contract.ScenarioJob(
-        name=scenario.name, vmm="qemu" if scenario.vmm == "qemu" else "probe", timeout=scenario.timeout,
-        l1=contract.L1Settings(**{**scenario.l1, **(l1_overrides or {})}),
-        trace=contract.Trace(buffer_kb=buffer_kb(scenario)), kill_after=scenario.kill_after,
-        kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu)
-
-
-def touch_params(scenario: Scenario) -> payload.TouchParams:
-    g = scenario.guest
-    return payload.TouchParams(base=g.base, size=g.size, stride=g.stride, order=g.order, vcpus=g.vcpus, uart=UART,
-                               passes=g.passes, pauses=g.pauses, forever=g.forever)
+#: How a suite is shared out (runner, scenarios, tools, start time): lab/orchestrate/pool.py.
+Spread = Callable[["Runner", list[Scenario], Tools, float], None]
 
 
 class Runner:
@@ -103,7 +79,7 @@ class Runner:
         self.builder = builder or Builder()
         self.on_result = on_result
         self.progress = progress
-        state = lab._require_up()
+        state = lab.require_up()
         self.state = state
         self.release = state.get("ready", {}).get("release", "")
         #: the L0 QEMU's version ("10.0"), for expectations with a `qemu:` condition
@@ -117,7 +93,7 @@ class Runner:
         }
 
     # -- set-up --------------------------------------------------------------------------
-    def _sync_tools(self) -> Tools:
+    def sync_tools(self) -> Tools:
         tools = self.builder.tools()
         target = self.lab.paths.share / ".kvmlab" / "tools"
         if not (target / f".key-{tools.key}").exists():
@@ -126,120 +102,37 @@ class Runner:
             (target / f".key-{tools.key}").touch()
         return tools
 
-    def run(self, scenarios: list[Scenario], helpers: list[Callable[[], Lab | None]] | None = None) -> dict[str, Any]:
-        """Runs `scenarios` in order on this lab; with `helpers` (each brings up one more
-        lab, or returns None if it could not), spread over all the labs: whichever lab is
-        free takes the next scenario, the long ones first. The summary lists them in order."""
+    def run(self, scenarios: list[Scenario], spread: Spread | None = None) -> dict[str, Any]:
+        """Runs `scenarios` in order on this lab, or as `spread` shares them out (over more
+        labs: lab/orchestrate/pool.py). Returns the summary (also in summary.json)."""
         self.results.mkdir(parents=True, exist_ok=True)
-        tools = self._sync_tools()
+        tools = self.sync_tools()
         self.summary["tools_key"] = tools.key
         started = time.monotonic()
         try:
-            if helpers:
-                self._run_parallel(scenarios, helpers, tools, started)
+            if spread is not None:
+                spread(self, scenarios, tools, started)
             else:
                 for i, scenario in enumerate(scenarios):
                     if self.on_start:
                         self.on_start(scenario)
                     result = self.run_one(scenario, tools)
                     self.summary["scenarios"].append(result.as_dict())
-                    self._save_summary(time.monotonic() - started)
+                    self.save_summary(time.monotonic() - started)
                     if self.on_result:
                         self.on_result(result)
                     if result.status == ERROR and not self.lab.is_up():
-                        self._lab_died(scenario, scenarios[i + 1:])
+                        self.lab_died(scenario, scenarios[i + 1:])
                         break
         finally:
-            self._save_summary(time.monotonic() - started)
+            self.save_summary(time.monotonic() - started)
             try:
                 shutil.copyfile(self.lab.paths.console_log, self.results / "l1-console.log")
             except OSError:
                 pass
         return self.summary
 
-    def _run_parallel(self, scenarios: list[Scenario], helpers: list[Callable[[], Lab | None]], tools: Tools,
-                      started: float) -> None:
-        order = {s.name: i for i, s in enumerate(scenarios)}
-        # The longest first (an L2 Linux boot, a stress series), so no lab is left with one
-        # long scenario at the end while the others idle.
-        queue = sorted(scenarios, key=lambda s: (not (s.compare_thp or s.guest.kind == "linux" or s.repeat > 1),
-                                                 order[s.name]))
-        lock = threading.Lock()
-        stop = threading.Event()
-        died: list[Scenario] = []
-        self.summary["labs"] = [self.lab.name]
-
-        def work(runner: Runner) -> None:
-            while not stop.is_set():
-                with lock:
-                    if not queue:
-                        return
-                    scenario = queue.pop(0)
-                    if self.on_start:
-                        self.on_start(scenario)
-                result = runner.run_one(scenario, tools)
-                data = {**result.as_dict(), "lab": runner.lab.name}
-                with lock:
-                    self.summary["scenarios"].append(data)
-                    self.summary["scenarios"].sort(key=lambda d: order.get(d["name"], 0))
-                    self._save_summary(time.monotonic() - started)
-                    if self.on_result:
-                        self.on_result(result)
-                if result.status == ERROR and not runner.lab.is_up():
-                    with lock:
-                        died.append(scenario)
-                    return
-
-        helper_labs: list[Lab] = []
-
-        def helper(bring_up: Callable[[], Lab | None]) -> None:
-            lab = None if stop.is_set() else bring_up()
-            if lab is None:
-                return
-            if stop.is_set():  # it came up after the run was stopped: nothing leaks
-                lab.down(timeout=1)
-                return
-            with lock:
-                helper_labs.append(lab)
-            runner = Runner(lab, self.results, self.builder, progress=self.progress)
-            runner._sync_tools()
-            with lock:
-                self.summary["labs"].append(lab.name)
-            try:
-                work(runner)
-            finally:
-                try:
-                    shutil.copyfile(lab.paths.console_log, self.results / f"l1-console-{lab.name}.log")
-                except OSError:
-                    pass
-
-        threads = [threading.Thread(target=helper, args=(h,), daemon=True) for h in helpers]
-        for thread in threads:
-            thread.start()
-        try:
-            work(self)
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
-        except BaseException:
-            # Ctrl-C or an error here: the other labs stop too (their scenario ends as the
-            # lab goes), and nobody takes another scenario.
-            stop.set()
-            with lock:
-                doomed = list(helper_labs)
-            for lab in doomed:
-                try:
-                    lab.down(timeout=1)
-                except Exception:
-                    pass
-            # A lab still booting is taken down by its own thread once `up` returns.
-            for thread in threads:
-                thread.join(60)
-            raise
-        if queue and died:  # every lab died: what is left was never run
-            self._lab_died(died[0], list(queue))
-
-    def _lab_died(self, during: Scenario, rest: list[Scenario]) -> None:
+    def lab_died(self, during: Scenario, rest: list[Scenario]) -> None:
         """The lab is gone: what was measured stays; the scenarios not reached are listed
         as errors (not run), so every report shows them."""
         self.summary["lab_died"] = {"during": during.name, "not_run": [s.name for s in rest],
@@ -254,7 +147,7 @@ class Runner:
             if self.on_result:
                 self.on_result(out)
 
-    def _save_summary(self, seconds: float) -> None:
+    def save_summary(self, seconds: float) -> None:
         statuses = [s["status"] for s in self.summary["scenarios"]]
         self.summary["seconds"] = round(seconds, 2)
         self.summary["counts"] = {k: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
@@ -303,7 +196,7 @@ class Runner:
                                     actions=scenario.actions)
         write_json(run_host / "job.json", contract.encode(scenario_job(scenario, l1_overrides, qemu)))
         console = self.lab.paths.console_log
-        mark = console.stat().st_size if console.exists() else 0
+        mark = size_of(console)
         command = f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json"
         started = time.monotonic()
         try:
@@ -311,7 +204,7 @@ class Runner:
         except LabError as exc:
             status, output = -1, str(exc)
         l1_seconds = time.monotonic() - started
-        log = _read_from(console, mark)
+        log = read_from(console, mark)
         try:
             shutil.move(str(run_host), str(artefacts))
         except OSError:
@@ -354,7 +247,7 @@ class Runner:
                 how = "was stopped by kvmlab: L1 had panicked"
             if not self.lab.is_up():
                 # QEMU wrote the console's last lines as it went: read them again.
-                run["log"] = _read_from(self.lab.paths.console_log, run["mark"])
+                run["log"] = read_from(self.lab.paths.console_log, run["mark"])
                 (run["artefacts"] / "l1.log").write_text(run["log"])
                 crashes = crash.scan(run["log"])
             else:
@@ -478,37 +371,3 @@ def mapping_words(v: Verdict) -> str:
     from lab.analysis.mapping import describe
 
     return describe(v.regions)
-
-
-L2_INIT = """#!/bin/sh
-# L2's /init (built by kvmlab for one scenario): the workload, then power off (PSCI).
-mount -t proc proc /proc
-echo "kvmlab-l2: up $(cut -d' ' -f1 /proc/uptime) s"
-{workload}
-echo "kvmlab-l2: done $(cut -d' ' -f1 /proc/uptime) s"
-poweroff -f
-"""
-L2_APPLETS = ("sh", "mount", "echo", "cut", "cat", "dd", "poweroff", "sync", "rm", "sleep", "head", "sha256sum")
-
-
-def l2_initramfs(busybox: bytes, workload: str) -> bytes:
-    from lab.builder.cpio import CpioWriter
-
-    writer = CpioWriter()
-    for directory in ("bin", "dev", "proc", "sys", "tmp"):
-        writer.mkdir(directory)
-    writer.chardev("dev/console", 5, 1)
-    writer.add_bytes("bin/busybox", busybox, 0o755)
-    for applet in L2_APPLETS:
-        writer.symlink(f"bin/{applet}", "busybox")
-    writer.add_bytes("init", L2_INIT.format(workload=workload or "true").encode(), 0o755)
-    return writer.getvalue()
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace").replace("\r", "")
-    except OSError:
-        return ""

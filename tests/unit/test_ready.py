@@ -1,6 +1,6 @@
 """What `up` reads back from L1: the ready file and KVM's init messages."""
 
-from lab.machine.lab import kvm_messages, kvm_mode, parse_ready, thp_mode
+from lab.machine.boot import kvm_messages, kvm_mode, parse_ready, thp_mode
 
 READY = """release=6.12.117+deb13-arm64
 kvm_device=yes

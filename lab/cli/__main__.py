@@ -1,0 +1,5 @@
+"""`python -m lab.cli`: the same as the `kvmlab` command."""
+
+from lab.cli import main
+
+main()

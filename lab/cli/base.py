@@ -1,0 +1,114 @@
+"""The `kvmlab` group, its error handling and the options its commands share.
+
+Exit status: 0 done; 1 the lab failed (or the command run in L1 failed, for `exec`: its
+own status); 2 bad input (a config key, a value, a path); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from lab.config import SUITES, LabConfig, load_config
+from lab.core.errors import KvmlabError
+from lab.core.progress import Progress
+
+
+def fail(exc: KvmlabError) -> None:
+    click.echo(f"kvmlab: error: {exc.message}", err=True)
+    if exc.detail:
+        click.echo(exc.detail, err=True)
+    command = getattr(exc, "command", None)
+    if command:
+        click.echo("L0 command: " + " ".join(command), err=True)
+    sys.exit(exc.exit_status)
+
+
+def _terminate(signum, frame):
+    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so QEMUs being started
+    # are stopped and reaped and half-built images removed.
+    raise KeyboardInterrupt
+
+
+class Kvmlab(click.Group):
+    def invoke(self, ctx):
+        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGHUP, _terminate)
+        try:
+            return super().invoke(ctx)
+        except KvmlabError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            click.echo("kvmlab: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Kvmlab, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
+    """kvmlab: arm64 KVM stage-2 experiments on any x86 machine.
+
+    L0 is qemu-system-aarch64 under TCG with EL2; L1 is Debian's arm64 Linux running KVM.
+    """
+    ctx.obj = Progress(quiet=quiet)
+
+
+def name_option(f):
+    return click.option("--name", "-n", default=None, help="Lab name (config key lab.name; default 'default').")(f)
+
+
+KERNEL_HELP = ("What L1 boots: a Debian suite (" + ", ".join(SUITES) + "), SUITE:VERSION (bookworm:6.1.176-1), "
+               "a Debian ABI (6.1.0-50), or an arm64 Image / kernel build directory.")
+
+
+def kernel_options(f):
+    """--kernel and --modules (kernels are always --kernel; -k is a keyword, as in pytest)."""
+    f = click.option("--modules", type=click.Path(file_okay=False),
+                     help="With an Image: its modules (lib/modules/RELEASE or INSTALL_MOD_PATH).")(f)
+    return click.option("--kernel", metavar="KERNEL", help=KERNEL_HELP)(f)
+
+
+def output_options(f):
+    """--json/--junit/--html/--markdown: renderings of the run's results directory."""
+    f = click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False),
+                     help="Append a Markdown summary table to FILE (e.g. $GITHUB_STEP_SUMMARY).")(f)
+    f = click.option("--html", "html_dir", type=click.Path(file_okay=False),
+                     help="Write the HTML report (fault maps, evidence, links) into DIR.")(f)
+    f = click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write JUnit XML to FILE.")(f)
+    return click.option("--json", "json_file", type=click.Path(dir_okay=False),
+                        help="Write the whole run (summary, every scenario's regions) as JSON to FILE.")(f)
+
+
+def check_outputs(*targets) -> None:
+    if any(targets):
+        from lab.results import outputs
+
+        outputs.check(*targets)
+
+
+def write_outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress: Progress, results=None) -> None:
+    if not (json_file or junit_file or html_dir or markdown_file):
+        return
+    from lab.results import load, outputs
+
+    results = results or load.load(results_dir)
+    with progress.step("Writing the reports") as step:
+        outputs.write(results, json_file, junit_file, html_dir, markdown_file, echo=step.update)
+    for what, value in (("JSON", json_file), ("JUnit", junit_file), ("Markdown", markdown_file)):
+        if value:
+            click.echo(f"{what}: {value}")
+    if html_dir:
+        click.echo(f"HTML report: {Path(html_dir) / 'index.html'}")
+
+
+def lab_config(config: str | None, **overrides) -> LabConfig:
+    return load_config(config, {f"lab.{k}": v for k, v in overrides.items()})
+
+
+def lab_name(name: str | None) -> str:
+    return name or load_config().name
+

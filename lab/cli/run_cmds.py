@@ -1,0 +1,200 @@
+"""kvmlab test, report, matrix, trace: scenarios run, judged and rendered."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lab.cli.base import (check_outputs, kernel_options, lab_config, lab_name, main, name_option, output_options,
+                          write_outputs)
+from lab.core.errors import LabError, UserError
+from lab.core.progress import Progress
+from lab.machine.lab import Lab
+
+
+@main.command("test")
+@click.argument("targets", nargs=-1)
+@click.option("-k", "keyword", metavar="KEYWORD", help="Only scenarios whose name contains KEYWORD (or matches it as a glob).")
+@click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
+@name_option
+@kernel_options
+@click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
+@click.option("--keep-up", is_flag=True, help="Leave a lab this command started running.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Labs to spread the scenarios over (NAME-j1... are brought up and down for the run), "
+                   "as far as host CPUs and memory allow.")
+@output_options
+@click.pass_obj
+def test(progress: Progress, targets, keyword, list_only, config, name, kernel, modules, results, keep_up,
+         verbose, jobs, json_file, junit_file, html_dir, markdown_file) -> None:
+    """Run scenario suites (default: thp) and judge stage-2 mappings.
+
+    \b
+    TARGETS: suite names (configs/suites/SUITE/), scenario files or directories.
+    Uses the running lab, or brings one up and down around the run.
+    Exit status: 0 all passed (or skipped), 1 a scenario failed, 2 bad input.
+    """
+    from lab.orchestrate import pool
+    from lab.results import console as report
+    from lab.scenarios import suite, suites
+
+    scenarios = suites.resolve(list(targets), keyword)
+    check_outputs(json_file, junit_file, html_dir, markdown_file)
+    if list_only:
+        report.print_list(scenarios, suites.suites())
+        return
+    cfg = lab_config(config, name=name, kernel=kernel, modules=modules)
+    with Lab(cfg.name, progress) as lab:  # a lab this command brings up goes down with it
+        if lab.is_up() and kernel:
+            running = (lab.state() or {}).get("config", {}).get("lab", {}).get("kernel")
+            if running != cfg.kernel:
+                raise UserError(f"--kernel {kernel}: lab {cfg.name!r} is already up with {running}; "
+                                f"`kvmlab down --name {cfg.name}` first, or pick another --name")
+        if not lab.is_up():
+            lab.up(cfg)
+            if keep_up:
+                lab.keep_running()
+        helpers, started = pool.helper_labs(cfg, min(jobs, len(scenarios)), progress)
+        out = suite.results_dir(results, suite.label_of(targets))
+        report.print_start(lab.name, (lab.state() or {}).get("ready", {}).get("release", "?"), len(scenarios), out)
+        try:
+            summary = suite.run_suite(lab, scenarios, targets, out, progress, report.result_printer(len(scenarios)),
+                                      pool.spread_over(helpers))
+        finally:
+            for helper_lab in started:
+                try:
+                    helper_lab.down(timeout=2)
+                except LabError:
+                    pass
+        report.print_table(summary, verbose)
+    write_outputs(summary["results_dir"], json_file, junit_file, html_dir, markdown_file, progress)
+    sys.exit(0 if summary["passed"] else 1)
+
+
+@main.command("report")
+@click.argument("results_dir", type=click.Path())
+@output_options
+@click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
+@click.pass_obj
+def report_command(progress: Progress, results_dir, json_file, junit_file, html_dir, markdown_file, verbose) -> None:
+    """Render a saved run again: the table, and any of JSON, JUnit, HTML, Markdown.
+
+    \b
+    RESULTS_DIR: a directory `kvmlab test` or `kvmlab matrix` wrote (nothing is re-run).
+    kvmlab report kvmlab-results/20261124-172455-thp --html report/ --junit junit.xml
+    Exit status: 0 the saved run passed, 1 it did not, 2 not a results directory.
+    """
+    from lab.results import console as report
+    from lab.results import load
+    from lab.orchestrate import matrix as mx
+
+    check_outputs(json_file, junit_file, html_dir, markdown_file)
+    results = load.load(results_dir)
+    if isinstance(results, load.Matrix):
+        report.print_matrix(results.matrix)
+    else:
+        report.print_table({**results.summary, "scenarios": results.scenarios,
+                            "counts": results.counts, "results_dir": str(results.path)}, verbose)
+    write_outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress, results)
+    sys.exit(0 if results.passed else 1)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--kernels", "kernel_list", metavar="K1,K2,...", help="Kernels, comma-separated (as for --kernel).")
+@click.option("--kernel", "kernel_opts", multiple=True, metavar="KERNEL", help="A kernel (repeatable).")
+@click.option("-k", "keyword", metavar="KEYWORD", help="Only scenarios whose name contains KEYWORD (or matches it).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
+@click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
+@output_options
+@click.pass_obj
+def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs, config, results, json_file,
+           junit_file, html_dir, markdown_file) -> None:
+    """Run a suite (default: thp) on several kernels; show the mappings side by side.
+
+    \b
+    kvmlab matrix --kernels bullseye,bookworm,trixie,sid thp
+    Rows where kernels map differently are marked; RESULTS/matrix.json has it all.
+    Exit status: 0 every kernel's suite passed, 1 otherwise, 2 bad input.
+    """
+    import os
+
+    from lab.orchestrate import matrix as mx
+    from lab.results import console as report
+    from lab.scenarios import suites
+    from lab.scenarios.suite import results_dir
+
+    kernels = [k.strip() for k in (kernel_list or "").split(",") if k.strip()] + list(kernel_opts)
+    if not kernels:
+        raise UserError("matrix: give the kernels, e.g. --kernels bullseye,bookworm,trixie,sid")
+    scenarios = suites.resolve(list(targets), keyword)
+    check_outputs(json_file, junit_file, html_dir, markdown_file)
+    lab_config(config)  # the config file itself is checked once, before any kernel
+    columns = mx.plan(kernels, lambda kernel, lab_name: lab_config(config, kernel=kernel, name=lab_name))
+    jobs = jobs or max(1, min(len(columns), (os.cpu_count() or 2) // 2))
+    label = "matrix-" + "-".join(Path(t).stem for t in targets or ["thp"])
+    out = results_dir(results, label[:40])
+    click.echo(f"Running {len(scenarios)} scenarios on {len(columns)} kernels ({', '.join(c.label for c in columns)}), "
+               f"{jobs} lab{'s' if jobs > 1 else ''} at a time; results in {out}")
+    result = mx.run(columns, scenarios, list(targets), out, jobs, progress, click.echo)
+    report.print_matrix(result)
+    write_outputs(out, json_file, junit_file, html_dir, markdown_file, progress)
+    sys.exit(0 if result["passed"] else 1)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@name_option
+@click.option("--event", "-e", "events", multiple=True, help="SYSTEM:EVENT to record (repeatable; "
+              "default kvm:kvm_guest_fault).")
+@click.option("--analyze", "-a", is_flag=True, help="Decode the faults: kinds, levels, block/page per 2 MiB region.")
+@click.option("--buffer-kb", type=click.IntRange(64, 4 * 1024 * 1024), default=65536, show_default=True,
+              help="Ring buffer per L1 CPU; a full buffer is reported as lost events.")
+@click.option("--timeout", "-t", type=float, default=300, show_default=True, help="Seconds before CMD is killed.")
+@click.option("--results", type=click.Path(file_okay=False), help="Where to keep the trace (default ./kvmlab-results).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
+    """Record tracepoints in L1 around COMMAND (run in L1), with the suite's loss checks.
+
+    \b
+    kvmlab cp ./repro :/root/repro && kvmlab trace --analyze -- /root/repro
+    Keeps the raw per-CPU buffers, formats, events.txt and the L1 log.
+    Exit status: 1 if events were lost or L1 logged a crash, else the command's.
+    """
+    from lab.scenarios.suite import results_dir
+    from lab.scenarios import adhoc
+
+    lab = Lab(lab_name(name))
+    lab.require_up()
+    out = results_dir(results, "trace")
+    done = adhoc.run(lab, list(command), list(events) or ["kvm:kvm_guest_fault"], buffer_kb, timeout, out)
+    vmm = done.result.get("vmm", {})
+    if done.output:
+        click.echo(done.output.rstrip())
+    counts = {}
+    for e in done.trace.events:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    click.echo(f"kvmlab: {len(done.trace.events)} events recorded "
+               f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items())) or 'none'}) in {vmm.get('seconds', 0):.1f} s; "
+               f"kept in {done.artefacts}")
+    if analyze:
+        for line in adhoc.analysis_lines(done.trace):
+            click.echo(line)
+    status = vmm.get("exit_code", 128 + vmm.get("signal", 0))
+    if vmm.get("timeout"):
+        click.echo(f"kvmlab: the command {vmm['timeout']}", err=True)
+        status = 124
+    if not done.trace.complete:
+        click.echo("kvmlab: trace incomplete: " + "; ".join(done.trace.problems)
+                   + " (raise --buffer-kb)", err=True)
+        status = 1
+    for c in done.crashes:
+        click.echo(f"kvmlab: L1 log: {c.title}\n{c.excerpt}", err=True)
+        status = 1
+    sys.exit(status)
+
+

@@ -1,0 +1,60 @@
+"""What the host sends into L1 for one scenario, built from the scenario and the contract
+(lab/shared/contract.py): job.json, probe-job.json, the touch payload's parameters, and
+the L2 Linux's initramfs (busybox and images/l2/init)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lab.builder import payload
+from lab.builder.cpio import CpioWriter
+from lab.core.paths import L2_IMAGE_DIR
+from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
+from lab.shared import contract
+
+L2_INIT = L2_IMAGE_DIR / "init"
+L2_APPLETS = ("sh", "mount", "echo", "cut", "cat", "dd", "poweroff", "sync", "rm", "sleep", "head", "sha256sum")
+
+
+def buffer_kb(scenario: Scenario) -> int:
+    """Per-CPU ring buffer: every event may land on one CPU; ~48 bytes each, doubled."""
+    if scenario.trace_buffer_kb:
+        return scenario.trace_buffer_kb
+    return int(min(256 * 1024, max(1024, math.ceil(scenario.expected_faults() * 96 / 1024))))
+
+
+def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
+    return contract.ProbeJob(
+        vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART,
+        payload=f"{run_guest}/touch.bin", report=f"{run_guest}/probe.json",
+        memslots=[contract.Memslot(m.slot, m.ipa, m.size, m.backing, m.offset, m.dirty_log) for m in scenario.memslots],
+        actions=scenario.actions, timeout=scenario.timeout)
+
+
+def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,
+                 qemu: contract.QemuJob | None = None) -> contract.ScenarioJob:
+    return contract.ScenarioJob(
+        name=scenario.name, vmm="qemu" if scenario.vmm == "qemu" else "probe", timeout=scenario.timeout,
+        l1=contract.L1Settings(**{**scenario.l1, **(l1_overrides or {})}),
+        trace=contract.Trace(buffer_kb=buffer_kb(scenario)), kill_after=scenario.kill_after,
+        kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu)
+
+
+def touch_params(scenario: Scenario) -> payload.TouchParams:
+    g = scenario.guest
+    return payload.TouchParams(base=g.base, size=g.size, stride=g.stride, order=g.order, vcpus=g.vcpus, uart=UART,
+                               passes=g.passes, pauses=g.pauses, forever=g.forever)
+
+
+def l2_initramfs(busybox: bytes, workload: str) -> bytes:
+    writer = CpioWriter()
+    for directory in ("bin", "dev", "proc", "sys", "tmp"):
+        writer.mkdir(directory)
+    writer.chardev("dev/console", 5, 1)
+    writer.add_bytes("bin/busybox", busybox, 0o755)
+    for applet in L2_APPLETS:
+        writer.symlink(f"bin/{applet}", "busybox")
+    init = L2_INIT.read_text().replace("@WORKLOAD@", workload or "true")
+    writer.add_bytes("init", init.encode(), 0o755)
+    return writer.getvalue()
