@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 from lab.core import validate as v
 from lab.core.errors import ConfigError
+from lab.core.paths import CONFIGS_DIR
 from lab.core.validate import Bad, read_yaml
 from lab.kernels import spec as kernel_spec
 from lab.kernels.spec import SUITES, KernelSpec
-from lab.core.paths import CONFIGS_DIR
 
 DEFAULT_CONFIG = CONFIGS_DIR / "lab.yaml"
 THP_MODES = ("always", "madvise", "never")

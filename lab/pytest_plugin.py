@@ -199,8 +199,8 @@ def kvm_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """An arm64 L1 running KVM (kvmlab), up for the whole session; `.run(scenario)` measures
     stage-2 mappings. See `--kvmlab-*` options."""
     from lab.core.errors import KvmlabError
-    from lab.machine.lab import Lab
     from lab.core.progress import Progress
+    from lab.machine.lab import Lab
 
     opt = request.config.getoption
     try:

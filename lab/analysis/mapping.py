@@ -35,6 +35,11 @@ LABELS = {BLOCK: "2 MiB block", PAGES: "4 KiB pages", SPLIT: "block split into p
           MMIO: "the same page faulting again and again: MMIO (no memslot there)"}
 
 
+
+def by_level(kinds: dict[tuple[str, int], int]) -> list[tuple[tuple[str, int], int]]:
+    """Fault kinds ((kind, level): count) in order of level, then kind."""
+    return sorted(kinds.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+
 @dataclass(frozen=True)
 class Fault:
     ipa: int
@@ -67,7 +72,7 @@ class Region:
     def evidence(self) -> str:
         if not self.faults:
             return "no faults"
-        parts = ", ".join(f"{n} {kind} L{level}" for (kind, level), n in sorted(self.kinds.items(), key=lambda kv: (kv[0][1], kv[0][0])))
+        parts = ", ".join(f"{n} {kind} L{level}" for (kind, level), n in by_level(self.kinds))
         return f"{self.faults} fault{'s' if self.faults != 1 else ''} ({parts})"
 
 
@@ -121,7 +126,8 @@ class Touched:
         return max(0, last - first + 1)
 
 
-def infer(faults: list[Fault], touched: Touched | None = None, window: tuple[int, int] | None = None) -> dict[int, Region]:
+def infer(faults: list[Fault], touched: Touched | None = None,
+          window: tuple[int, int] | None = None) -> dict[int, Region]:
     """Every 2 MiB region in `window` (default: where the guest touched, else where faults
     fell), classified. Touched regions without faults inside a GiB whose only faults are
     at level 1 are `block-1g`."""
@@ -141,7 +147,8 @@ def infer(faults: list[Fault], touched: Touched | None = None, window: tuple[int
         n = touched.pages_in(start, REGION) if touched else None
         r.mapping = classify(r, n)
         gig = gigs.get(start // GiB * GiB)
-        if gig is not None and not any(level in (2, 3) for (_, level) in gig.kinds) and r.mapping in (NONE, UNKNOWN, BLOCK):
+        if gig is not None and not any(level in (2, 3) for (_, level) in gig.kinds) \
+                and r.mapping in (NONE, UNKNOWN, BLOCK):
             # the whole GiB took faults only at level 1: one 1 GiB block
             # ... unless the guest touched only one 2 MiB region of it (its first fault is L1 too)
             if touched is not None and sum(1 for s in range(gig.start, gig.start + GiB, REGION)

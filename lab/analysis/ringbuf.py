@@ -54,7 +54,8 @@ class EventFormat:
         return out
 
 
-_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);(\s*signed:(?P<signed>\d+);)?")
+_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
+                    r"(\s*signed:(?P<signed>\d+);)?")
 
 
 def parse_format(text: str, system: str = "") -> EventFormat:

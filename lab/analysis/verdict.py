@@ -13,9 +13,9 @@ from typing import Any
 
 from lab.analysis import mapping
 from lab.analysis.crash import Crash
+from lab.analysis.expect import Judged
 from lab.analysis.mapping import LABELS, Fault, Region, Touched
 from lab.analysis.trace import Trace
-from lab.analysis.expect import Judged
 from lab.core.status import ERROR, FAIL, PASS, SKIP, Status
 from lab.core.versions import versions_match
 from lab.shared.units import human_size
@@ -88,7 +88,8 @@ def check_regions(scenario: Judged, faults: list[Fault], release: str,
         if counts:
             each = f" ({counts[0]} fault{'s' if counts[0] != 1 else ''} each)" if len(counts) == 1 else \
                 f" ({counts[0]}-{counts[-1]} faults each)"
-        text = f"{what}{len(ok_regions)}/{total} regions {('mapped as ' + label) if exp.mapping else 'within bounds'}{each}"
+        how = ("mapped as " + label) if exp.mapping else "within bounds"
+        text = f"{what}{len(ok_regions)}/{total} regions {how}{each}"
         if not ok:
             bad = [r for r in regions.values() if r not in ok_regions][:3]
             text += "; not: " + ", ".join(f"{r.start:#x} {r.mapping} ({r.evidence()})" for r in bad)
@@ -130,7 +131,8 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         else:
             verdict.reasons.append(f"VMM killed: {vmm['killed']}")
     elif not vmm.get("timeout") and vmm.get("exit_code") != 0:
-        detail = (probe or {}).get("error") or vmm.get("error") or f"exit status {vmm.get('exit_code', vmm.get('signal'))}"
+        detail = ((probe or {}).get("error") or vmm.get("error")
+                  or f"exit status {vmm.get('exit_code', vmm.get('signal'))}")
         problems.append(f"the VMM failed: {detail}")
     if problems:
         verdict.status = ERROR
@@ -144,7 +146,7 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
 
     if scenario.clean_log and crashes:
         verdict.status = FAIL
-        verdict.reasons.insert(0, f"L1 log: {crashes[0].title}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else ""))
+        verdict.reasons.insert(0, _log_line(crashes))
         verdict.checks.append({"check": "clean_log", "ok": False, "text": crashes[0].excerpt})
     elif scenario.clean_log:
         verdict.checks.append({"check": "clean_log", "ok": True, "text": "L1 log clean"})
@@ -172,7 +174,8 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         for key, (lo, hi) in smaps.items():
             value = seen.get(key, 0) * 1024
             ok = lo <= value <= hi
-            verdict.checks.append({"check": f"smaps.{key}", "ok": ok, "text": f"{key} {human_size(value) if value else '0'}"})
+            verdict.checks.append({"check": f"smaps.{key}", "ok": ok,
+                                   "text": f"{key} {human_size(value) if value else '0'}"})
             verdict.reasons.append(f"VMM smaps {key}: {human_size(value) if value else '0'}"
                                    + ("" if ok else f" (expected {human_size(lo)}-{human_size(hi)})"))
     if any(not c["ok"] for c in verdict.checks):
@@ -209,7 +212,7 @@ def _stress(scenario: Judged, repeat: dict[str, Any], crashes: list[Crash]) -> V
                                "text": crashes[0].excerpt if crashes else "L1 log clean"})
     verdict.reasons = [c["text"] for c in verdict.checks if c["check"] != "clean_log"]
     if scenario.clean_log and crashes:
-        verdict.reasons.insert(0, f"L1 log: {crashes[0].title}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else ""))
+        verdict.reasons.insert(0, _log_line(crashes))
         verdict.observed += f"; {crashes[0].title}"
     elif scenario.clean_log:
         verdict.reasons.append("L1 log clean")
@@ -232,3 +235,8 @@ def _how_it_ended(run: dict[str, Any]) -> str:
             name = "?"
         return f"died of signal {run['signal']} ({name}) after {run.get('seconds', 0):.2f} s"
     return f"exited with status {run.get('exit_code')} after {run.get('seconds', 0):.2f} s"
+
+
+def _log_line(crashes: list[Crash]) -> str:
+    """The first crash in L1's log, and how many more."""
+    return f"L1 log: {crashes[0].title}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else "")

@@ -28,16 +28,16 @@ from typing import Any
 
 import yaml
 
-from lab.config import SUITES, LabConfig
-from lab.core.errors import ImageError, UserError
 from lab.builder import debian, payload
-from lab.kernels.arm64 import image_problem
-from lab.kernels.spec import KernelSpec, image_release
 from lab.builder.cpio import CpioWriter
 from lab.builder.kmod import ModuleTree, decompress
 from lab.builder.store import Entry, Store, content_key, hash_files
+from lab.config import SUITES, LabConfig
+from lab.core.errors import ImageError, UserError
 from lab.core.paths import L1_IMAGE_DIR, L2_IMAGE_DIR, PROJECT_ROOT
 from lab.core.progress import Progress
+from lab.kernels.arm64 import image_problem
+from lab.kernels.spec import KernelSpec, image_release
 
 RECIPE = L1_IMAGE_DIR / "recipe.yaml"
 #: L1's Python package (`python3 -m l1.scenario`), copied into the tools entry.

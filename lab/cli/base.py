@@ -90,7 +90,8 @@ def check_outputs(*targets) -> None:
         outputs.check(*targets)
 
 
-def write_outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress: Progress, results=None) -> None:
+def write_outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress: Progress,
+                  results=None) -> None:
     if not (json_file or junit_file or html_dir or markdown_file):
         return
     from lab.results import load, outputs
@@ -109,6 +110,6 @@ def lab_config(config: str | None, **overrides) -> LabConfig:
     return load_config(config, {f"lab.{k}": v for k, v in overrides.items()})
 
 
-def lab_name(name: str | None) -> str:
+def default_name(name: str | None) -> str:
     return name or load_config().name
 

@@ -69,7 +69,8 @@ def images_list(as_json) -> None:
         contents = (f"{m['release']}, {len(m['modules'])} modules" if m["kind"] == "kernel"
                     else f"{len(m['packages'])} packages" if m["kind"] == "rootfs"
                     else "L1 tools, " + ", ".join(m.get("params_offset", {})))
-        table.add_row(m["kind"], m.get("suite", "-"), contents, m["key"][:12], f"{tree_size(entry.path) / 2**20:.0f} MiB",
+        size = f"{tree_size(entry.path) / 2**20:.0f} MiB"
+        table.add_row(m["kind"], m.get("suite", "-"), contents, m["key"][:12], size,
                       m["built_at"][:16].replace("T", " "), "current" if m["key"] in current else "stale")
     Console(width=max(100, Console().width)).print(table)
     if any(e.manifest["key"] not in current for e in entries):

@@ -43,7 +43,8 @@ def kernel_build(progress: Progress, src, out, fragments, base, jobs, print_imag
     if print_image:
         click.echo(str(result.image))
         return
-    click.echo(f"Built {result.release}{' at ' + result.commit[:12] if result.commit else ''} in {result.seconds:.0f} s: "
+    at = " at " + result.commit[:12] if result.commit else ""
+    click.echo(f"Built {result.release}{at} in {result.seconds:.0f} s: "
                f"{result.image}")
     click.echo(f"  config {result.out / '.config'}, log {result.out / 'kvmlab-build.log'}")
     click.echo(f"Boot it: kvmlab up --kernel {result.out}")
@@ -77,7 +78,7 @@ def bisect(src, good, bad, scenario, judge, build_cmd, base, fragments, config, 
 
     src_path = Path(src).expanduser().resolve()
     scenario_path = bis.find_scenario(scenario)
-    from lab.scenarios import model, suites
+    from lab.scenarios import model
 
     model.load(scenario_path)  # checked before any build
     lab_config(config, name=name)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from lab.cli.base import kernel_options, lab_config, lab_name, main, name_option
+from lab.cli.base import default_name, kernel_options, lab_config, main, name_option
 from lab.config import THP_MODES
-from lab.core.errors import LabError, UserError
+from lab.core.errors import UserError
 from lab.core.progress import Progress
 from lab.machine.agent import attach_console
 from lab.machine.lab import Lab, list_labs
@@ -62,7 +62,7 @@ def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, gdb
 @click.option("--all", "all_labs", is_flag=True, help="Stop every lab.")
 def down(name, all_labs) -> None:
     """Stop a lab: QMP powerdown, then quit, then kill; remove its sockets and state."""
-    names = list_labs() if all_labs else [lab_name(name)]
+    names = list_labs() if all_labs else [default_name(name)]
     for lab_name in names:
         how = Lab(lab_name).down()
         click.echo(f"Lab '{lab_name}' is down ({how}).")
@@ -73,7 +73,7 @@ def down(name, all_labs) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(name, as_json) -> None:
     """Show a lab (or, with no --name, every lab)."""
-    names = [name] if name else (list_labs() or [lab_name(None)])
+    names = [name] if name else (list_labs() or [default_name(None)])
     results = [Lab(n).status() for n in names]
     if as_json:
         click.echo(json.dumps(results[0] if name else results, indent=2))
@@ -99,7 +99,7 @@ def exec(name, timeout, command) -> None:  # noqa: A001 - the command is called 
 
     Arguments are passed as they are (no shell); for a pipeline use `sh -c '...'`.
     """
-    status_code = Lab(lab_name(name)).exec(list(command), sys.stdout.buffer, timeout=timeout)
+    status_code = Lab(default_name(name)).exec(list(command), sys.stdout.buffer, timeout=timeout)
     if status_code == 124 and timeout is not None:
         click.echo(f"kvmlab: the command ran past --timeout {timeout:g} s and was interrupted", err=True)
     sys.exit(status_code)
@@ -112,7 +112,7 @@ def console(name) -> None:
 
     Kernel messages appear here too; the full log is console.log in the lab directory.
     """
-    lab = Lab(lab_name(name))
+    lab = Lab(default_name(name))
     lab.require_up()
     if not sys.stdin.isatty():
         raise UserError("kvmlab console needs a terminal; use `kvmlab exec` from scripts")
@@ -135,7 +135,7 @@ def qmp(name, command, arguments) -> None:
             raise UserError(f"ARGUMENTS: not valid JSON ({exc}); e.g. '{{\"id\": \"x\"}}'") from None
         if not isinstance(args, dict):
             raise UserError("ARGUMENTS: must be a JSON object, e.g. '{\"id\": \"x\"}'")
-    with Lab(lab_name(name)).qmp() as monitor:
+    with Lab(default_name(name)).qmp() as monitor:
         reply = monitor.cmd_raw(command, args)
     click.echo(json.dumps(reply, indent=2))
     if "error" in reply:
@@ -153,7 +153,7 @@ def cp(name, src, dst) -> None:
     kvmlab cp ./probe :/root/probe      host -> L1
     kvmlab cp :/tmp/trace.dat ./        L1 -> host
     """
-    lab = Lab(lab_name(name))
+    lab = Lab(default_name(name))
     if src.startswith(":") and not dst.startswith(":"):
         written = lab.pull(src[1:], Path(dst))
         click.echo(f"L1:{src[1:]} -> {written}")

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import click
 
-from lab.cli.base import (check_outputs, kernel_options, lab_config, lab_name, main, name_option, output_options,
-                          write_outputs)
+from lab.cli.base import (
+    check_outputs,
+    default_name,
+    kernel_options,
+    lab_config,
+    main,
+    name_option,
+    output_options,
+    write_outputs,
+)
 from lab.core.errors import LabError, UserError
 from lab.core.progress import Progress
 from lab.machine.lab import Lab
@@ -16,7 +24,8 @@ from lab.machine.lab import Lab
 
 @main.command("test")
 @click.argument("targets", nargs=-1)
-@click.option("-k", "keyword", metavar="KEYWORD", help="Only scenarios whose name contains KEYWORD (or matches it as a glob).")
+@click.option("-k", "keyword", metavar="KEYWORD",
+              help="Only scenarios whose name contains KEYWORD (or matches it as a glob).")
 @click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
 @name_option
@@ -90,7 +99,6 @@ def report_command(progress: Progress, results_dir, json_file, junit_file, html_
     """
     from lab.results import console as report
     from lab.results import load
-    from lab.orchestrate import matrix as mx
 
     check_outputs(json_file, junit_file, html_dir, markdown_file)
     results = load.load(results_dir)
@@ -165,10 +173,10 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
     Keeps the raw per-CPU buffers, formats, events.txt and the L1 log.
     Exit status: 1 if events were lost or L1 logged a crash, else the command's.
     """
-    from lab.scenarios.suite import results_dir
     from lab.scenarios import adhoc
+    from lab.scenarios.suite import results_dir
 
-    lab = Lab(lab_name(name))
+    lab = Lab(default_name(name))
     lab.require_up()
     out = results_dir(results, "trace")
     done = adhoc.run(lab, list(command), list(events) or ["kvm:kvm_guest_fault"], buffer_kb, timeout, out)
@@ -179,7 +187,8 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
     for e in done.trace.events:
         counts[e.name] = counts.get(e.name, 0) + 1
     click.echo(f"kvmlab: {len(done.trace.events)} events recorded "
-               f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items())) or 'none'}) in {vmm.get('seconds', 0):.1f} s; "
+               f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items())) or 'none'}) "
+               f"in {vmm.get('seconds', 0):.1f} s; "
                f"kept in {done.artefacts}")
     if analyze:
         for line in adhoc.analysis_lines(done.trace):

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.core.errors import ImageError, UserError
-from lab.kernels.arm64 import image_problem
 from lab.core.paths import CONFIGS_DIR, cache_dir
 from lab.core.progress import Progress
+from lab.kernels.arm64 import image_problem
 
 FRAGMENT = CONFIGS_DIR / "kernel" / "kvmlab.config"
 BASES = ("defconfig", "tinyconfig", "allnoconfig")

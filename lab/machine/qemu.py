@@ -19,6 +19,7 @@ from pathlib import Path
 from lab.config import LabConfig
 from lab.core.errors import LaunchError, UserError
 
+
 @dataclass(frozen=True)
 class LabPaths:
     """Everything one lab keeps, in one private directory."""

@@ -66,7 +66,7 @@ def default_build_cmd(base: str, fragments: list[str]) -> str:
 
 def find_scenario(name: str) -> Path:
     """A scenario file, or the name of one in any suite under configs/suites/."""
-    from lab.scenarios import model, suites
+    from lab.scenarios import suites
 
     path = Path(name).expanduser()
     if path.suffix in (".yaml", ".yml"):
@@ -109,8 +109,8 @@ def step(b: Bisection, label: str, good_signature: str | None = None,
     """Builds and tests the checked-out commit; returns its record (with `exit`: 0/1/125)."""
     from lab.config import load_config
     from lab.machine.lab import Lab
-    from lab.scenarios import model, suites
     from lab.orchestrate.matrix import signature
+    from lab.scenarios import model
     from lab.scenarios.runner import Runner
 
     commit = git(b.src, "rev-parse", "HEAD")
@@ -142,7 +142,8 @@ def step(b: Bisection, label: str, good_signature: str | None = None,
                       artefacts=s["artefacts"])
     except LaunchError as exc:
         # The console's last lines say why (the lab's own log is gone with the next step's).
-        record.update(status="no boot", reasons=[f"L1 did not boot: {exc.message}", *([exc.detail] if exc.detail else [])],
+        record.update(status="no boot",
+                      reasons=[f"L1 did not boot: {exc.message}", *([exc.detail] if exc.detail else [])],
                       exit=SKIP)
         return _finish(b, record, out, started, echo)
     finally:
@@ -220,7 +221,8 @@ def run(b: Bisection, echo: Callable[[str], None]) -> dict[str, Any]:
         git(b.src, "bisect", "good", good)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                                          os.environ.get("PYTHONPATH")]))}
-        cmd = ["git", "-C", str(b.src), "bisect", "run", sys.executable, "-m", "lab.orchestrate.bisect", str(b.state_file)]
+        cmd = ["git", "-C", str(b.src), "bisect", "run", sys.executable, "-m", "lab.orchestrate.bisect",
+               str(b.state_file)]
         output: list[str] = []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                               env=env, cwd=b.src) as proc:

@@ -34,16 +34,20 @@ h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin: 0;
 .meta { color: #555; margin: .2em 0 1em; } code, .mono { font-family: ui-monospace, monospace; font-size: .92em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; } th, td { padding: .25em .6em; text-align: left;
   border-bottom: 1px solid #e0e0e0; vertical-align: top; } th { background: #f5f5f5; }
-.badge { display: inline-block; padding: .05em .5em; border-radius: .3em; font-weight: 600; font-size: .85em; color: #fff; }
+.badge { display: inline-block; padding: .05em .5em; border-radius: .3em; font-weight: 600; font-size: .85em;
+  color: #fff; }
 .pass { background: #2e7d32; } .fail, .error { background: #c62828; } .skip { background: #f9a825; color: #212121; }
 .differs { color: #8e24aa; font-weight: 700; }
 section.scenario { border: 1px solid #e0e0e0; border-left: 6px solid #9e9e9e; border-radius: .4em; padding: .8em 1em;
   margin: 1em 0; } section.scenario.s-pass { border-left-color: #2e7d32; }
-section.scenario.s-fail, section.scenario.s-error { border-left-color: #c62828; } section.scenario.s-skip { border-left-color: #f9a825; }
+section.scenario.s-fail, section.scenario.s-error { border-left-color: #c62828; }
+section.scenario.s-skip { border-left-color: #f9a825; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; } .figures img { max-width: 100%; }
-ul.checks { list-style: none; padding-left: 0; } ul.checks li::before { content: attr(data-mark) " "; font-weight: 700; }
+ul.checks { list-style: none; padding-left: 0; }
+ul.checks li::before { content: attr(data-mark) " "; font-weight: 700; }
 ul.checks li.ok::before { color: #2e7d32; } ul.checks li.bad::before { color: #c62828; }
-.links a { margin-right: 1em; } td.cell-pass { background: #e8f5e9; } td.cell-fail, td.cell-error { background: #ffebee; }
+.links a { margin-right: 1em; } td.cell-pass { background: #e8f5e9; }
+td.cell-fail, td.cell-error { background: #ffebee; }
 td.cell-skip { background: #fff8e1; }
 """
 
@@ -95,14 +99,15 @@ class _Writer:
     def scenario(self, run: Run, s: dict[str, Any]) -> str:
         name = s["name"]
         slug = _slug(name)
-        parts = [f"<section class=\"scenario s-{e(s['status'])}\" id=\"scenario-{e(slug)}\" data-scenario=\"{e(name)}\" "
-                 f"data-status=\"{e(s['status'])}\">",
+        parts = [f"<section class=\"scenario s-{e(s['status'])}\" id=\"scenario-{e(slug)}\" "
+                 f"data-scenario=\"{e(name)}\" data-status=\"{e(s['status'])}\">",
                  f"<h2>{_badge(s['status'])} {e(name)}</h2>",
                  f"<p>{e(s.get('description', ''))}</p>",
                  "<table>",
                  f"<tr><th>expected</th><td>{e(s.get('expected') or '-')}</td></tr>",
                  f"<tr><th>observed</th><td>{e(s.get('observed') or '-')}</td></tr>",
-                 f"<tr><th>faults</th><td>{s.get('faults', 0)} in the touched range; {s.get('seconds', 0):.1f} s</td></tr>",
+                 f"<tr><th>faults</th><td>{s.get('faults', 0)} in the touched range; "
+                 f"{s.get('seconds', 0):.1f} s</td></tr>",
                  "</table>"]
         if s.get("reasons"):
             parts.append("<h3>Evidence</h3><ul>" + "".join(f"<li>{e(r)}</li>" for r in s["reasons"]) + "</ul>")
@@ -121,11 +126,12 @@ class _Writer:
             suffix = f"-{i}" if len(maps) > 1 else ""
             title = f"{label + ': ' if label else ''}{len(regions)} regions of 2 MiB, faults per region"
             fmap = self.figure(f"{slug}{suffix}-map.png", lambda p: figures.fault_map(regions, p, title))
-            hist = self.figure(f"{slug}{suffix}-kinds.png",
-                               lambda p: figures.kinds_histogram(regions, p, f"{label + ': ' if label else ''}fault kinds and levels"))
+            title = f"{label + ': ' if label else ''}fault kinds and levels"
+            hist = self.figure(f"{slug}{suffix}-kinds.png", lambda p: figures.kinds_histogram(regions, p, title))
             for src, alt in ((fmap, "fault map"), (hist, "fault kinds and levels")):
                 if src:
-                    figs.append(f"<img src=\"{e(src)}\" alt=\"{e(name)}: {alt}{' (' + e(label) + ')' if label else ''}\">")
+                    which = f" ({e(label)})" if label else ""
+                    figs.append(f"<img src=\"{e(src)}\" alt=\"{e(name)}: {alt}{which}\">")
         if figs:
             parts.append("<div class=\"figures\">" + "".join(figs) + "</div>")
         elif s["status"] not in ("skip",):
@@ -156,10 +162,11 @@ class _Writer:
         for sc in run.scenarios:
             rows.append(f"<tr><td><a href=\"#scenario-{e(_slug(sc['name']))}\">{e(sc['name'])}</a></td>"
                         f"<td>{e(sc.get('expected') or '')}</td><td>{e(sc.get('observed') or '-')}</td>"
-                        f"<td>{sc.get('faults', 0)}</td><td>{_badge(sc['status'])}</td><td>{sc.get('seconds', 0):.1f}</td></tr>")
+                        f"<td>{sc.get('faults', 0)}</td><td>{_badge(sc['status'])}</td>"
+                        f"<td>{sc.get('seconds', 0):.1f}</td></tr>")
         rows.append("</table>")
-        legend = "<p class=\"meta\">Fault maps: one cell per 2 MiB region of guest physical memory the guest touched, " \
-                 "coloured by how stage 2 mapped it, with its fault count.</p>"
+        legend = ("<p class=\"meta\">Fault maps: one cell per 2 MiB region of guest physical memory the guest "
+                  "touched, coloured by how stage 2 mapped it, with its fault count.</p>")
         body = "\n".join(head + rows + [legend] + [self.scenario(run, sc) for sc in run.scenarios])
         return _page(f"kvmlab {targets} on {run.title}", body)
 
@@ -186,7 +193,8 @@ class _Writer:
                              f"title=\"{e('; '.join(cell.get('reasons') or []))}\"><a href=\"{e(href)}\">"
                              f"{e(cell.get('signature') or STATUS.get(cell['status'], ''))}</a></td>")
             mark = "<span class=\"differs\">&ne;</span>" if row.get("differs") else ""
-            rows.append(f"<tr id=\"scenario-{e(_slug(row['name']))}\" data-scenario=\"{e(row['name'])}\"><td>{mark}</td>"
+            rows.append(f"<tr id=\"scenario-{e(_slug(row['name']))}\" data-scenario=\"{e(row['name'])}\">"
+                        f"<td>{mark}</td>"
                         f"<td>{e(row['name'])}</td>{''.join(cells)}</tr>")
         rows.append("</table>")
         errors = [f"<p><span class=\"badge error\">ERROR</span> {e(k['label'])}: {e(k['error'])}</p>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lab.analysis.expect import RegionExpectation
 from lab.core import validate as v
@@ -286,7 +286,8 @@ def _guest(c: _Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot],
         c.fail("guest", inside, "a touched range inside one memslot")
     if kind == "touch" and vmm == "qemu" and not (
             QEMU_RAM_BASE + 2 * MiB <= guest.base and guest.base + guest.size <= QEMU_RAM_BASE + qemu_cfg["memory"]):
-        c.fail("guest", inside, f"a touched range inside QEMU's RAM above its first 2 MiB ({QEMU_RAM_BASE + 2 * MiB:#x} on)")
+        c.fail("guest", inside,
+               f"a touched range inside QEMU's RAM above its first 2 MiB ({QEMU_RAM_BASE + 2 * MiB:#x} on)")
     return guest
 
 
@@ -317,7 +318,8 @@ def _actions(c: _Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot
         actions.append(checked)
     pause_points = {a.at for a in actions if a.at.startswith("pause")}
     if len(pause_points) > len(guest.pauses):
-        c.fail("actions", sorted(pause_points), f"pause points the guest reaches (guest.pauses has {len(guest.pauses)})")
+        c.fail("actions", sorted(pause_points),
+               f"pause points the guest reaches (guest.pauses has {len(guest.pauses)})")
     return actions
 
 

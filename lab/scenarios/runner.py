@@ -14,10 +14,8 @@ run directory moved into the results directory:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, Callable
 
 from lab.analysis import crash
 from lab.analysis import trace as tracefile
+from lab.analysis.mapping import by_level
 from lab.analysis.verdict import Verdict, evaluate, phase_regions
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
@@ -363,7 +362,7 @@ def _source_name(path: Path | None) -> str:
 def region_records(regions: dict) -> list[dict[str, Any]]:
     """verdict.json's regions: what reports draw (lab/results), one per 2 MiB region."""
     return [{"start": hex(r.start), "mapping": r.mapping, "faults": r.faults, "pages": len(r.pages),
-             "kinds": {f"{kind} L{level}": n for (kind, level), n in sorted(r.kinds.items(), key=lambda kv: (kv[0][1], kv[0][0]))},
+             "kinds": {f"{kind} L{level}": n for (kind, level), n in by_level(r.kinds)},
              "evidence": r.evidence()} for r in regions.values()]
 
 

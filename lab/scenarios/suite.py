@@ -36,19 +36,12 @@ def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...] | li
               spread: Spread | None = None) -> dict[str, Any]:
     """Runs `scenarios` on `lab` (or as `spread` shares them out) into `out`, with a
     progress bar; `on_result` sees each result as it comes. Returns the summary."""
-    bar = None
-
-    def on_start(scenario: Scenario) -> None:
-        if bar is not None:
-            bar.start(scenario.name)
-
-    def result(r: ScenarioResult) -> None:
-        if bar is not None:
-            bar.advance()
-        if on_result is not None:
-            on_result(r)
-
-    runner = Runner(lab, out, on_result=result, on_start=on_start, progress=progress,
-                    targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets])
     with progress.bar(f"{label_of(targets)} on {lab.name}", len(scenarios)) as bar:
+        def result(r: ScenarioResult) -> None:
+            bar.advance()
+            if on_result is not None:
+                on_result(r)
+
+        runner = Runner(lab, out, on_result=result, on_start=lambda s: bar.start(s.name), progress=progress,
+                        targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets])
         return runner.run(scenarios, spread)

@@ -14,6 +14,7 @@ Sizes and addresses here are bytes (ints): the host parses what people write (4K
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -409,6 +410,11 @@ def decode(cls: type[T], data: Any, key: str = "job") -> T:
     return typing.cast(T, _decode(cls, data, key))
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _decode(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -433,7 +439,7 @@ def _decode(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ContractError(key, value, f"a mapping ({hint.__name__})")
-        hints = typing.get_type_hints(hint)
+        hints = _hints(hint)
         fields = {f.name: f for f in dataclasses.fields(hint)}
         for name in value:
             if name not in fields:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.config import load_config
 from lab.builder.build import Builder
 from lab.builder.cpio import read_names
+from lab.config import load_config
 from tests.conftest import kvmlab
 
 pytestmark = pytest.mark.boot

@@ -15,9 +15,10 @@ import json
 
 import pytest
 
+from tests.conftest import kvmlab
+
 #: before and after "Walk userspace page tables to compute the THP mapping size" (5.15)
 KERNELS = ["bullseye", "sid"]
-from tests.conftest import kvmlab
 
 pytestmark = pytest.mark.boot
 

@@ -4,8 +4,6 @@ are complete, and a wrong expectation fails the run."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import xml.etree.ElementTree as ET
 
 import pytest

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from lab.cli import main
 from lab.config import DEFAULT_CONFIG, load_config
-from lab.core.validate import size_mib as parse_size_mib
 from lab.core.errors import ConfigError
+from lab.core.validate import size_mib as parse_size_mib
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -2,8 +2,8 @@
 
 import subprocess
 
-from lab.kernels.arm64 import image_problem
 from lab.builder.debian import Deb, _only_suite_hook
+from lab.kernels.arm64 import image_problem
 
 
 def test_deb_file_names_with_epochs(tmp_path):

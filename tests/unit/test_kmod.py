@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from lab.core.errors import ImageError
 from lab.builder.kmod import ModuleTree, modinfo, module_name
+from lab.core.errors import ImageError
 
 
 def elf_module(name: str, depends: str) -> bytes:

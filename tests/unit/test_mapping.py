@@ -1,7 +1,6 @@
 """Inferring block or page per 2 MiB region from hand-made faults (see lab/analysis/mapping.py)."""
 
-from lab.analysis.mapping import (BLOCK, BLOCK_1G, MMIO, NONE, PAGES, SPLIT, UNKNOWN, Fault, Touched, describe,
-                                  infer)
+from lab.analysis.mapping import BLOCK, BLOCK_1G, MMIO, NONE, PAGES, SPLIT, UNKNOWN, Fault, Touched, describe, infer
 
 MiB, GiB = 1 << 20, 1 << 30
 BASE = 1 * GiB

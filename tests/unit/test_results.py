@@ -40,8 +40,9 @@ def matrix_dir(tmp_path) -> Path:
     summary["scenarios"] = [s for s in summary["scenarios"] if s["status"] in ("pass", "skip")]
     summary["kernel"] = "sid"
     (root / "sid/summary.json").write_text(json.dumps(summary))
-    cells = lambda s: {"status": s["status"], "observed": s["observed"], "signature": s["observed"].split(" (")[0],
-                       "reasons": s["reasons"]}
+    def cells(s):
+        return {"status": s["status"], "observed": s["observed"], "signature": s["observed"].split(" (")[0],
+                "reasons": s["reasons"]}
     first = json.loads((RUN / "summary.json").read_text())["scenarios"]
     matrix = {"targets": ["thp"], "jobs": 1, "seconds": 100.0, "results_dir": str(root), "passed": False,
               "kernels": [{"spec": k, "label": k, "release": r, "lab": f"matrix-{k}", "results_dir": str(root / k),

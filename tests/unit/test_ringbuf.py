@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from lab.analysis import trace as tracefile
-from lab.analysis.ringbuf import (RB_MISSED_EVENTS, TraceFormatError, decode_cpu, load_formats, parse_format,
-                                  parse_header_page)
+from lab.analysis.ringbuf import (
+    RB_MISSED_EVENTS,
+    TraceFormatError,
+    decode_cpu,
+    parse_format,
+    parse_header_page,
+)
 
 TRACES = Path(__file__).parent.parent / "data" / "traces"
 FAULT_FORMAT = (TRACES / "anon-thp-always" / "kvm--kvm_guest_fault.format").read_text()

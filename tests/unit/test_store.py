@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from lab.core.errors import ImageError
 from lab.builder.store import Store, content_key
+from lab.core.errors import ImageError
 
 
 def builder_writing(calls, payload=b"kernel"):

@@ -161,6 +161,7 @@ def test_repeat_needs_a_stress_shape():
     data = yaml.safe_load(STRESS.read_text())
     data.pop("kill_after")
     import pytest
+
     from lab.core.errors import UserError
 
     with pytest.raises(UserError, match="repeat: expected 1, unless the scenario is a stress run"):

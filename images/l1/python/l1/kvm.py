@@ -13,8 +13,9 @@ import mmap
 import os
 import struct
 
-from lab.shared.contract import BACKINGS, MADVICE as MADV
-from lab.shared.units import MiB, PAGE
+from lab.shared.contract import BACKINGS
+from lab.shared.contract import MADVICE as MADV
+from lab.shared.units import PAGE, MiB
 
 KVMIO = 0xAE
 

@@ -314,12 +314,20 @@ def read_pages(addr: int, length: int) -> None:
         ctypes.c_char.from_address(at).value
 
 
-def main(argv: list[str]) -> int:
-    with open(argv[0]) as f:
-        job = decode(ProbeJob, json.load(f), "probe-job")
+def load(path: str) -> ProbeJob:
+    with open(path) as f:
+        return decode(ProbeJob, json.load(f), "probe-job")
+
+
+def run(job: ProbeJob) -> int:
+    """One probe VMM run of `job`: the report written, 0 if the guest ran to its end."""
     report = Probe(job).run(job.timeout)
     write_json(job.report, report, indent=1)
     return 0 if report["error"] is None else 1
+
+
+def main(argv: list[str]) -> int:
+    return run(load(argv[0]))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ class Qmp:
                 return msg
 
     def cmd(self, name: str, **args: Any) -> Any:
-        self.file.write(json.dumps({"execute": name, "arguments": args} if args else {"execute": name}).encode() + b"\n")
+        message = {"execute": name, "arguments": args} if args else {"execute": name}
+        self.file.write(json.dumps(message).encode() + b"\n")
         self.file.flush()
         reply = self._read()
         if "error" in reply:
@@ -128,7 +129,8 @@ def _action(qmp: Qmp, action: Action) -> dict[str, Any]:
                 return {"migration": status}
             time.sleep(0.02)
     if what == "dirty_rate":
-        qmp.cmd("calc-dirty-rate", **{"calc-time": int(action.seconds if action.seconds is not None else 10), "mode": "dirty-bitmap"})
+        seconds = int(action.seconds if action.seconds is not None else 10)
+        qmp.cmd("calc-dirty-rate", **{"calc-time": seconds, "mode": "dirty-bitmap"})
         time.sleep(0.3)
         return {"dirty_rate": qmp.cmd("query-dirty-rate").get("status")}
     if what == "sleep":

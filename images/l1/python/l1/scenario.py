@@ -97,21 +97,25 @@ def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], str 
         got = int(read_setting(path))
         have["hugepages"][size_kb] = got
         if got < int(count):
-            return have, f"L1 could reserve only {got} of {count} huge pages of {size_kb} KiB (memory too fragmented or too small)"
+            return have, (f"L1 could reserve only {got} of {count} huge pages of {size_kb} KiB "
+                          "(memory too fragmented or too small)")
     return have, None
 
 
-def run_vmm(job: ScenarioJob, out_dir: str) -> tuple[int, dict[str, Any]]:
-    """Starts the VMM in a child process; returns (pid, how to wait for it)."""
+def run_vmm(job: ScenarioJob, out_dir: str, probe_job: Any = None) -> tuple[int, dict[str, Any]]:
+    """Starts the VMM in a child process; returns (pid, how to wait for it). The probe's
+    job is decoded once, here, before the fork: nothing is left to do in the race window
+    between the child's start and its first vCPU run."""
     kind = job.vmm
     if kind == "probe":
+        from . import probe
+
+        probe_job = probe_job or probe.load(os.path.join(out_dir, "probe-job.json"))
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                from . import probe
-
-                code = probe.main([os.path.join(out_dir, "probe-job.json")])
+                code = probe.run(probe_job)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -166,8 +170,11 @@ def stress(job: ScenarioJob, out_dir: str) -> dict[str, Any]:
     """The VMM `repeat` times in a row, each killed (SIGKILL) at a random moment of the
     kill_after window while its vCPUs fault: exit_mmap() racing stage-2 faults, over and
     over. Not traced: millions of faults; L1's log is the verdict."""
+    probe_job = None
     if job.vmm == "probe":
-        from . import probe  # noqa: F401 - imported once here, so each forked VMM starts at once
+        from . import probe  # imported and the job decoded once here: each forked VMM starts at once
+
+        probe_job = probe.load(os.path.join(out_dir, "probe-job.json"))
     # Faults are counted, not kept: proof that the vCPUs were faulting in every run.
     counter = tracefs.Counter(job.trace.events, 1024,
                               follow_pid=os.getpid())
@@ -177,7 +184,7 @@ def stress(job: ScenarioJob, out_dir: str) -> dict[str, Any]:
     try:
         for i in range(job.repeat):
             counter.reset()
-            pid, extra = run_vmm(job, out_dir)
+            pid, extra = run_vmm(job, out_dir, probe_job)
             if i == 0:
                 with open(os.path.join(out_dir, "vmm.pid"), "w") as f:
                     f.write(f"{pid}\n")
