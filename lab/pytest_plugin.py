@@ -28,9 +28,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from lab.builder.build import Tools
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,7 +72,7 @@ class Regions(list):
     """The 2 MiB regions a scenario's guest touched, each a dict with start, mapping,
     faults, pages and kinds (fault kind and level -> count)."""
 
-    def count(self, mapping: str) -> int:  # type: ignore[override]
+    def count(self, mapping: str) -> int:  # type: ignore[override,unused-ignore]
         return sum(1 for r in self if r["mapping"] == mapping)
 
     @property
@@ -134,7 +137,7 @@ class KvmLab:
         self.runner = Runner(lab, results, targets=["pytest"])
         self.results = results
         self.release = self.runner.release
-        self._tools = None
+        self._tools: Tools | None = None
         self._started = time.monotonic()
 
     def scenario(self, spec: Any):
@@ -167,10 +170,10 @@ class KvmLab:
         scenario = dataclasses.replace(scenario, name=name, **overrides)
         if self._tools is None:
             self.results.mkdir(parents=True, exist_ok=True)
-            self._tools = self.runner._sync_tools()
+            self._tools = self.runner.sync_tools()
         result = self.runner.run_one(scenario, self._tools)
         self.runner.summary["scenarios"].append(result.as_dict())
-        self.runner._save_summary(time.monotonic() - self._started)
+        self.runner.save_summary(time.monotonic() - self._started)
         regions: list[dict[str, Any]] = []
         verdict = Path(result.artefacts) / "verdict.json"
         if verdict.exists():

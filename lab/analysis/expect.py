@@ -49,7 +49,6 @@ class Judged(Protocol):
     """The parts of a scenario a verdict reads (lab.scenarios.model.Scenario has them)."""
 
     name: str
-    guest: GuestShape
     regions: list[RegionExpectation]
     total_faults: tuple[int, int] | None
     fault_ratio: float | None
@@ -58,5 +57,8 @@ class Judged(Protocol):
     kill_after: float | None
     repeat: int
     kernels: str | None
+
+    @property
+    def guest(self) -> GuestShape: ...
 
     def smaps_for(self, release: str) -> dict[str, tuple[int, int]]: ...

@@ -60,7 +60,7 @@ class Region:
     size: int = REGION
     faults: int = 0
     pages: set[int] = field(default_factory=set)
-    kinds: Counter = field(default_factory=Counter)  # ("translation", 2) -> n
+    kinds: Counter[tuple[str, int]] = field(default_factory=Counter)  # ("translation", 2) -> n
     writes: int = 0
     mapping: str = NONE
     first_level: int | None = None
@@ -157,7 +157,7 @@ def infer(faults: list[Fault], touched: Touched | None = None,
     return dict(sorted(regions.items()))
 
 
-def summary(regions: dict[int, Region]) -> Counter:
+def summary(regions: dict[int, Region]) -> Counter[str]:
     return Counter(r.mapping for r in regions.values())
 
 

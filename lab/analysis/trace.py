@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab.analysis.mapping import Fault
 from lab.analysis.ringbuf import Event, decode_cpu, load_formats
@@ -32,7 +33,7 @@ class Trace:
         return not self.problems
 
 
-def loss_problems(stats: dict[str, dict], decoded: int, missed_pages: int, unknown: int) -> list[str]:
+def loss_problems(stats: dict[str, dict[str, Any]], decoded: int, missed_pages: int, unknown: int) -> list[str]:
     """Why a capture is not evidence (empty if it is)."""
     problems = []
     for cpu, s in sorted(stats.items()):
@@ -49,7 +50,7 @@ def loss_problems(stats: dict[str, dict], decoded: int, missed_pages: int, unkno
     return problems
 
 
-def load(run_dir: Path, info: dict | None = None) -> Trace:
+def load(run_dir: Path, info: dict[str, Any] | None = None) -> Trace:
     """`info` is result.json's "trace" (read from run_dir if not given)."""
     if info is None:
         info = json.loads((run_dir / "result.json").read_text())["trace"]

@@ -151,8 +151,10 @@ class Builder:
                   "modules_dir": str(modules_root or ""), "modules": self.recipe["modules"],
                   "modules_listing": _listing(modules_root) if modules_root else ""}
 
+        image = spec.path
+
         def build(work: Path, step) -> dict[str, Any]:
-            shutil.copyfile(spec.path, work / "Image")
+            shutil.copyfile(image, work / "Image")
             artefacts = ["Image"]
             manifest: dict[str, Any] = {"suite": spec.label, "release": release, "image": str(spec.path),
                                         "packages": [], "modules": [], "modules_late": []}
@@ -160,8 +162,8 @@ class Builder:
                 step.update(f"packing modules from {modules_root}")
                 manifest.update(self._pack_modules(modules_root, work))
                 artefacts.append("modules.cpio")
-            config_file = spec.path.parents[3] / ".config" if len(spec.path.parents) > 3 else None
-            if config_file is not None and spec.path.parts[-4:-1] == ("arch", "arm64", "boot") \
+            config_file = image.parents[3] / ".config" if len(image.parents) > 3 else None
+            if config_file is not None and image.parts[-4:-1] == ("arch", "arm64", "boot") \
                     and config_file.is_file():
                 shutil.copyfile(config_file, work / "config")
                 artefacts.append("config")

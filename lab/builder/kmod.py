@@ -90,7 +90,7 @@ class ModuleTree:
         depends = modinfo(decompress(path)).get("depends", [""])[0]
         return Module(name, path, tuple(d.replace("-", "_") for d in depends.split(",") if d))
 
-    def load_order(self, wanted: list[str], optional: list[str] = ()) -> list[Module]:
+    def load_order(self, wanted: list[str], optional: list[str] | tuple[str, ...] = ()) -> list[Module]:
         """Modules to insmod, dependencies first; built-in ones are skipped.
 
         A wanted module that is neither built in nor shipped is an error; an optional one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -29,7 +30,7 @@ def images_build(progress: Progress, config, kernels) -> None:
     """Build (or find cached) the kernel and userspace images."""
     builder = Builder(progress=progress)
     cfg = lab_config(config)
-    built = [builder.rootfs(cfg), builder.tools()]
+    built: list[Any] = [builder.rootfs(cfg), builder.tools()]
     for suite in kernels or [cfg.kernel]:
         built.append(builder.kernel(lab_config(config, kernel=suite)))
     for item in built:
@@ -96,7 +97,7 @@ def images_clean(stale, only_snapshots, config) -> None:
     keep = Builder().current_keys(lab_config(config)) if stale else None
     freed = Store().clean(keep)
     # A snapshot is only good with the images it was taken on.
-    left = {e.manifest.get("key") for e in Store().entries()} if stale else None
+    left = {str(e.manifest.get("key")) for e in Store().entries()} if stale else None
     freed += snapshot.clean(left)
     click.echo(f"Removed {'stale' if stale else 'all'} cached images and snapshots ({freed / 2**20:.0f} MiB).")
 

@@ -183,7 +183,7 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
     vmm = done.result.get("vmm", {})
     if done.output:
         click.echo(done.output.rstrip())
-    counts = {}
+    counts: dict[str, int] = {}
     for e in done.trace.events:
         counts[e.name] = counts.get(e.name, 0) + 1
     click.echo(f"kvmlab: {len(done.trace.events)} events recorded "

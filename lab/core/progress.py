@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import Any, Iterator, TextIO
 
 
 class Step:
@@ -16,7 +16,7 @@ class Step:
         self.title = title
         self.started = time.monotonic()
         self._last_line = 0.0
-        self._status = None
+        self._status: Any = None
 
     def update(self, detail: str) -> None:
         detail = detail.strip()
@@ -46,8 +46,8 @@ class Bar:
         self.title = title
         self.total = total
         self.done = 0
-        self._rich = None
-        self._task = None
+        self._rich: Any = None
+        self._task: Any = None
 
     def start(self, item: str) -> None:
         if self._rich is not None:

@@ -105,7 +105,7 @@ def git_commit(src: Path) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def build(src: Path, out: Path | None = None, fragments: list[Path] = (), base: str = "defconfig",
+def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path, ...] = (), base: str = "defconfig",
           jobs: int | None = None, progress: Progress | None = None) -> BuildResult:
     progress = progress or Progress(quiet=True)
     src = src.expanduser().resolve()

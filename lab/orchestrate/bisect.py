@@ -201,7 +201,7 @@ def run(b: Bisection, echo: Callable[[str], None]) -> dict[str, Any]:
                               "judge": b.judge, "build_cmd": b.build_cmd, "results_dir": str(b.results)}
     git(b.src, "bisect", "start")
     try:
-        ends = {}
+        ends: dict[str, Any] = {}
         for name, rev, want in (("good", good, GOOD), ("bad", bad, BAD)):
             git(b.src, "checkout", "-q", "--detach", rev)
             record = step(b, name, ends["good"]["signature"] if name == "bad" else None, echo)

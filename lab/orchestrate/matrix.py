@@ -148,7 +148,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
         pool.shutdown(wait=True)
         raise
     pool.shutdown()
-    matrix = {
+    matrix: dict[str, Any] = {
         "targets": targets or ["thp"],
         "kernels": [{"spec": c.spec, "label": c.label, "release": c.release, "lab": c.config.name,
                      "results_dir": str(out / c.label), "error": c.error, "seconds": c.seconds,

@@ -91,8 +91,8 @@ def document(results: Run | Matrix) -> ET.Element:
     for element in root.iter():
         if element.text:
             element.text = clean(element.text)
-        for key, value in element.attrib.items():
-            element.set(key, clean(value))
+        for name, attr in element.attrib.items():
+            element.set(name, clean(attr))
     return root
 
 

@@ -29,7 +29,7 @@ from lab.shared.files import write_json
 class TraceRun:
     artefacts: Path
     result: dict[str, Any]
-    trace: tracefile.Trace | None
+    trace: tracefile.Trace
     output: str
     crashes: list[crash.Crash]
 
@@ -85,16 +85,12 @@ def analysis_lines(trace: tracefile.Trace) -> list[str]:
     lines += [f"  {n:>8}  {kind}" for kind, n in kinds.most_common()]
     regions = mapping.infer(trace.faults)
     lines.append(f"{len(regions)} 2 MiB regions faulted: {mapping.describe(regions)}")
-    run_start, prev, label = None, None, None
-    rows = []
+    rows: list[tuple[int, int, str]] = []  # runs of neighbouring regions mapped alike
     for start, r in regions.items():
-        if label == r.mapping and prev is not None and start == prev + mapping.REGION:
-            prev = start
-            continue
-        if run_start is not None:
-            rows.append((run_start, prev, label))
-        run_start, prev, label = start, start, r.mapping
-    rows.append((run_start, prev, label))
+        if rows and rows[-1][2] == r.mapping and start == rows[-1][1] + mapping.REGION:
+            rows[-1] = (rows[-1][0], start, r.mapping)
+        else:
+            rows.append((start, start, r.mapping))
     for lo, hi, label in rows[:40]:
         n = (hi - lo) // mapping.REGION + 1
         lines.append(f"  {lo:#014x}-{hi + mapping.REGION:#014x}  {n:>5} x {label}")

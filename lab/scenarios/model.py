@@ -139,9 +139,9 @@ class _Checker:
             if k not in known:
                 raise UserError(f"{self.where}: {f'{key}.' if key else ''}{k}: unknown key; known keys: "
                                 f"{', '.join(known)}")
-        return value
+        return dict(value)
 
-    def get(self, data: dict, key: str, path: str, check: v.Check, default: Any = None) -> Any:
+    def get(self, data: dict[str, Any], key: str, path: str, check: v.Check, default: Any = None) -> Any:
         if key not in data or data[key] is None:
             return default
         try:
@@ -220,7 +220,7 @@ def _memslots(c: _Checker, data: dict[str, Any], vmm: str) -> list[Memslot]:
     if not isinstance(raw_slots, list) or not raw_slots:
         c.fail("memslots", raw_slots, "a list of memslots (ipa, size, backing) for the probe VMM")
     memslots: list[Memslot] = []
-    for i, raw in enumerate(raw_slots):
+    for i, raw in enumerate(raw_slots or []):
         key = f"memslots[{i}]"
         slot = c.mapping(key, raw, ("ipa", "size", "backing", "offset", "dirty_log"))
         ipa = c.get(slot, "ipa", f"{key}.ipa", v.size(2 * GiB // 4, (1 << 40) - 1, 4 * KiB), None)

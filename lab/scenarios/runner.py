@@ -186,7 +186,8 @@ class Runner:
             (run_host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
             write_json(run_host / "probe-job.json", contract.encode(make_probe_job(scenario, run_guest)))
         elif scenario.guest.kind == "linux":
-            qemu = contract.QemuJob(**scenario.qemu, **self._l2_files(scenario, run_host, run_guest),
+            l2 = self._l2_files(scenario, run_host, run_guest)
+            qemu = contract.QemuJob(**scenario.qemu, kernel=l2["kernel"], initrd=l2["initrd"], append=l2["append"],
                                     smp=scenario.guest.vcpus, actions=scenario.actions)
         else:
             blob, offset = tools.payload("touch.elf")

@@ -436,7 +436,7 @@ def _decode(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ContractError(key, value, "a mapping")
         return {_decode(args[0], k, key): _decode(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ContractError(key, value, f"a mapping ({hint.__name__})")
         hints = _hints(hint)
@@ -444,7 +444,7 @@ def _decode(hint: Any, value: Any, key: str) -> Any:
         for name in value:
             if name not in fields:
                 raise ContractError(f"{key}.{name}", value[name], "", tuple(fields))
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for name, f in fields.items():
             if name in value:
                 kwargs[name] = _decode(hints[name], value[name], f"{key}.{name}")
