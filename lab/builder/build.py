@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import yaml
 
 from lab.builder import debian, payload
+from lab.builder import rootfs as rootfs_image
 from lab.builder.cpio import CpioWriter
 from lab.builder.kmod import ModuleTree, decompress
 from lab.builder.store import Entry, Store, content_key, hash_files
@@ -44,15 +43,13 @@ RECIPE = L1_IMAGE_DIR / "recipe.yaml"
 L1_PYTHON = L1_IMAGE_DIR / "python" / "l1"
 #: lab/shared: the host-guest contract, shipped into L1 as it is.
 SHARED = PROJECT_ROOT / "lab" / "shared"
-#: Directories L1 mounts something on: they must exist in the read-only root.
-MOUNT_POINTS = ("dev", "proc", "sys", "run", "tmp", "root", "home", "var/tmp", "mnt/share")
 
 
 @functools.lru_cache(maxsize=None)
 def code_digest() -> str:
     """The image-building code itself is an input: a change to it rebuilds."""
     digest = hashlib.sha256()
-    for name in ("build.py", "cpio.py", "kmod.py", "debian.py"):
+    for name in ("build.py", "rootfs.py", "cpio.py", "kmod.py", "debian.py"):
         digest.update((Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()
 
@@ -273,89 +270,10 @@ class Builder:
     def rootfs(self, config: LabConfig) -> Rootfs:
         inputs = self.rootfs_inputs(config)
         entry = self._entry("rootfs", config.userspace_suite, inputs, f"the {config.userspace_suite} L1 userspace",
-                            lambda work, step: self._build_rootfs(work, config, inputs["packages"], step))
+                            lambda work, step: rootfs_image.build(work, config.userspace_suite, inputs["packages"],
+                                                                  config.mirror, config.updates,
+                                                                  self.recipe["initramfs_applets"], step))
         return _rootfs_from_entry(entry)
-
-    def _build_rootfs(self, work: Path, config: LabConfig, packages: list[str], step) -> dict[str, Any]:
-        suite = config.userspace_suite
-        debs = debian.fetch(suite, packages, work / "debs", mirror=config.mirror, updates=config.updates,
-                            step=step, log=work / "fetch.log")
-        root = work / "root"
-        debian.unpack(debs, root, step)
-        step.update("adding the kvmlab overlay")
-        # Debian's merged /usr: the top-level links come from base-files' maintainer
-        # scripts, which extraction does not run.
-        for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
-            if not (root / link).exists():
-                os.symlink(target, root / link)
-        if not (root / "usr/bin/sh").exists():
-            os.symlink("busybox", root / "usr/bin/sh")
-        for mount_point in MOUNT_POINTS:
-            (root / mount_point).mkdir(parents=True, exist_ok=True)
-        shutil.copytree(L1_IMAGE_DIR / "rootfs", root, symlinks=True, dirs_exist_ok=True)
-        step.update("compiling the L1 helpers")
-        compile_helper(L1_IMAGE_DIR / "src" / "snaphelper.c", root / "kvmlab" / "snaphelper")
-
-        busybox = root / "usr/bin/busybox"
-        if not busybox.exists():
-            raise ImageError("the L1 userspace has no /usr/bin/busybox; keep busybox-static in images/l1/recipe.yaml")
-        # Applet links made here, not by `busybox --install` at every boot. Last in PATH:
-        # Debian's own programs win where both exist.
-        applets = busybox_applets(busybox.read_bytes())
-        (root / "kvmlab/bin").mkdir(parents=True, exist_ok=True)
-        for applet in applets:
-            os.symlink("../../usr/bin/busybox", root / "kvmlab/bin" / applet)
-        writer = CpioWriter()
-        for directory in ("dev", "newroot", "bin"):
-            writer.mkdir(directory)
-        writer.chardev("dev/console", 5, 1)
-        writer.chardev("dev/kmsg", 1, 11)
-        writer.chardev("dev/null", 1, 3, 0o666)
-        writer.add_file("bin/busybox", busybox, 0o755)
-        for applet in self.recipe["initramfs_applets"]:
-            writer.symlink(f"bin/{applet}", "busybox")
-        for path in sorted((L1_IMAGE_DIR / "initramfs").iterdir()):  # /init and the fstabs it mounts
-            writer.add_file(path.name, path)
-        (work / "initramfs.cpio").write_bytes(writer.getvalue())
-        shutil.rmtree(work / "debs")
-        step.update("packing the read-only root image")
-        squash_root(root, work / "root.sqfs")
-        return {
-            "suite": suite,
-            "packages": [d.as_dict() for d in debs],
-            "artefacts": {"initramfs.cpio": debian.sha256_file(work / "initramfs.cpio"),
-                          "root.sqfs": debian.sha256_file(work / "root.sqfs"),
-                          "root/": tree_digest(root)},
-        }
-
-
-#: What libc6-dev-arm64-cross installs: the headers static arm64 helpers compile against.
-ARM64_LIBC_HEADERS = Path("/usr/aarch64-linux-gnu/include/stdio.h")
-
-
-def compile_helper(source: Path, binary: Path) -> None:
-    """A small C program for L1, static (L1's libc does not matter), stripped."""
-    gcc = debian.require_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
-    if not ARM64_LIBC_HEADERS.exists():
-        # only a Recommends of the cross compiler: without it gcc falls back on the host's
-        # headers and fails deep inside them
-        raise UserError(f"the arm64 C library headers are not installed ({ARM64_LIBC_HEADERS.parent} is missing); "
-                        "run scripts/setup (or apt-get install libc6-dev-arm64-cross)")
-    result = subprocess.run([gcc, "-static", "-Os", "-s", "-Wall", "-Werror", "-o", str(binary), str(source)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ImageError(f"compiling {source.name} for L1 failed", detail=result.stderr)
-
-
-def squash_root(root: Path, image: Path) -> None:
-    """`root` as a squashfs image: uncompressed (nothing to inflate under TCG), every file
-    root's, fixed times: the same tree gives the same bytes."""
-    mksquashfs = debian.require_tool("mksquashfs", "squashfs-tools")
-    result = subprocess.run([mksquashfs, str(root), str(image), "-noI", "-noD", "-noF", "-noX", "-no-xattrs",
-                             "-all-root", "-mkfs-time", "0", "-all-time", "0", "-no-progress", "-quiet"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ImageError(f"mksquashfs failed on {root}: {(result.stderr or result.stdout).strip()[-500:]}")
 
 
 def _build_tools(work: Path, step) -> dict[str, Any]:
@@ -369,42 +287,6 @@ def _build_tools(work: Path, step) -> dict[str, Any]:
     (work / "lab" / "__init__.py").write_text("")
     shutil.copytree(SHARED, work / "lab" / "shared", ignore=no_cache)
     return {"params_offset": offsets, "artefacts": hash_files(work)}
-
-
-def busybox_applets(binary: bytes) -> list[str]:
-    """The applet names a busybox binary carries: one NUL-separated, sorted table that
-    starts with "[" and "[[" and ends with an empty name."""
-    start = binary.find(b"[\0[[\0")
-    if start < 0:
-        raise ImageError("cannot find busybox's applet table in /usr/bin/busybox")
-    names = []
-    for name in binary[start:].split(b"\0"):
-        if not name:
-            break
-        names.append(name.decode("ascii"))
-    if not {"sh", "mount", "cat", "insmod"} <= set(names) or "/" in "".join(names):
-        raise ImageError("busybox's applet table does not look as expected (no sh, mount, cat, insmod)")
-    return names
-
-
-def tree_digest(root: Path) -> str:
-    """One sha256 over a directory tree: every path, its type, mode and content or link target."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            st = os.lstat(path)
-            digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
-            if os.path.islink(path):
-                digest.update(os.readlink(path).encode())
-            else:
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-            digest.update(b"\0")
-    return digest.hexdigest()
 
 
 def _only(paths: list[Path], what: str) -> Path:

@@ -14,23 +14,14 @@ Sizes and addresses here are bytes (ints): the host parses what people write (4K
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar
 
+from lab.shared import codec
+from lab.shared.codec import ContractError as ContractError  # re-exported: both sides catch it from here
 from lab.shared.units import GiB, KiB, MiB
 
-
-class ContractError(ValueError):
-    """A job or action does not match the contract: `key` (a dotted path), what was given,
-    and what is accepted."""
-
-    def __init__(self, key: str, value: Any, expected: str, known: tuple[str, ...] | None = None):
-        super().__init__(f"{key}: unknown key; known keys: {', '.join(known)}" if known is not None
-                         else f"{key}: expected {expected}, got {value!r}")
-        self.key, self.value, self.expected = key, value, expected
+T = TypeVar("T")
 
 
 # -- memory backings --------------------------------------------------------------------
@@ -388,75 +379,13 @@ class ProbeReport(TypedDict, total=False):
 
 
 # -- encoding and decoding ---------------------------------------------------------------
-T = TypeVar("T")
-
-
 def encode(job: Any) -> Any:
     """A job (dataclasses, lists, dicts) as JSON data; actions without their defaults."""
-    if isinstance(job, Action):
-        return action_json(job)
-    if dataclasses.is_dataclass(job) and not isinstance(job, type):
-        return {f.name: encode(getattr(job, f.name)) for f in dataclasses.fields(job)}
-    if isinstance(job, list):
-        return [encode(x) for x in job]
-    if isinstance(job, dict):
-        return {k: encode(v) for k, v in job.items()}
-    return job
+    return codec.encode(job, {Action: action_json})
 
 
 def decode(cls: type[T], data: Any, key: str = "job") -> T:
     """JSON data as `cls`, every key and type checked: an unknown key, a missing one or a
-    value of the wrong type raises ContractError naming it."""
-    return typing.cast(T, _decode(cls, data, key))
-
-
-@functools.lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _decode(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Action:
-        return check_action(value, key)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _decode(next(a for a in args if a is not type(None)), value, key)
-    if origin is Literal:
-        return _choice(key, value, args)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ContractError(key, value, "a list")
-        return [_decode(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ContractError(key, value, "a mapping")
-        return {_decode(args[0], k, key): _decode(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ContractError(key, value, f"a mapping ({hint.__name__})")
-        hints = _hints(hint)
-        fields = {f.name: f for f in dataclasses.fields(hint)}
-        for name in value:
-            if name not in fields:
-                raise ContractError(f"{key}.{name}", value[name], "", tuple(fields))
-        kwargs: dict[str, Any] = {}
-        for name, f in fields.items():
-            if name in value:
-                kwargs[name] = _decode(hints[name], value[name], f"{key}.{name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ContractError(f"{key}.{name}", None, f"`{name}` ({hint.__name__} needs it)")
-        return hint(**kwargs)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ContractError(key, value, "a number")
-        return float(value)
-    if hint in (int, str, bool):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ContractError(key, value, {int: "an integer", str: "text", bool: "true or false"}[hint])
-        return value
-    raise ContractError(key, value, f"a value of a type the contract knows (not {hint!r})")
+    value of the wrong type raises ContractError naming it; actions are checked against
+    ACTIONS."""
+    return codec.decode(cls, data, key, {Action: check_action})

@@ -36,7 +36,7 @@ def test_image_problem(tmp_path):
 
 
 def test_busybox_applet_table():
-    from lab.builder.build import busybox_applets
+    from lab.builder.rootfs import busybox_applets
 
     blob = b"\x7fELF...junk\0" + b"[\0[[\0cat\0insmod\0mount\0sh\0zcat\0\0more junk"
     assert busybox_applets(blob) == ["[", "[[", "cat", "insmod", "mount", "sh", "zcat"]

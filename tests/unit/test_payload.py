@@ -48,7 +48,7 @@ def test_build_and_patch(tmp_path):
 def test_l1_helpers_compile_statically_and_missing_arm64_headers_are_named(tmp_path, monkeypatch):
     """A new machine whose cross compiler came without its Recommends has no arm64 libc
     headers: one line naming the package, not gcc's error deep inside the host's headers."""
-    from lab.builder import build
+    from lab.builder import rootfs as build
     from lab.core.errors import UserError
 
     source = Path(__file__).resolve().parent.parent.parent / "images/l1/src/snaphelper.c"
