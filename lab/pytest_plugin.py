@@ -36,6 +36,14 @@ if TYPE_CHECKING:
     from lab.builder.build import Tools
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses kvm_lab boots QEMU: it is marked `boot`, so `-m "not boot"` is the
+    fast loop without a marker in every such test."""
+    for item in items:
+        if "kvm_lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.boot)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvmlab", "kvmlab: the kvm_lab fixture (an arm64 L1 running KVM under QEMU TCG)")
     group.addoption("--kvmlab-kernel", metavar="KERNEL", default=None,
@@ -49,6 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "boot: boots the real L1 under QEMU (the kvm_lab fixture marks its tests)")
     # A wrong --kvmlab-kernel or --kvmlab-config is a usage error before any test runs.
     if config.getoption("--kvmlab-kernel", None) or config.getoption("--kvmlab-config", None):
         from lab.core.errors import KvmlabError

@@ -3,6 +3,7 @@ the trip into L1, a mistake in an action is refused on the host (exit 2, file an
 and L1 refuses a job that does not match."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -88,3 +89,20 @@ def test_l1_ships_the_hosts_contract_file_itself_and_rejects_a_bad_job(tmp_path)
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert "job.acess: unknown key" in result["error"] and "vmm" not in result
+
+
+def test_the_reference_names_every_action_its_vmm_and_every_key():
+    """configs/suites/README.md's action table is the contract's ACTIONS, row by row."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent.parent / "configs/suites/README.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|") for line in readme.splitlines()
+            if line.startswith("| `")}
+    assert set(rows) == set(contract.ACTIONS)
+    for name, spec in contract.ACTIONS.items():
+        _, _, vmms, keys, _, _ = rows[name]
+        assert [v.strip() for v in vmms.split(",")] == list(spec.vmms), name
+        assert set(re.findall(r"`(\w+)`", keys)) == set(spec.keys), name
+    for op, keys in contract.OP_KEYS.items():
+        assert f"`{op}`" in readme and all(f"`{k}`" in readme for k in keys)
+    assert all(advice in readme for advice in contract.MADVICE)
