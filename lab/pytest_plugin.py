@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
+from lab.core.status import PASS
+
 if TYPE_CHECKING:
     from lab.builder.build import Tools
 
@@ -129,7 +131,7 @@ class ScenarioOutcome:
 
     @property
     def passed(self) -> bool:
-        return self.status == "pass"
+        return self.status == PASS
 
     def __str__(self) -> str:
         return f"{self.name}: {self.status} on {self.release}: {self.observed or '-'}; " + "; ".join(self.reasons)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab.core.errors import KvmlabError, LabError, LaunchError, UserError
+from lab.core.status import FAIL, PASS
 
 GOOD, BAD, SKIP = 0, 1, 125
 #: Any exit status above 127 makes `git bisect run` stop.
@@ -149,13 +150,13 @@ def step(b: Bisection, label: str, good_signature: str | None = None,
     finally:
         if lab.is_up():
             lab.down()
-    if record["status"] not in ("pass", "fail"):
+    if record["status"] not in (PASS, FAIL):
         record["exit"] = SKIP
     elif b.judge == "observed":
         # GOOD's own step (no signature yet) is the reference: good by definition.
         record["exit"] = GOOD if good_signature in (None, record["signature"]) else BAD
     else:
-        record["exit"] = GOOD if record["status"] == "pass" else BAD
+        record["exit"] = GOOD if record["status"] == PASS else BAD
     return _finish(b, record, out, started, echo)
 
 

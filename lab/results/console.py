@@ -17,7 +17,7 @@ from lab.core.status import ERROR, FAIL, PASS, SKIP
 from lab.scenarios.model import Scenario
 from lab.scenarios.runner import ScenarioResult
 
-STYLE = {PASS: "green", FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}
+STYLE: dict[str, str] = {PASS: "green", FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}
 
 
 def _console() -> Console:

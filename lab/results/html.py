@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
+from lab.core.status import ERROR, FAIL, PASS, SKIP
 from lab.results import figures
 from lab.results.load import Matrix, Run
 
 MARKER = ".kvmlab-report"
-STATUS = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
+STATUS: dict[str, str] = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", SKIP: "SKIP"}
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1180px; padding: 0 1em; color: #212121; }
@@ -134,7 +135,7 @@ class _Writer:
                     figs.append(f"<img src=\"{e(src)}\" alt=\"{e(name)}: {alt}{which}\">")
         if figs:
             parts.append("<div class=\"figures\">" + "".join(figs) + "</div>")
-        elif s["status"] not in ("skip",):
+        elif s["status"] != SKIP:
             parts.append("<p class=\"meta\">No fault map: this scenario recorded no per-region mapping.</p>")
         links = [_link(p, self.final, str(p.relative_to(run.path))) for p in run.artefacts(name)]
         if links:

@@ -16,9 +16,10 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from lab.core.status import ERROR, FAIL, SKIP
 from lab.results.load import Matrix, Run
 
-FAILURE = {"fail": "failure", "error": "error"}
+FAILURE: dict[str, str] = {FAIL: "failure", ERROR: "error"}
 #: Characters XML 1.0 cannot carry (console output may hold escape sequences).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -43,7 +44,7 @@ def _case(run: Run, scenario: dict, classname: str) -> ET.Element:
                                 type=f"kvmlab.{status}")
         element.text = "\n".join(reasons + [f"{'ok ' if c.get('ok') else 'NOT'} {c.get('text', '')}"
                                             for c in scenario.get("checks", [])])
-    elif status == "skip":
+    elif status == SKIP:
         ET.SubElement(case, "skipped", message=reasons[0] if reasons else "skipped")
     out = [f"expected: {scenario.get('expected', '')}", f"observed: {scenario.get('observed') or '-'}",
            f"faults: {scenario.get('faults', 0)}"]

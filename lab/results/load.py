@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
+from lab.core.status import ERROR, FAIL, PASS, SKIP
 
 #: Files of a scenario's directory that reports link to, in this order.
 LINKED = ("l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json", "job.json")
@@ -35,11 +36,11 @@ class Run:
     @property
     def counts(self) -> dict[str, int]:
         statuses = [s["status"] for s in self.scenarios]
-        return {k: statuses.count(k) for k in ("pass", "fail", "error", "skip")}
+        return {k: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
 
     @property
     def passed(self) -> bool:
-        return not any(s["status"] in ("fail", "error") for s in self.scenarios)
+        return not any(s["status"] in (FAIL, ERROR) for s in self.scenarios)
 
     def scenario_dir(self, name: str) -> Path:
         return self.path / name

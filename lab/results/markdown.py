@@ -3,9 +3,10 @@ the workflow run's page) or a pull-request comment."""
 
 from __future__ import annotations
 
+from lab.core.status import ERROR, FAIL, PASS, SKIP
 from lab.results.load import Matrix, Run
 
-ICON = {"pass": "✅ pass", "fail": "❌ fail", "error": "💥 error", "skip": "⏭️ skip"}
+ICON: dict[str, str] = {PASS: "✅ pass", FAIL: "❌ fail", ERROR: "💥 error", SKIP: "⏭️ skip"}
 
 
 def _cell(text: str) -> str:
@@ -22,7 +23,7 @@ def run_summary(run: Run) -> str:
     for sc in run.scenarios:
         lines.append(f"| {_cell(sc['name'])} | {_cell(sc.get('expected', ''))} | {_cell(sc.get('observed') or '-')} "
                      f"| {sc.get('faults', 0)} | {ICON.get(sc['status'], sc['status'])} |")
-    bad = [sc for sc in run.scenarios if sc["status"] in ("fail", "error")]
+    bad = [sc for sc in run.scenarios if sc["status"] in (FAIL, ERROR)]
     if bad:
         lines += ["", "<details><summary>Evidence of what did not pass</summary>", ""]
         lines += [f"- **{_cell(sc['name'])}**: {_cell('; '.join(sc.get('reasons') or []))}" for sc in bad]

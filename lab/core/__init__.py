@@ -1,0 +1,1 @@
+"""Errors, paths, progress, validation, versions and statuses: what every layer above uses."""
