@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from lab.shared.contract import Action, Op, ProbeJob, decode
+from lab.shared.contract import Action, Op, ProbeJob, ProbeReport, decode
 from lab.shared.files import write_json
 
 from . import kvm
@@ -79,7 +79,7 @@ def vmstat() -> dict[str, int]:
 class Probe:
     def __init__(self, job: ProbeJob):
         self.job = job
-        self.report: dict[str, Any] = {"uart": "", "pauses": 0, "actions": [], "dirty_pages": {},
+        self.report: ProbeReport = {"uart": "", "pauses": 0, "actions": [], "dirty_pages": {},
                                        "smaps": {}, "exits": {}, "events": []}
         self.vmstat_before = vmstat()
         self.vm = kvm.VM()
@@ -234,7 +234,7 @@ class Probe:
             return FR_TXFE
         return FR_TXFE
 
-    def run(self, timeout: float) -> dict[str, Any]:
+    def run(self, timeout: float) -> ProbeReport:
         self.actions_at("start")
         marker("kvmlab: phase 0")
         started = time.monotonic()

@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from lab.shared.contract import ContractError, L1Settings, ScenarioJob, decode
+from lab.shared.contract import ContractError, L1Settings, Result, ScenarioJob, decode
 from lab.shared.files import write_json
 
 from . import tracefs
@@ -203,7 +203,7 @@ def stress(job: ScenarioJob, out_dir: str) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     job_path = argv[0]
     out_dir = os.path.dirname(job_path)
-    result: dict[str, Any] = {"started": time.time()}
+    result: Result = {"started": time.time()}  # the contract's result.json
     settings = Settings()
     capture = None
     started = time.monotonic()
