@@ -28,7 +28,7 @@ def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
     return contract.ProbeJob(
         vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART,
         payload=f"{run_guest}/touch.bin", report=f"{run_guest}/probe.json",
-        memslots=[contract.Memslot(m.slot, m.ipa, m.size, m.backing, m.offset, m.dirty_log) for m in scenario.memslots],
+        memslots=list(scenario.memslots),
         actions=scenario.actions, timeout=scenario.timeout)
 
 

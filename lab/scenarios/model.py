@@ -19,7 +19,7 @@ from lab.core.errors import UserError
 from lab.core.validate import Bad, parse_bytes
 from lab.core.versions import versions_match
 from lab.shared import contract
-from lab.shared.contract import BACKINGS, Action, ContractError
+from lab.shared.contract import BACKINGS, Action, ContractError, Memslot
 from lab.shared.units import GiB, KiB, MiB, short_size
 
 __all__ = ["Guest", "Memslot", "RegionExpectation", "Scenario", "load", "parse", "parse_bytes"]
@@ -36,16 +36,6 @@ PROBE_CODE_IPA = 0x1000_0000
 QEMU_RAM_BASE = 0x4000_0000
 UART = 0x0900_0000
 SMAPS_KEYS = ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Rss", "Private_Hugetlb", "Shared_Hugetlb")
-
-
-@dataclass
-class Memslot:
-    slot: int
-    ipa: int
-    size: int
-    backing: str = "anonymous"
-    offset: int = 0
-    dirty_log: bool = False
 
 
 @dataclass
