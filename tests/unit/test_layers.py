@@ -122,3 +122,22 @@ def test_every_integration_module_that_boots_is_marked_boot():
                           str(ROOT / "tests/integration")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     unmarked = {line.split("::")[0].rsplit("/", 1)[-1] for line in out.stdout.splitlines() if "::" in line}
     assert unmarked <= NO_BOOT, sorted(unmarked - NO_BOOT)
+
+
+def test_the_readme_layout_table_is_the_tree_and_these_layers():
+    """The README's Layout section names these layers in this order, every path it names
+    exists, and every package and module of lab/ is in it."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Layout"):]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    named = [p for row in rows for p in re.findall(r"`([^`]+)`", row)]
+    missing = [p for p in named if not (ROOT / p.rstrip("/")).exists()]
+    assert not missing, missing
+    layer_rows = [re.findall(r"`(lab/[^`]+)`", row) for row in rows if row.strip().startswith("`lab/")]
+    as_modules = [[p.rstrip("/").removesuffix(".py").replace("/", ".") for p in row] for row in layer_rows]
+    assert as_modules == LAYERS
+    top = {p.name.removesuffix(".py") for p in (ROOT / "lab").iterdir()
+           if p.name != "__init__.py" and (p.suffix == ".py" or (p / "__init__.py").exists())}
+    assert top == {m.split(".")[1] for row in as_modules for m in row}
