@@ -332,7 +332,10 @@ class ScenarioJob:
 
 # -- what L1 sends back -----------------------------------------------------------------
 class VmmOutcome(TypedDict, total=False):
+    """How the VMM ended (one run of it, in a stress run with its faults counted)."""
+
     seconds: float
+    faults: int
     exit_code: int
     signal: int
     killed: str
@@ -361,6 +364,7 @@ class Result(TypedDict, total=False):
 class ProbeReport(TypedDict, total=False):
     """probe.json, written by the probe VMM."""
 
+    events: list[Any]
     uart: str
     pauses: int
     actions: list[dict[str, Any]]

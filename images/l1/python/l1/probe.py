@@ -120,7 +120,13 @@ class Probe:
 
     def do(self, action: Action) -> None:
         what = action.do
-        mem = self.memory.get(action.slot)
+        if what == "smaps":
+            self.report["smaps"][action.label] = self.smaps()
+            return
+        if what == "sleep":
+            time.sleep(action.seconds if action.seconds is not None else 1)
+            return
+        mem = self.memory[action.slot]  # the host checked that the memslot exists
         if what == "prefault":
             touch = ctypes_memset_1 if action.access == "write" else read_pages
             for addr, length in ranges(action.as_op(), mem):
@@ -140,10 +146,6 @@ class Probe:
             else:
                 read_pages(addr, mem.size)
             self.report["alias"] = {"addr": addr, "smaps": smaps_for(addr)}
-        elif what == "smaps":
-            self.report["smaps"][action.label] = self.smaps()
-        elif what == "sleep":
-            time.sleep(action.seconds if action.seconds is not None else 1)
         elif what == "churn":
             threading.Thread(target=self.churn, args=(action, mem), daemon=True).start()
         else:

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from lab.shared.contract import Action, QemuJob
+from lab.shared.contract import Action, QemuJob, VmmOutcome
 from lab.shared.units import MiB
 
 from .probe import marker
@@ -139,10 +139,10 @@ def _action(qmp: Qmp, action: Action) -> dict[str, Any]:
     raise ValueError(f"action {what!r} is for the probe VMM, not QEMU")
 
 
-def drive(extra: dict[str, Any], spec: QemuJob, kill_after: float | None) -> dict[str, Any]:
+def drive(extra: dict[str, Any], spec: QemuJob, kill_after: float | None) -> VmmOutcome:
     """Starts the serial reader; returns at once (scenario.wait_vmm waits for the process)."""
     proc = extra["proc"]
-    outcome: dict[str, Any] = {"pauses": 0, "actions": []}
+    outcome: VmmOutcome = {"pauses": 0, "actions": []}
 
     def reader() -> None:
         seen = b""

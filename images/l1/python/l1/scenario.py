@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from lab.shared.contract import ContractError, L1Settings, Result, ScenarioJob, decode
+from lab.shared.contract import ContractError, L1Settings, Result, ScenarioJob, VmmOutcome, decode
 from lab.shared.files import write_json
 
 from . import tracefs
@@ -82,7 +82,7 @@ def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], str 
     write_setting("/proc/sys/vm/drop_caches", "3")
     if os.path.exists("/proc/sys/vm/compact_memory"):
         write_setting("/proc/sys/vm/compact_memory", "1")
-    have = {"thp": read_setting(f"{thp}/enabled"), "defrag": read_setting(f"{thp}/defrag"),
+    have: dict[str, Any] = {"thp": read_setting(f"{thp}/enabled"), "defrag": read_setting(f"{thp}/defrag"),
             "shmem_thp": read_setting(f"{thp}/shmem_enabled"), "hugepages": {}}
     for size_kb, count in spec.hugepages.items():
         path = f"{MM}/hugepages/hugepages-{size_kb}kB/nr_hugepages"
@@ -135,13 +135,13 @@ def run_vmm(job: ScenarioJob, out_dir: str, probe_job: Any = None) -> tuple[int,
     return proc.pid, {"proc": proc}
 
 
-def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> dict[str, Any]:
+def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> VmmOutcome:
     started = time.monotonic()
     kill_after = job.kill_after
     if kill_after is not None and job.kill_after_max:
         kill_after = random.uniform(kill_after, job.kill_after_max)
     timeout = job.timeout
-    outcome: dict[str, Any] = {}
+    outcome: VmmOutcome = {}
     if job.vmm == "qemu" and job.qemu is not None:
         from . import qemu_vmm
 
