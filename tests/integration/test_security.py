@@ -155,7 +155,7 @@ def test_an_unsigned_package_archive_is_refused(tmp_path):
 
 def test_no_download_path_turns_signature_checks_off():
     """What the archive fetch runs: apt's signature checks are never relaxed."""
-    source = (Path(__file__).parents[2] / "lab/images/debian.py").read_text()
+    source = (Path(__file__).parents[2] / "lab/builder/debian.py").read_text()
     for insecure in ("trusted=yes", "AllowUnauthenticated", "allow-unauthenticated", "AllowInsecureRepositories",
                      "--no-check-gpg", "check-gpg=false", "--keyring=/dev/null"):
         assert insecure not in source

@@ -7,7 +7,8 @@ import yaml
 
 from lab.analysis import trace as tracefile
 from lab.analysis.crash import scan
-from lab.analysis.verdict import ERROR, FAIL, PASS, SKIP, evaluate
+from lab.analysis.verdict import evaluate
+from lab.core.status import ERROR, FAIL, PASS, SKIP
 from lab.scenarios import model
 
 TRACES = Path(__file__).parent.parent / "data" / "traces"
