@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from lab.analysis.esr import Esr
+from lab.shared.units import GiB, KiB, MiB
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4 * KiB
 REGION = 2 * MiB
 

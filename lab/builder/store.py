@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from lab.core.errors import ImageError
 from lab.core.paths import cache_dir
+from lab.shared.files import write_atomic
 
 #: Bump when the cache layout changes (the building code is keyed by its own digest).
 FORMAT = 2
@@ -198,6 +199,4 @@ def tree_size(path: Path) -> int:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.rename(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")  # sorted: manifests diff cleanly

@@ -28,6 +28,7 @@ from lab.core.errors import ImageError, UserError
 from lab.core.paths import CONFIGS_DIR, cache_dir
 from lab.core.progress import Progress
 from lab.kernels.arm64 import image_problem
+from lab.shared.files import write_json
 
 FRAGMENT = CONFIGS_DIR / "kernel" / "kvmlab.config"
 BASES = ("defconfig", "tinyconfig", "allnoconfig")
@@ -170,9 +171,7 @@ def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path
     record = {"src": str(src), "commit": result.commit, "release": release, "base": base,
               "fragments": [str(f) for f in fragment_files], "image": str(image), "seconds": result.seconds,
               "ccache": bool(shutil.which("ccache")), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = out / "kvmlab-build.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out / "kvmlab-build.json")
+    write_json(out / "kvmlab-build.json", record)
     return result
 
 

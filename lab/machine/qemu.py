@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lab.config import LabConfig
 from lab.core.errors import LaunchError, UserError
+from lab.shared.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,7 @@ def qemu_version(binary: str) -> str:
     version = out.splitlines()[0].strip() if out else "unknown"
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**known, key: version}))
-        os.replace(tmp, memo)
+        write_atomic(memo, json.dumps({**known, key: version}))
     except OSError:
         pass
     return version

@@ -12,6 +12,7 @@ from typing import Callable
 from lab.core.errors import LabError, UserError
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.qemu import LabPaths
+from lab.shared.files import replacing
 
 #: Runs a shell command in L1: (status, output).
 Run = Callable[[str], tuple[int, str]]
@@ -55,9 +56,8 @@ def pull(paths: LabPaths, run: Run, src: str, dst: Path) -> Path:
             os.replace(host, dst)
         except OSError:
             # Another file system: copy beside the destination, then rename (no half file).
-            tmp = dst.with_name(f".{dst.name}.kvmlab-tmp")
-            shutil.copyfile(host, tmp)
-            os.replace(tmp, dst)
+            with replacing(dst) as tmp:
+                shutil.copyfile(host, tmp)
         return dst
     finally:
         host.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from lab.core.errors import KvmlabError, LabError, LaunchError, UserError
 from lab.core.status import FAIL, PASS
+from lab.shared.files import write_json
 
 GOOD, BAD, SKIP = 0, 1, 125
 #: Any exit status above 127 makes `git bisect run` stop.
@@ -255,9 +256,7 @@ def run(b: Bisection, echo: Callable[[str], None]) -> dict[str, Any]:
     finally:
         report["seconds"] = round(time.monotonic() - started, 1)
         git(b.src, "bisect", "reset", check=False)
-        tmp = b.results / ".bisect.json.tmp"
-        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        os.replace(tmp, b.results / "bisect.json")
+        write_json(b.results / "bisect.json", report)
     return report
 
 

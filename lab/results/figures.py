@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from lab.shared.files import replacing
 
 #: Mapping -> (colour, legend text). The order is the legend's.
 COLOURS = {
@@ -39,9 +40,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with replacing(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     return path
 
 

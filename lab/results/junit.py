@@ -10,7 +10,6 @@ the schema Jenkins' JUnit plugin publishes (junit-10.xsd); tests/data/junit.xsd 
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import xml.etree.ElementTree as ET
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from lab.core.status import ERROR, FAIL, SKIP
 from lab.results.load import Matrix, Run
+from lab.shared.files import replacing
 
 FAILURE: dict[str, str] = {FAIL: "failure", ERROR: "error"}
 #: Characters XML 1.0 cannot carry (console output may hold escape sequences).
@@ -101,7 +101,6 @@ def write(results: Run | Matrix, path: Path) -> Path:
     root = document(results)
     ET.indent(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
     return path

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from lab.results import RESULTS_FORMAT, junit, markdown
 from lab.results.load import Matrix, Run
+from lab.shared.files import write_atomic
 
 
 def document(results: Run | Matrix) -> dict[str, Any]:
@@ -27,9 +27,7 @@ def document(results: Run | Matrix) -> dict[str, Any]:
 
 def _atomic_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def check(json_file: str | None = None, junit_file: str | None = None, html_dir: str | None = None,

@@ -14,7 +14,6 @@ run directory moved into the results directory:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from lab.scenarios import RESULTS_FORMAT
 from lab.scenarios.jobs import l2_initramfs, make_probe_job, scenario_job, touch_params
 from lab.scenarios.model import Scenario
 from lab.shared import contract
-from lab.shared.files import write_json
+from lab.shared.files import replacing, write_json
 
 GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
 #: Lines of the L1 console kept in the verdict when the lab dies.
@@ -161,9 +160,8 @@ class Runner:
         image = l2_dir / "Image"
         if not image.exists():
             l2_dir.mkdir(parents=True, exist_ok=True)
-            tmp = l2_dir / "Image.tmp"
-            shutil.copyfile(self.state["kernel"]["image"], tmp)
-            os.replace(tmp, image)
+            with replacing(image) as tmp:
+                shutil.copyfile(self.state["kernel"]["image"], tmp)
         busybox = Path(self.state["rootfs"]["root"]) / "usr/bin/busybox"
         (run_host / "l2-initrd.cpio").write_bytes(l2_initramfs(busybox.read_bytes(), scenario.guest.workload))
         return {"kernel": f"{GUEST_KVMLAB}/l2/Image", "initrd": f"{run_guest}/l2-initrd.cpio",

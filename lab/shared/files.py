@@ -3,10 +3,11 @@ into a temporary file beside it, flushed, then renamed over it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None) -> None:
@@ -27,6 +28,23 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | No
         except OSError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """For a writer that writes a file itself (matplotlib, ElementTree): a temporary sibling
+    to write, renamed over `path` when the block ends without error, removed otherwise.
+    `suffix` keeps an extension a writer goes by (".png")."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def write_json(path: str | os.PathLike[str], data: Any, indent: int = 2) -> None:

@@ -112,3 +112,20 @@ def test_clean_keeps_the_given_keys(tmp_path):
     store.build("kernel", "trixie", "b" * 64, {}, builder_writing([]))
     assert store.clean(keep={"a" * 64}) > 0
     assert [e.manifest["key"] for e in store.entries()] == ["a" * 64]
+
+
+def test_an_atomic_write_leaves_the_old_file_or_the_new_never_a_part(tmp_path):
+    """lab/shared/files.py, the one helper every writer uses: a failure while writing
+    leaves the old content and no temporary file beside it."""
+    from lab.shared.files import replacing, write_atomic
+
+    target = tmp_path / "summary.json"
+    write_atomic(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with replacing(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("the writer failed")
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    write_atomic(target, b"new\n", mode=0o600)
+    assert target.read_text() == "new\n" and (target.stat().st_mode & 0o777) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from lab.shared.contract import Action, QemuJob, VmmOutcome
+from lab.shared.files import replacing
 from lab.shared.units import MiB
 
 from .probe import marker
@@ -98,8 +99,8 @@ def local_copy(path: str) -> str:
     local = "/run/kvmlab/l2-" + os.path.basename(path)
     size = os.stat(path).st_size
     if not os.path.exists(local) or os.stat(local).st_size != size:
-        shutil.copyfile(path, local + ".tmp")
-        os.replace(local + ".tmp", local)
+        with replacing(local) as tmp:
+            shutil.copyfile(path, tmp)
     return local
 
 
