@@ -156,16 +156,44 @@ def version_condition(what: str) -> Callable[[Any], str]:
     return check
 
 
+#: Larger than any config or scenario: a file this big is a mistake, and is not parsed.
+MAX_YAML_BYTES = 1 << 20
+
+
+class _Refused(Exception):
+    """What a YAML file may not hold, said with its line."""
+
+
+class _NoAliases(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: `*name` expands an anchored node in place, so
+    a few lines nesting aliases ("billion laughs") become gigabytes. Refused at the first
+    one, before anything is expanded; no kvmlab file needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _Refused(f"line {event.start_mark.line + 1}: a YAML alias (*{event.anchor}); "
+                           "aliases are not accepted, write the value out")
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: Path, missing: str, fix: str = "fix the file") -> Any:
-    """A YAML file's data; a missing, unreadable or malformed file is one line."""
+    """A YAML file's data; a missing, unreadable, too large or malformed file, or one with
+    an alias, is one line. Time and memory stay bounded whatever the file holds."""
     try:
-        content = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {missing}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB, not a kvmlab file; {fix}")
+    content = raw.decode(errors="replace")
     try:
-        return yaml.safe_load(content)
+        return yaml.load(content, Loader=_NoAliases)  # a SafeLoader, less aliases
+    except _Refused as exc:
+        raise ConfigError(f"{path}: {exc}; {fix}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

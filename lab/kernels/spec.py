@@ -89,7 +89,10 @@ def parse(text: str, base: Path | None = None) -> KernelSpec:
     path = Path(text).expanduser()
     if not path.is_absolute():
         path = (base or Path.cwd()) / path
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop, as Python 3.11 says it
+        raise ValueError(f"{text}: cannot follow this path ({exc}); give the kernel Image itself") from None
     if path.is_dir():
         found = [p for p in (path / "arch/arm64/boot/Image", path / "Image") if p.is_file()]
         if not found:

@@ -110,3 +110,43 @@ def test_cli_bad_option_value_names_the_option():
                                   ["-d", "guest_errors"]])
 def test_loopback_listeners_and_other_arguments_are_accepted(tmp_path, args):
     assert load_config(write(tmp_path, f"qemu:\n  extra_args: {args!r}\n")).qemu_extra_args == args
+
+
+#: The "billion laughs" shape, three levels deep here (nine deep was 2.8 GB before): were the
+#: refusal gone, this would still load quickly and the test fail on the message, not hang.
+LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 4))
+
+
+@pytest.mark.parametrize("where, text", [
+    ("config", "images:\n  extra_packages: &l0 [x, x, x, x, x, x, x, x, x]\n" + LAUGHS.replace("\n", "\n  ")),
+    ("scenario", "memslots: &l0 [{ipa: 1G, size: 64M}]\n" + LAUGHS),
+])
+def test_yaml_aliases_are_refused_before_anything_expands(tmp_path, where, text):
+    """Aliases nesting aliases: refused at the first alias, with its line, exit 2."""
+    from lab.core.errors import UserError
+    from lab.scenarios import model
+
+    path = tmp_path / f"{where}.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        load_config(path) if where == "config" else model.load(path)
+    message = info.value.message
+    assert message.startswith(f"{path}: line ") and "a YAML alias (*l0); aliases are not accepted" in message
+    assert info.value.exit_status == 2 and "\n" not in message
+
+
+def test_a_file_too_large_to_be_a_config_is_not_parsed(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("lab: {}\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"big.yaml: larger than 1 MiB, not a kvmlab file"):
+        load_config(path)
+
+
+def test_a_symlink_loop_as_kernel_is_one_line_exit_2(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    result = CliRunner().invoke(main, ["up", "--kernel", str(tmp_path / "a")])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith(f"kvmlab: error: option --kernel: lab.kernel: {tmp_path / 'a'}: "
+                                                 "cannot follow this path (")
