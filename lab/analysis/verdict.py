@@ -131,9 +131,10 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         else:
             verdict.reasons.append(f"VMM killed: {vmm['killed']}")
     elif not vmm.get("timeout") and vmm.get("exit_code") != 0:
-        detail = ((probe or {}).get("error") or vmm.get("error")
-                  or f"exit status {vmm.get('exit_code', vmm.get('signal'))}")
+        detail = (probe or {}).get("error") or vmm.get("error") or _how_it_ended(vmm)
         problems.append(f"the VMM failed: {detail}")
+        if vmm.get("fault"):  # the VMM's own stacks at the signal (Python's faulthandler)
+            problems.append("the VMM's stacks when it died (vmm-fault.log):\n" + vmm["fault"])
     if problems:
         verdict.status = ERROR
         verdict.reasons = problems + verdict.reasons
@@ -218,6 +219,9 @@ def _stress(scenario: Judged, repeat: dict[str, Any], crashes: list[Crash]) -> V
         verdict.reasons.append("L1 log clean")
     if ended:
         verdict.observed += f"; {len(ended)} ended by themselves"
+        stacks = [(i + 1, r["fault"]) for i, r in enumerate(runs) if "killed" not in r and r.get("fault")]
+        if stacks:  # the first crash's evidence; every run's is in result.json
+            verdict.reasons.append(f"the VMM's stacks when run {stacks[0][0]} died:\n{stacks[0][1]}")
     if any(not c["ok"] for c in verdict.checks):
         verdict.status = FAIL
     return verdict

@@ -343,6 +343,8 @@ class VmmOutcome(TypedDict, total=False):
     error: str
     pauses: int
     actions: list[dict[str, Any]]
+    #: a VMM that died of a signal: its threads' stacks at that moment (faulthandler)
+    fault: str
 
 
 class Result(TypedDict, total=False):

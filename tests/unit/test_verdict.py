@@ -170,3 +170,29 @@ def test_repeat_needs_a_stress_shape():
     data["kill_after"] = [0.9, 0.3]
     with pytest.raises(UserError, match=r"kill_after: expected .*\[min, max\]"):
         model.parse(data, "s.yaml")
+
+
+FAULT = ("Fatal Python error: Segmentation fault\n\nThread 0x0000ffff9a1f0120 (most recent call first):\n"
+         '  File "/mnt/share/.kvmlab/tools/l1/kvm.py", line 227 in run')
+
+
+def test_a_vmm_killed_by_a_signal_says_which_and_keeps_its_stacks():
+    """A VMM that died of SIGSEGV is an error that names the signal (not "exit status 11")
+    and carries the stacks faulthandler wrote in L1, as evidence."""
+    scenario = model.parse({"memslots": [{"ipa": "1G", "size": "64M"}]}, "s.yaml")
+    result = {"l1_release": RELEASE, "vmm": {"signal": 11, "seconds": 0.34, "fault": FAULT},
+              "trace": {"complete": True}}
+    v = evaluate(scenario, RELEASE, result, None, None, [])
+    assert v.status == ERROR
+    assert v.reasons[0] == "the VMM failed: died of signal 11 (SIGSEGV) after 0.34 s"
+    assert v.reasons[1].startswith("the VMM's stacks when it died (vmm-fault.log):\nFatal Python error: Segm")
+
+
+def test_a_stress_run_that_crashed_keeps_the_first_crash_stacks():
+    def crash(repeat):
+        repeat["runs"][5] = {"seconds": 0.085, "signal": 11, "faults": 2, "fault": FAULT}
+
+    scenario, result = stress_result(crash)
+    v = evaluate(scenario, RELEASE, result, None, None, [])
+    assert v.status == FAIL
+    assert any(r.startswith("the VMM's stacks when run 6 died:\nFatal Python error") for r in v.reasons)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -115,6 +116,9 @@ def run_vmm(job: ScenarioJob, out_dir: str, probe_job: Any = None) -> tuple[int,
         if pid == 0:
             code = 1
             try:
+                # A signal that kills the VMM (SIGSEGV in KVM_RUN's return path, a bad
+                # mapping) leaves every thread's Python stack here: the evidence, kept.
+                faulthandler.enable(open(os.path.join(out_dir, FAULT_LOG), "w"), all_threads=True)
                 code = probe.run(probe_job)
             except BaseException:
                 traceback.print_exc()
@@ -122,7 +126,7 @@ def run_vmm(job: ScenarioJob, out_dir: str, probe_job: Any = None) -> tuple[int,
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        return pid, {}
+        return pid, {"out_dir": out_dir}
     if kind == "qemu":
         from . import qemu_vmm
 
@@ -161,9 +165,24 @@ def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> VmmOutcome:
     outcome["seconds"] = round(time.monotonic() - started, 3)
     if os.WIFSIGNALED(status):
         outcome["signal"] = os.WTERMSIG(status)
+        fault = _fault_log(extra.get("out_dir", ""))
+        if fault and "killed" not in outcome and "timeout" not in outcome:
+            outcome["fault"] = fault
     else:
         outcome["exit_code"] = os.WEXITSTATUS(status)
     return outcome
+
+
+FAULT_LOG = "vmm-fault.log"
+
+
+def _fault_log(out_dir: str) -> str:
+    """The last lines faulthandler wrote for the VMM that just died ('' if none)."""
+    try:
+        with open(os.path.join(out_dir, FAULT_LOG), errors="replace") as f:
+            return "".join(f.readlines()[-40:]).strip()
+    except OSError:
+        return ""
 
 
 def stress(job: ScenarioJob, out_dir: str) -> dict[str, Any]:
