@@ -132,6 +132,9 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
             verdict.reasons.append(f"VMM killed: {vmm['killed']}")
     elif not vmm.get("timeout") and vmm.get("exit_code") != 0:
         detail = (probe or {}).get("error") or vmm.get("error") or _how_it_ended(vmm)
+        if trace is not None and trace.faults:  # how far it got: a crash in phase 2 is not one at start
+            detail += (f", after {len(trace.faults)} stage-2 faults (the last in phase "
+                       f"{max(f.phase for f in trace.faults)})")
         problems.append(f"the VMM failed: {detail}")
         if vmm.get("fault"):  # the VMM's own stacks at the signal (Python's faulthandler)
             problems.append("the VMM's stacks when it died (vmm-fault.log):\n" + vmm["fault"])

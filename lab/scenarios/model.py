@@ -305,12 +305,34 @@ def _actions(c: _Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot
             raise UserError(f"{c.where}: {exc}; fix the scenario file") from None
         if "slot" in action and not any(m.slot == checked.slot for m in memslots):
             c.fail(f"{key}.slot", action["slot"], "the number of a memslot (1 = the first)")
+        slot = next((m for m in memslots if m.slot == checked.slot), None)
+        if slot is not None and "slot" in contract.ACTIONS[checked.do].keys:
+            ops = [(key, checked.as_op())] if checked.do in contract.OPS or checked.do in ("prefault", "churn") else []
+            ops += [(f"{key}.ops[{j}]", op) for j, op in enumerate(checked.ops)]
+            for where, op in ops:
+                _check_range(c, where, op, slot)
         actions.append(checked)
     pause_points = {a.at for a in actions if a.at.startswith("pause")}
     if len(pause_points) > len(guest.pauses):
         c.fail("actions", sorted(pause_points),
                f"pause points the guest reaches (guest.pauses has {len(guest.pauses)})")
     return actions
+
+
+def _check_range(c: _Checker, key: str, op: contract.Op, slot: Memslot) -> None:
+    """An operation's range lies in its memslot, on 4 KiB pages; `every` steps forward."""
+    for name in ("offset", "size", "every"):
+        value = getattr(op, name)
+        if value and value % (4 * KiB):
+            c.fail(f"{key}.{name}", short_size(value), "a multiple of 4K (madvise, mprotect and munmap work on pages)")
+    if op.offset >= slot.size:
+        c.fail(f"{key}.offset", short_size(op.offset),
+               f"an offset inside memslot {slot.slot} ({short_size(slot.size)})")
+    if op.size is not None and (op.size == 0 or op.offset + op.size > slot.size):
+        c.fail(f"{key}.size", short_size(op.size), f"a size from 4K to {short_size(slot.size - op.offset)} "
+               f"(memslot {slot.slot} is {short_size(slot.size)}, the range starts at {short_size(op.offset)})")
+    if op.every is not None and op.every < (op.size or 4 * KiB):
+        c.fail(f"{key}.every", short_size(op.every), "a step at least the range's size")
 
 
 def _sizes(c: _Checker, values: dict[str, Any], key: str) -> None:

@@ -290,6 +290,8 @@ class Runner:
                                     crash.scan(run["log"]), self.l0)
         out.status, out.observed, out.reasons = verdict.status, verdict.observed, verdict.reasons
         out.faults, out.counts, out.checks = verdict.faults, verdict.counts(), verdict.checks
+        if verdict.status == ERROR and crashed(result):
+            out.reasons.append(self._run_again(scenario, tools))
         out.timings = {"l1": round(run["l1_seconds"], 2), "analysis": round(time.monotonic() - analysed, 2),
                        "vmm": (result.get("vmm") or {}).get("seconds", 0),
                        "guest": (probe or {}).get("guest_seconds", 0),
@@ -304,6 +306,19 @@ class Runner:
                 maps = [{"label": f"phase {p}", "regions": region_records(phase_regions(scenario, trace.faults, p))}
                         for p in phases]
         return self._finish(out, artefacts, started, verdict, maps)
+
+    def _run_again(self, scenario: Scenario, tools: Tools) -> str:
+        """A VMM that crashed is a finding: the scenario runs once more, explicitly (its
+        artefacts in NAME/rerun), and the verdict stays ERROR whatever the second run says."""
+        run = self.execute(scenario, tools, f"{scenario.name}/rerun")
+        problem = self._no_result(run)
+        if problem:
+            return f"run once more (NAME/rerun; the verdict stays ERROR): no result either: {problem[0]}"
+        again = evaluate(scenario, run["result"].get("l1_release", self.release), run["result"], run["trace"],
+                         run["probe"], crash.scan(run["log"]), self.l0)
+        first = again.reasons[0] if again.reasons else ""
+        return (f"run once more ({scenario.name}/rerun; the verdict stays ERROR): {again.status.upper()}"
+                + (f", {again.observed}" if again.observed else "") + (f"; {first}" if again.status != PASS else ""))
 
     def _compare(self, scenario: Scenario, tools: Tools, out: ScenarioResult, started: float) -> ScenarioResult:
         """The same workload under two L1 THP modes; the verdict is on the fault ratio."""
@@ -346,6 +361,12 @@ class Runner:
             data["maps"] = maps
         write_json(artefacts / "verdict.json", data)
         return out
+
+
+def crashed(result: dict[str, Any]) -> bool:
+    """The VMM died of a signal it did not get from the runner (kill_after, the timeout)."""
+    vmm = result.get("vmm") or {}
+    return "signal" in vmm and "killed" not in vmm and "timeout" not in vmm and not result.get("repeat")
 
 
 def _source_name(path: Path | None) -> str:

@@ -91,6 +91,7 @@ ACTIONS: dict[str, ActionSpec] = {
     "sleep": ActionSpec(("probe", "qemu"), ("seconds",), doc="wait (1 s by default)"),
     "churn": ActionSpec(("probe",), _RANGE + ("op", "ops", "advice", "prot"),
                         doc="a thread repeating `op` (or each of `ops` in turn) while the vCPUs run"),
+    "segfault": ActionSpec(("probe",), (), doc="the probe dereferences NULL: a planted VMM crash, to see its evidence"),
     "migrate": ActionSpec(("qemu",), ("bandwidth",), doc="QEMU migrates to a file, slowly (dirty logging on)"),
     "dirty_rate": ActionSpec(("qemu",), ("seconds",), doc="QEMU's calc-dirty-rate"),
 }

@@ -184,6 +184,42 @@ def test_a_hung_guest_times_out_and_the_suite_goes_on(tmp_path, private_runtime)
         kvmlab("down", "--name", name)
 
 
+CRASH = """\
+description: the probe VMM dereferences NULL at the guest's first pause (a planted crash)
+memslots: [{ipa: 1G, size: 8M, backing: anonymous}]
+guest: {access: [write, write], pauses: [1]}
+actions: [{at: pause 1, do: segfault}]
+"""
+
+
+def test_a_crashed_vmm_is_reported_with_its_evidence_and_run_once_more(tmp_path, private_runtime):
+    """A VMM that dies of a signal: the report names the signal, how far it got, keeps
+    every thread's stack (faulthandler, vmm-fault.log) and runs the scenario once more,
+    explicitly; the verdict stays ERROR."""
+    name = "f-crash"
+    targets = suite(tmp_path / "suite", ("a-crash", CRASH), ("b-fast", FAST))
+    assert kvmlab("up", "--name", name).returncode == 0
+    try:
+        result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
+        assert result.returncode == 1, result.stdout.decode()
+        runs = by_name(summary_of(tmp_path / "results"))
+        crash = runs["a-crash"]
+        assert crash["status"] == "error"
+        assert crash["reasons"][0].startswith("the VMM failed: died of signal 11 (SIGSEGV) after "), crash["reasons"]
+        assert "stage-2 faults (the last in phase 0)" in crash["reasons"][0]
+        stacks = crash["reasons"][1]
+        assert stacks.startswith("the VMM's stacks when it died (vmm-fault.log):\nFatal Python error: Segmentation")
+        assert "in do" in stacks and "probe.py" in stacks  # the frame that dereferenced NULL
+        assert crash["reasons"][-1].startswith("run once more (a-crash/rerun; the verdict stays ERROR): ERROR")
+        artefacts = Path(crash["artefacts"])
+        assert "Segmentation fault" in (artefacts / "vmm-fault.log").read_text()
+        assert (artefacts / "rerun" / "vmm-fault.log").exists()
+        assert runs["b-fast"]["status"] == "pass"  # the lab goes on
+        assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
+    finally:
+        kvmlab("down", "--name", name)
+
+
 @pytest.mark.parametrize("lab_was_up", [True, False], ids=["on-a-running-lab", "lab-started-by-test"])
 def test_ctrl_c_during_test_stops_cleanly_and_the_next_run_works(lab_was_up, tmp_path, private_runtime):
     name = "f-ctrlc-" + ("up" if lab_was_up else "own")

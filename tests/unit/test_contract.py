@@ -42,6 +42,14 @@ def test_every_scenario_job_decodes_as_it_was_sent(scenario):
     ({"do": "dirty_log", "slot": 1, "on": "yes"}, "actions[0].on: expected true or false"),
     ({"do": "smaps", "at": "pause 9"}, "actions[0].at: expected start, end or 'pause N'"),
     ({"do": "fork_child", "slot": 1, "ops": [{"size": "4K"}]}, "actions[0].ops[0]: expected a mapping with `op`"),
+    # ranges that fall outside their memslot (64M here), or off the 4 KiB pages
+    ({"do": "madvise", "slot": 1, "advice": "dontneed", "offset": "64M"}, "actions[0].offset: expected an offset inside"),
+    ({"do": "munmap", "slot": 1, "offset": "60M", "size": "8M"}, "actions[0].size: expected a size from 4K to 4M"),
+    ({"do": "fork_child", "slot": 1, "ops": [{"op": "munmap", "offset": "1K"}]},
+     "actions[0].ops[0].offset: expected a multiple of 4K"),
+    ({"do": "churn", "slot": 1, "op": "madvise", "advice": "dontneed", "size": "2M", "every": "1M"},
+     "actions[0].every: expected a step at least the range's size"),
+    ({"do": "prefault", "slot": 1, "size": "4K", "every": 0}, "actions[0].every: expected a step at least"),
 ])
 def test_a_mistake_in_an_action_is_exit_2_naming_the_file_and_key(action, where):
     with pytest.raises(UserError) as info:

@@ -196,3 +196,17 @@ def test_a_stress_run_that_crashed_keeps_the_first_crash_stacks():
     v = evaluate(scenario, RELEASE, result, None, None, [])
     assert v.status == FAIL
     assert any(r.startswith("the VMM's stacks when run 6 died:\nFatal Python error") for r in v.reasons)
+
+
+def test_a_crashed_vmm_says_how_far_it_got():
+    from lab.analysis.mapping import Fault
+
+    scenario = model.parse({"memslots": [{"ipa": "1G", "size": "64M"}], "guest": {"pauses": [1], "access": ["write", "write"]}},
+                           "s.yaml")
+    faults = [Fault(ipa=(1 << 30) + i * 4096, esr=0x93C08007, phase=0 if i < 19 else 1) for i in range(20)]
+    trace = tracefile.Trace(events=[], faults=faults, markers=[])
+    result = {"l1_release": RELEASE, "vmm": {"signal": 11, "seconds": 0.34}, "trace": {"complete": True}}
+    v = evaluate(scenario, RELEASE, result, trace, None, [])
+    assert v.status == ERROR
+    assert v.reasons[0] == ("the VMM failed: died of signal 11 (SIGSEGV) after 0.34 s, after 20 stage-2 faults "
+                            "(the last in phase 1)")

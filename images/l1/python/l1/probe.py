@@ -126,6 +126,10 @@ class Probe:
         if what == "sleep":
             time.sleep(action.seconds if action.seconds is not None else 1)
             return
+        if what == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)  # SIGSEGV: kvmlab's crash evidence, checked on a planted crash
         mem = self.memory[action.slot]  # the host checked that the memslot exists
         if what == "prefault":
             touch = ctypes_memset_1 if action.access == "write" else read_pages
