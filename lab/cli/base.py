@@ -6,6 +6,7 @@ own status); 2 bad input (a config key, a value, a path); 130 interrupted.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import click
 
 from lab.config import SUITES, LabConfig, load_config
-from lab.core.errors import KvmlabError
+from lab.core.errors import KvmlabError, UserError
 from lab.core.progress import Progress
 
 
@@ -33,6 +34,16 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+def symlink_loop(exc: BaseException) -> str | None:
+    """The path of a symlink loop behind `exc`, wherever a path the user gave was followed
+    (Python 3.11's Path.resolve says RuntimeError; the system calls say ELOOP); else None."""
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return str(exc.filename)
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop from "):
+        return str(exc)[len("Symlink loop from "):].strip("'\"")
+    return None
+
+
 class Kvmlab(click.Group):
     def invoke(self, ctx):
         signal.signal(signal.SIGTERM, _terminate)
@@ -41,6 +52,11 @@ class Kvmlab(click.Group):
             return super().invoke(ctx)
         except KvmlabError as exc:
             fail(exc)
+        except (RuntimeError, OSError) as exc:
+            loop = symlink_loop(exc)
+            if loop is None:
+                raise
+            fail(UserError(f"{loop}: a symlink loop (too many levels of symbolic links); give the real path"))
         except KeyboardInterrupt:
             click.echo("kvmlab: interrupted", err=True)
             sys.exit(130)

@@ -150,3 +150,14 @@ def test_a_symlink_loop_as_kernel_is_one_line_exit_2(tmp_path):
     line = result.output.strip()
     assert "\n" not in line and line.startswith(f"kvmlab: error: option --kernel: lab.kernel: {tmp_path / 'a'}: "
                                                  "cannot follow this path (")
+
+
+@pytest.mark.parametrize("args", [["kernel", "build", "--src", "{loop}"], ["up", "--config", "{loop}"],
+                                  ["test", "--list", "{loop}"], ["report", "{loop}"]])
+def test_a_symlink_loop_anywhere_a_path_is_given_is_one_line_exit_2(tmp_path, args):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    result = CliRunner().invoke(main, [a.replace("{loop}", str(tmp_path / "a")) for a in args])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("kvmlab: error: ") and str(tmp_path / "a") in line, line
