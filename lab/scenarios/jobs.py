@@ -29,7 +29,9 @@ def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
         vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART,
         payload=f"{run_guest}/touch.bin", report=f"{run_guest}/probe.json",
         memslots=list(scenario.memslots),
-        actions=scenario.actions, timeout=scenario.timeout)
+        # The probe's own wait is the longest L1 may give a guest that still moves; the
+        # scenario's timeout proper is L1's runner's (l1.scenario.wait_vmm)
+        actions=scenario.actions, timeout=scenario.timeout * contract.TIMEOUT_STRETCH)
 
 
 def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,

@@ -36,6 +36,7 @@ from lab.scenarios import RESULTS_FORMAT
 from lab.scenarios.jobs import l2_initramfs, make_probe_job, scenario_job, touch_params
 from lab.scenarios.model import Scenario
 from lab.shared import contract
+from lab.shared.contract import TIMEOUT_STRETCH
 from lab.shared.files import replacing, write_json
 
 GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
@@ -198,7 +199,8 @@ class Runner:
         command = f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json"
         started = time.monotonic()
         try:
-            status, output = self.lab.run(command, timeout=scenario.timeout * scenario.repeat + 120)
+            # L1 stretches the timeout of a VMM still making progress (contract.TIMEOUT_STRETCH)
+            status, output = self.lab.run(command, timeout=scenario.timeout * scenario.repeat * TIMEOUT_STRETCH + 120)
         except LabError as exc:
             status, output = -1, str(exc)
         l1_seconds = time.monotonic() - started

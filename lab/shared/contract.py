@@ -254,6 +254,11 @@ def _drop_defaults(op: Op) -> dict[str, Any]:
 
 
 # -- the job ----------------------------------------------------------------------------
+#: A VMM still making progress at its timeout (stage-2 faults or console output still
+#: advancing) is given more time, up to this many times the timeout; one that is not is
+#: killed at the timeout. The host waits for L1 accordingly.
+TIMEOUT_STRETCH = 3
+
 @dataclass(frozen=True)
 class L1Settings:
     """What L1's mm is set to for one scenario (None: left as it is), restored afterwards."""

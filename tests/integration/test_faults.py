@@ -352,3 +352,32 @@ def test_a_read_only_cache_that_holds_the_images_still_serves_up(tmp_path, priva
         assert kvmlab("down", "--name", "f-ro-cache").returncode == 0
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+BUSY = """\
+description: the guest writes forever while a VMM thread drops its memory again and again, so it faults all along
+memslots: [{ipa: 1G, size: 8M, backing: anonymous}]
+guest: {access: write, forever: true}
+actions: [{at: start, do: churn, slot: 1, op: madvise, advice: dontneed, size: 2M, every: 4M}]
+timeout: 4
+"""
+
+
+def test_a_vmm_still_faulting_at_its_timeout_gets_more_time_and_the_timeout_says_so(tmp_path, private_runtime):
+    """A slow machine must not turn a run that is getting on into a timeout: at its timeout
+    the VMM still faulting is given more time, up to 3x; the message names what moved.
+    One that stopped moving is killed at its timeout (the hung guest above)."""
+    name = "f-busy"
+    targets = suite(tmp_path / "suite", ("a-busy", BUSY))
+    assert kvmlab("up", "--name", name).returncode == 0
+    try:
+        result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
+        assert result.returncode == 1, result.stdout.decode()
+        busy = by_name(summary_of(tmp_path / "results"))["a-busy"]
+        assert busy["status"] == "error"
+        assert busy["reasons"][0] == ("timed out: the VMM was still running after 12 s (the scenario's timeout "
+                                      "of 4 s, stretched while stage-2 faults still advanced; stage-2 faults still "
+                                      "advancing at 3x), killed with SIGKILL"), busy["reasons"]
+        assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
+    finally:
+        kvmlab("down", "--name", name)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import collections
 import faulthandler
 import json
 import os
@@ -26,7 +27,7 @@ import time
 import traceback
 from typing import Any
 
-from lab.shared.contract import ContractError, L1Settings, Result, ScenarioJob, VmmOutcome, decode
+from lab.shared.contract import TIMEOUT_STRETCH, ContractError, L1Settings, Result, ScenarioJob, VmmOutcome, decode
 from lab.shared.files import write_json
 
 from . import tracefs
@@ -139,12 +140,58 @@ def run_vmm(job: ScenarioJob, out_dir: str, probe_job: Any = None) -> tuple[int,
     return proc.pid, {"proc": proc}
 
 
+class Progress:
+    """Whether the VMM still moves: its stage-2 faults (every event the trace saw) and its
+    guest's console output, sampled every half second."""
+
+    def __init__(self, out_dir: str, traced: bool):
+        self.console = os.path.join(out_dir, "l2-console.log")
+        self.traced = traced
+        self.samples: collections.deque[tuple[float, tuple[int, int]]] = collections.deque(maxlen=4096)
+
+    def now(self) -> tuple[int, int]:
+        events = 0
+        if self.traced:
+            try:
+                events = tracefs.events_seen()
+            except OSError:
+                pass
+        try:
+            console = os.stat(self.console).st_size
+        except OSError:
+            console = 0
+        return events, console
+
+    def sample(self, t: float) -> None:
+        if not self.samples or t - self.samples[-1][0] >= 0.5:
+            self.samples.append((t, self.now()))
+
+    def moving(self, t: float, window: float) -> str:
+        """What advanced in the last `window` seconds ('' if nothing did)."""
+        then = next((v for ts, v in reversed(self.samples) if ts <= t - window), None)
+        if then is None:
+            return ""
+        now = self.now()
+        moved = [what for what, a, b in (("stage-2 faults", then[0], now[0]), ("console output", then[1], now[1]))
+                 if b > a]
+        return " and ".join(moved)
+
+
 def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> VmmOutcome:
+    """Waits for the VMM: killed at `kill_after` if the scenario asks; at its timeout if
+    nothing moved in the last part of it, else given more time while it moves (up to
+    TIMEOUT_STRETCH times the timeout): a slow or shared machine does not turn a run
+    that is getting on into a timeout."""
     started = time.monotonic()
     kill_after = job.kill_after
     if kill_after is not None and job.kill_after_max:
         kill_after = random.uniform(kill_after, job.kill_after_max)
-    timeout = job.timeout
+    timeout = deadline = job.timeout
+    window = min(timeout / 2, 10.0)
+    progress = Progress(extra.get("out_dir", ""), traced=job.repeat == 1)
+    # `kvmlab trace --timeout S` kills its command at S, as it says
+    limit = timeout * (TIMEOUT_STRETCH if job.vmm != "command" else 1)
+    stretched = ""
     outcome: VmmOutcome = {}
     if job.vmm == "qemu" and job.qemu is not None:
         from . import qemu_vmm
@@ -158,9 +205,19 @@ def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> VmmOutcome:
         if kill_after is not None and elapsed >= kill_after and "killed" not in outcome:
             os.kill(pid, signal.SIGKILL)
             outcome["killed"] = f"SIGKILL after {elapsed:.2f} s, as the scenario asks"
-        elif elapsed >= timeout and "timeout" not in outcome:
-            os.kill(pid, signal.SIGKILL)
-            outcome["timeout"] = f"still running after {timeout:g} s (the scenario's timeout), killed with SIGKILL"
+        elif elapsed >= deadline and "timeout" not in outcome:
+            moving = progress.moving(elapsed, window)
+            if moving and deadline < limit:
+                deadline = min(deadline + window, limit)
+                stretched = moving
+            else:
+                os.kill(pid, signal.SIGKILL)
+                why = "the scenario's timeout" if not stretched else (
+                    f"the scenario's timeout of {timeout:g} s, stretched while {stretched} still advanced; "
+                    + (f"{moving} still advancing at {TIMEOUT_STRETCH}x" if moving
+                       else f"nothing moved in the last {window:g} s"))
+                outcome["timeout"] = f"still running after {elapsed:.0f} s ({why}), killed with SIGKILL"
+        progress.sample(elapsed)
         time.sleep(0.01)
     outcome["seconds"] = round(time.monotonic() - started, 3)
     if os.WIFSIGNALED(status):
