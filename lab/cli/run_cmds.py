@@ -27,6 +27,8 @@ from lab.machine.lab import Lab
 @click.option("-k", "keyword", metavar="KEYWORD",
               help="Only scenarios whose name contains KEYWORD (or matches it as a glob).")
 @click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
+@click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Run each scenario N times, judged as one: FLAKY (a failure) if it passed in some runs only.")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
 @name_option
 @kernel_options
@@ -38,7 +40,7 @@ from lab.machine.lab import Lab
                    "as far as host CPUs and memory allow.")
 @output_options
 @click.pass_obj
-def test(progress: Progress, targets, keyword, list_only, config, name, kernel, modules, results, keep_up,
+def test(progress: Progress, targets, keyword, list_only, count, config, name, kernel, modules, results, keep_up,
          verbose, jobs, json_file, junit_file, html_dir, markdown_file) -> None:
     """Run scenario suites (default: thp) and judge stage-2 mappings.
 
@@ -72,7 +74,7 @@ def test(progress: Progress, targets, keyword, list_only, config, name, kernel, 
         report.print_start(lab.name, (lab.state() or {}).get("ready", {}).get("release", "?"), len(scenarios), out)
         try:
             summary = suite.run_suite(lab, scenarios, targets, out, progress, report.result_printer(len(scenarios)),
-                                      pool.spread_over(helpers))
+                                      pool.spread_over(helpers), count)
         finally:
             for helper_lab in started:
                 try:

@@ -1,4 +1,4 @@
-"""The four outcomes a scenario (or a selftest, a matrix cell) can have."""
+"""The outcomes a scenario (or a selftest, a matrix cell) can have."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ class Status(str, Enum):
     FAIL = "fail"
     ERROR = "error"
     SKIP = "skip"
+    #: `kvmlab test --count N`: passed in some of the N runs, not all (fails the run)
+    FLAKY = "flaky"
 
     def __str__(self) -> str:
         return self.value
@@ -20,6 +22,10 @@ class Status(str, Enum):
         return format(self.value, spec)
 
 
-PASS, FAIL, ERROR, SKIP = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP
+PASS, FAIL, ERROR, SKIP, FLAKY = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP, Status.FLAKY
+#: Every status, in the order counts are shown.
+ALL = (PASS, FAIL, FLAKY, ERROR, SKIP)
+#: What fails a run.
+BAD = (FAIL, FLAKY, ERROR)
 #: No measurement to compare: a kernel that skipped or errored says nothing about a change.
 NOT_MEASURED = (SKIP, ERROR)

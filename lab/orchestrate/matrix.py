@@ -27,7 +27,8 @@ from lab.core.progress import Progress, stamp
 from lab.core.status import NOT_MEASURED, PASS
 from lab.machine.lab import Lab
 from lab.scenarios.model import Scenario
-from lab.scenarios.runner import Runner, ScenarioResult
+from lab.scenarios.result import ScenarioResult
+from lab.scenarios.runner import Runner
 from lab.shared.files import write_json
 
 

@@ -115,7 +115,7 @@ def run_pooled(self: Runner, scenarios: list[Scenario], helpers: list[Callable[[
             return
         with lock:
             helper_labs.append(lab)
-        runner = Runner(lab, self.results, self.builder, progress=self.progress)
+        runner = Runner(lab, self.results, self.builder, progress=self.progress, count=self.count)
         runner.sync_tools()
         with lock:
             self.summary["labs"].append(lab.name)

@@ -13,11 +13,12 @@ from rich.markup import escape as rich_escape
 from rich.table import Column, Table
 
 from lab.core.progress import stamp
-from lab.core.status import ERROR, FAIL, PASS, SKIP
+from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP
+from lab.results.load import flaky_words
 from lab.scenarios.model import Scenario
-from lab.scenarios.runner import ScenarioResult
+from lab.scenarios.result import ScenarioResult
 
-STYLE: dict[str, str] = {PASS: "green", FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}
+STYLE: dict[str, str] = {PASS: "green", FAIL: "bold red", FLAKY: "bold magenta", ERROR: "bold red", SKIP: "yellow"}
 
 
 def _console() -> Console:
@@ -78,7 +79,7 @@ def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
         console.print(f"[bold red]The lab died during {died['during']}[/]"
                       + (f"; not run: {', '.join(died['not_run'])}" if died.get("not_run") else "")
                       + "; what ran is kept. The lab is down: `kvmlab up` starts it again.", soft_wrap=True)
-    console.print(f"{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped "
+    console.print(f"{c['pass']} passed, {c['fail']} failed, {flaky_words(c)}{c['error']} errors, {c['skip']} skipped "
                   f"in {summary['seconds']:.1f} s; results: {summary['results_dir']}", soft_wrap=True)
 
 
@@ -112,3 +113,4 @@ def print_matrix(matrix: dict[str, Any]) -> None:
                   + (f" ({', '.join(matrix['differing'])})" if matrix["differing"] else "")
                   + f"; {matrix['seconds']:.0f} s with -j{matrix['jobs']}; results: {matrix['results_dir']}",
                   soft_wrap=True)
+

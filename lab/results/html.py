@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
-from lab.core.status import ERROR, FAIL, PASS, SKIP
+from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP
 from lab.results import figures
-from lab.results.load import Matrix, Run
+from lab.results.load import Matrix, Run, flaky_words
 
 MARKER = ".kvmlab-report"
-STATUS: dict[str, str] = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", SKIP: "SKIP"}
+STATUS: dict[str, str] = {PASS: "PASS", FAIL: "FAIL", FLAKY: "FLAKY", ERROR: "ERROR", SKIP: "SKIP"}
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1180px; padding: 0 1em; color: #212121; }
@@ -149,7 +149,8 @@ class _Writer:
         targets = "+".join(s.get("targets") or ["thp"])
         head = [f"<p><a href=\"{e(back)}\">&larr; matrix</a></p>" if back else "",
                 f"<h1>kvmlab {e(targets)} on {e(run.title)}</h1>",
-                f"<p class=\"meta\">{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped "
+                f"<p class=\"meta\">{c['pass']} passed, {c['fail']} failed, {flaky_words(c)}{c['error']} errors, "
+                f"{c['skip']} skipped "
                 f"in {s.get('seconds', 0):.1f} s &middot; KVM {e(str(s.get('kvm_mode') or '?'))} &middot; "
                 f"L1 {e(str(s.get('l1_cpus', '?')))} vCPUs, {e(str(s.get('l1_memory', '?')))} &middot; "
                 f"{e(str(s.get('qemu_version') or ''))} &middot; started {e(str(s.get('started', '')))} &middot; "

@@ -15,11 +15,11 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from lab.core.status import ERROR, FAIL, SKIP
+from lab.core.status import ERROR, FAIL, FLAKY, SKIP
 from lab.results.load import Matrix, Run
 from lab.shared.files import replacing
 
-FAILURE: dict[str, str] = {FAIL: "failure", ERROR: "error"}
+FAILURE: dict[str, str] = {FAIL: "failure", FLAKY: "failure", ERROR: "error"}
 #: Characters XML 1.0 cannot carry (console output may hold escape sequences).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -58,7 +58,8 @@ def suite_element(run: Run, index: int = 0) -> ET.Element:
     s = run.summary
     counts = run.counts
     suite = ET.Element("testsuite", name=_suite_name(run), tests=str(len(run.scenarios)),
-                       failures=str(counts["fail"]), errors=str(counts["error"]), skipped=str(counts["skip"]),
+                       failures=str(counts["fail"] + counts.get("flaky", 0)), errors=str(counts["error"]),
+                       skipped=str(counts["skip"]),
                        time=f"{s.get('seconds', 0):.3f}", id=str(index), hostname=socket.gethostname())
     started = s.get("started", "")
     if started:

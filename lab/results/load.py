@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
-from lab.core.status import ERROR, FAIL, PASS, SKIP
+from lab.core.status import ALL, BAD, FLAKY
 
 #: Files of a scenario's directory that reports link to, in this order.
 LINKED = ("l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json", "job.json")
+
+
+def flaky_words(counts: dict[str, int]) -> str:
+    """"N flaky, " when `kvmlab test --count` found any (older results have no such count)."""
+    return f"{counts.get(FLAKY, 0)} flaky, " if counts.get(FLAKY) else ""
 
 
 @dataclass
@@ -36,11 +41,11 @@ class Run:
     @property
     def counts(self) -> dict[str, int]:
         statuses = [s["status"] for s in self.scenarios]
-        return {k: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
+        return {k: statuses.count(k) for k in ALL}
 
     @property
     def passed(self) -> bool:
-        return not any(s["status"] in (FAIL, ERROR) for s in self.scenarios)
+        return not any(s["status"] in BAD for s in self.scenarios)
 
     def scenario_dir(self, name: str) -> Path:
         return self.path / name

@@ -3,10 +3,10 @@ the workflow run's page) or a pull-request comment."""
 
 from __future__ import annotations
 
-from lab.core.status import ERROR, FAIL, PASS, SKIP
-from lab.results.load import Matrix, Run
+from lab.core.status import BAD, ERROR, FAIL, FLAKY, PASS, SKIP
+from lab.results.load import Matrix, Run, flaky_words
 
-ICON: dict[str, str] = {PASS: "✅ pass", FAIL: "❌ fail", ERROR: "💥 error", SKIP: "⏭️ skip"}
+ICON: dict[str, str] = {PASS: "✅ pass", FAIL: "❌ fail", FLAKY: "🎲 flaky", ERROR: "💥 error", SKIP: "⏭️ skip"}
 
 
 def _cell(text: str) -> str:
@@ -17,13 +17,13 @@ def run_summary(run: Run) -> str:
     s = run.summary
     c = run.counts
     lines = [f"### kvmlab {'+'.join(s.get('targets') or ['thp'])} on {_cell(run.title)}", "",
-             f"{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped in "
+             f"{c['pass']} passed, {c['fail']} failed, {flaky_words(c)}{c['error']} errors, {c['skip']} skipped in "
              f"{s.get('seconds', 0):.0f} s; KVM {s.get('kvm_mode') or '?'}; {_cell(s.get('qemu_version') or '')}", "",
              "| scenario | expected | observed | faults | verdict |", "|---|---|---|---:|---|"]
     for sc in run.scenarios:
         lines.append(f"| {_cell(sc['name'])} | {_cell(sc.get('expected', ''))} | {_cell(sc.get('observed') or '-')} "
                      f"| {sc.get('faults', 0)} | {ICON.get(sc['status'], sc['status'])} |")
-    bad = [sc for sc in run.scenarios if sc["status"] in (FAIL, ERROR)]
+    bad = [sc for sc in run.scenarios if sc["status"] in BAD]
     if bad:
         lines += ["", "<details><summary>Evidence of what did not pass</summary>", ""]
         lines += [f"- **{_cell(sc['name'])}**: {_cell('; '.join(sc.get('reasons') or []))}" for sc in bad]

@@ -13,10 +13,10 @@ run directory moved into the results directory:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,7 @@ from lab.analysis.verdict import Verdict, evaluate, phase_regions
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
 from lab.core.errors import LabError
-from lab.core.status import ERROR, FAIL, PASS, SKIP
+from lab.core.status import ALL, BAD, ERROR, FAIL, PASS
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, size_of, tail
@@ -35,6 +35,7 @@ from lab.machine.qemu import l0_version
 from lab.scenarios import RESULTS_FORMAT
 from lab.scenarios.jobs import l2_initramfs, make_probe_job, scenario_job, touch_params
 from lab.scenarios.model import Scenario
+from lab.scenarios.result import ScenarioResult, counted
 from lab.shared import contract
 from lab.shared.contract import TIMEOUT_STRETCH
 from lab.shared.files import replacing, write_json
@@ -44,24 +45,6 @@ GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
 CONSOLE_TAIL = 20
 
 
-@dataclass
-class ScenarioResult:
-    name: str
-    description: str
-    expected: str
-    status: str
-    observed: str = ""
-    faults: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    reasons: list[str] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    artefacts: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-    source: str = ""  # the scenario file, for reports (JUnit's file attribute)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 #: How a suite is shared out (runner, scenarios, tools, start time): lab/orchestrate/pool.py.
@@ -71,8 +54,11 @@ Spread = Callable[["Runner", list[Scenario], Tools, float], None]
 class Runner:
     def __init__(self, lab: Lab, results: Path, builder: Builder | None = None,
                  on_result: Callable[[ScenarioResult], None] | None = None, progress=None,
-                 targets: list[str] | None = None, on_start: Callable[[Scenario], None] | None = None):
+                 targets: list[str] | None = None, on_start: Callable[[Scenario], None] | None = None,
+                 count: int = 1):
         self.lab = lab
+        #: runs of each scenario (`kvmlab test --count N`)
+        self.count = count
         self.on_start = on_start
         self.results = results
         self.builder = builder or Builder()
@@ -149,8 +135,8 @@ class Runner:
     def save_summary(self, seconds: float) -> None:
         statuses = [s["status"] for s in self.summary["scenarios"]]
         self.summary["seconds"] = round(seconds, 2)
-        self.summary["counts"] = {k: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
-        self.summary["passed"] = not any(s in (FAIL, ERROR) for s in statuses)
+        self.summary["counts"] = {k: statuses.count(k) for k in ALL}
+        self.summary["passed"] = not any(s in BAD for s in statuses)
         write_json(self.results / "summary.json", self.summary)
 
     # -- one scenario --------------------------------------------------------------------
@@ -275,6 +261,23 @@ class Runner:
         return None
 
     def run_one(self, scenario: Scenario, tools: Tools) -> ScenarioResult:
+        """The scenario run once, or `count` times in a row (NAME/run-1, ...) judged as one:
+        lab/scenarios/result.py says how."""
+        if self.count == 1:
+            return self._run_once(scenario, tools)
+        runs = []
+        for i in range(1, self.count + 1):
+            runs.append(self._run_once(dataclasses.replace(scenario, name=f"{scenario.name}/run-{i}"), tools))
+            if runs[-1].status == ERROR and not self.lab.is_up():
+                break
+        out = counted(runs, str(self.results / scenario.name))
+        first = Path(runs[0].artefacts) / "verdict.json"  # its regions draw the report's pictures
+        data = {**(json.loads(first.read_text()) if first.exists() else {}), **out.as_dict(),
+                "runs": [r.as_dict() for r in runs]}
+        write_json(self.results / scenario.name / "verdict.json", data)
+        return out
+
+    def _run_once(self, scenario: Scenario, tools: Tools) -> ScenarioResult:
         started = time.monotonic()
         out = ScenarioResult(scenario.name, scenario.description, scenario.expected, ERROR,
                              source=_source_name(scenario.path))

@@ -12,7 +12,8 @@ from typing import Any, Callable
 from lab.core.progress import Progress
 from lab.machine.lab import Lab
 from lab.scenarios.model import Scenario
-from lab.scenarios.runner import Runner, ScenarioResult, Spread
+from lab.scenarios.result import ScenarioResult
+from lab.scenarios.runner import Runner, Spread
 
 
 def results_dir(base: str | None, label: str) -> Path:
@@ -33,9 +34,10 @@ def label_of(targets: tuple[str, ...] | list[str]) -> str:
 
 def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...] | list[str], out: Path,
               progress: Progress, on_result: Callable[[ScenarioResult], None] | None = None,
-              spread: Spread | None = None) -> dict[str, Any]:
+              spread: Spread | None = None, count: int = 1) -> dict[str, Any]:
     """Runs `scenarios` on `lab` (or as `spread` shares them out) into `out`, with a
-    progress bar; `on_result` sees each result as it comes. Returns the summary."""
+    progress bar; `on_result` sees each result as it comes; each scenario `count` times,
+    judged as one (FLAKY if it passed in some runs only). Returns the summary."""
     with progress.bar(f"{label_of(targets)} on {lab.name}", len(scenarios)) as bar:
         def result(r: ScenarioResult) -> None:
             bar.advance()
@@ -43,5 +45,5 @@ def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...] | li
                 on_result(r)
 
         runner = Runner(lab, out, on_result=result, on_start=lambda s: bar.start(s.name), progress=progress,
-                        targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets])
+                        targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets], count=count)
         return runner.run(scenarios, spread)
