@@ -120,3 +120,78 @@ def test_any_text_as_a_file_loads_or_is_one_clear_line(load, text, tmp_path):
         load(path)
     except UserError as exc:
         _one_line(exc, str(path))
+
+
+# -- actions, drawn from the host-guest contract: its names, keys and values, with typos --
+from lab.shared import contract  # noqa: E402 - beside the strategies that use it
+
+ACTION_KEYS = sorted({k for spec in contract.ACTIONS.values() for k in spec.keys} | {"at", "do"})
+action_values = st.one_of(
+    st.sampled_from(sorted(contract.MADVICE) + list(contract.PROTS) + list(contract.OPS) + list(contract.ACCESSES)
+                    + ["start", "end", "pause 1", "pause 5", "4K", "2M", "8M", "64M", "0", "1G", "raed"]),
+    st.integers(-5, 1 << 30), st.booleans(), scalars)
+op_docs = st.dictionaries(known_or_any({"op", "offset", "size", "every", "advice", "prot"}), action_values, max_size=4)
+action_docs = st.dictionaries(
+    known_or_any(ACTION_KEYS),
+    st.one_of(action_values, st.lists(op_docs, max_size=3)), max_size=5).map(
+        lambda d: {"do": d.pop("do", None) or "madvise", **d})
+
+
+SIZES = st.sampled_from(["4K", "8K", "1K", "2M", "4M", "6M", "8M", "12M", 0, 4096])
+KEY_VALUES = {"slot": st.sampled_from([1, 2, 0]), "offset": SIZES, "size": SIZES, "every": SIZES,
+              "access": st.sampled_from(["read", "write", "raed"]), "on": st.booleans(),
+              "advice": st.sampled_from(["dontneed", "hugepage", "collapse", "dontneeed"]),
+              "prot": st.sampled_from(["none", "read", "write", "raed"]), "op": st.sampled_from(list(contract.OPS)),
+              "label": st.sampled_from(["x", ""]), "seconds": st.sampled_from([0, 0.1, 1, -1, 4000]),
+              "bandwidth": SIZES}
+
+
+@st.composite
+def shaped_action(draw):
+    """An action as a user would write one: a real name, some of its keys, plausible values."""
+    do = draw(st.sampled_from(sorted(contract.ACTIONS)))
+    keys = draw(st.lists(st.sampled_from(contract.ACTIONS[do].keys or ("at",)), unique=True, max_size=4))
+    action = {"do": do, "at": draw(st.sampled_from(["start", "end", "pause 1"]))}
+    for key in keys:
+        if key == "ops":
+            action["ops"] = draw(st.lists(st.fixed_dictionaries(
+                {"op": st.sampled_from(list(contract.OPS))},
+                optional={k: KEY_VALUES[k] for k in ("offset", "size", "every", "advice", "prot")}), max_size=2))
+        elif key in KEY_VALUES:
+            action[key] = draw(KEY_VALUES[key])
+    return action
+
+
+@FUZZ
+@given(actions=st.lists(st.one_of(action_docs, shaped_action()), min_size=1, max_size=3))
+def test_any_action_is_checked_against_the_contract_or_is_one_clear_line(actions):
+    """What parses holds only keys the contract gives its action, values it accepts, and
+    ranges inside their memslot; L1 would decode it as it was sent."""
+    where = "configs/fuzz/a.yaml"
+    doc = {"memslots": [{"ipa": "1G", "size": "8M"}], "guest": {"pauses": [1], "access": ["write", "write"]},
+           "actions": actions}
+    try:
+        scenario = model.parse(doc, where, Path(where))
+    except UserError as exc:
+        _one_line(exc, where)
+        return
+    for action in scenario.actions:
+        assert set(contract.action_json(action)) <= {"do", "at", *contract.ACTIONS[action.do].keys}
+        assert contract.check_action(contract.action_json(action), "a", "probe") == action
+        for op in ([action.as_op()] if action.do in (*contract.OPS, "prefault", "churn") else []) + action.ops:
+            assert 0 <= op.offset < 8 << 20 and (op.size is None or op.offset + op.size <= 8 << 20)
+
+
+@FUZZ
+@given(doc=config_docs.filter(bool), shared=values.filter(lambda v: isinstance(v, (list, dict)) and v))
+def test_a_file_with_yaml_aliases_is_refused_in_one_line(doc, shared, tmp_path):
+    """The same node twice in a document is dumped as an anchor and an alias: refused."""
+    section = next(iter(doc))
+    doc = {**doc, "alias-a": shared, "alias-b": shared}
+    path = tmp_path / "aliased.yaml"
+    path.write_text(yaml.dump(doc))
+    assert "*" in path.read_text()
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    _one_line(info.value, str(path))
+    assert "a YAML alias" in info.value.message, (section, info.value.message)
