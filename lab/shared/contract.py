@@ -296,13 +296,14 @@ class ProbeJob:
 
     vcpus: int
     code_ipa: int
-    uart: int
     #: the patched touch payload (a guest path) and where the report goes
     payload: str
     report: str
     memslots: list[Memslot]
-    actions: list[Action]
-    timeout: float
+    timeout: float = 60.0
+    #: the PL011 the payload prints to (the guest's MMIO address)
+    uart: int = 0x0900_0000
+    actions: list[Action] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -323,9 +324,9 @@ class QemuJob:
 class ScenarioJob:
     """job.json: one scenario (or one `kvmlab trace` command) for l1.scenario."""
 
-    name: str
     vmm: Literal["probe", "qemu", "command"]
-    timeout: float
+    name: str = ""
+    timeout: float = 120.0
     l1: L1Settings = field(default_factory=L1Settings)
     trace: Trace = field(default_factory=Trace)
     kill_after: float | None = None

@@ -81,8 +81,8 @@ def test_l1_refuses_a_job_that_does_not_match(change, key):
 
 
 def test_a_missing_key_is_named():
-    with pytest.raises(ContractError, match=r"^job.timeout: expected `timeout`"):
-        decode(ScenarioJob, {"name": "x", "vmm": "probe"})
+    with pytest.raises(ContractError, match=r"^probe-job.memslots: expected `memslots`"):
+        decode(ProbeJob, {"vcpus": 1, "code_ipa": 0, "payload": "/p", "report": "/r"}, "probe-job")
 
 
 def test_l1_ships_the_hosts_contract_file_itself_and_rejects_a_bad_job(tmp_path):
