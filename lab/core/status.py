@@ -23,9 +23,16 @@ class Status(str, Enum):
 
 
 PASS, FAIL, ERROR, SKIP, FLAKY = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP, Status.FLAKY
-#: Every status, in the order counts are shown.
-ALL = (PASS, FAIL, FLAKY, ERROR, SKIP)
 #: What fails a run.
 BAD = (FAIL, FLAKY, ERROR)
+
+
+def count(statuses: list[str]) -> dict[str, int]:
+    """pass/fail/error/skip counts, and flaky only where `--count` found any (so a run
+    without it reads as every run before --count did)."""
+    counts = {k.value: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
+    if FLAKY in statuses:
+        counts[FLAKY.value] = statuses.count(FLAKY)
+    return counts
 #: No measurement to compare: a kernel that skipped or errored says nothing about a change.
 NOT_MEASURED = (SKIP, ERROR)

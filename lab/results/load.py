@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
-from lab.core.status import ALL, BAD, FLAKY
+from lab.core.status import BAD, FLAKY, count
 
 #: Files of a scenario's directory that reports link to, in this order.
 LINKED = ("l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json", "job.json")
@@ -41,7 +41,7 @@ class Run:
     @property
     def counts(self) -> dict[str, int]:
         statuses = [s["status"] for s in self.scenarios]
-        return {k: statuses.count(k) for k in ALL}
+        return count(statuses)
 
     @property
     def passed(self) -> bool:

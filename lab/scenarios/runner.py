@@ -27,7 +27,7 @@ from lab.analysis.verdict import Verdict, evaluate, phase_regions
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
 from lab.core.errors import LabError
-from lab.core.status import ALL, BAD, ERROR, FAIL, PASS
+from lab.core.status import BAD, ERROR, FAIL, PASS, count
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, size_of, tail
@@ -135,7 +135,7 @@ class Runner:
     def save_summary(self, seconds: float) -> None:
         statuses = [s["status"] for s in self.summary["scenarios"]]
         self.summary["seconds"] = round(seconds, 2)
-        self.summary["counts"] = {k: statuses.count(k) for k in ALL}
+        self.summary["counts"] = count(statuses)
         self.summary["passed"] = not any(s in BAD for s in statuses)
         write_json(self.results / "summary.json", self.summary)
 
