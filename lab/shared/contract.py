@@ -13,19 +13,18 @@ Sizes and addresses here are bytes (ints): the host parses what people write (4K
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar
 
 from lab.shared import codec
 from lab.shared.codec import ContractError as ContractError  # re-exported: both sides catch it from here
+from lab.shared.codec import field, record
 from lab.shared.units import GiB, KiB, MiB
 
 T = TypeVar("T")
 
 
 # -- memory backings --------------------------------------------------------------------
-@dataclass(frozen=True)
+@record
 class Backing:
     """How a probe memslot's memory is made (names as in tools/testing/selftests/kvm/lib,
     vm_mem_backing_src_type)."""
@@ -64,7 +63,7 @@ VMMS = ("probe", "qemu")
 
 
 # -- actions ----------------------------------------------------------------------------
-@dataclass(frozen=True)
+@record
 class ActionSpec:
     """One VMM action: which VMMs do it, and the keys it takes besides `do` and `at`."""
 
@@ -107,7 +106,7 @@ SIZE_KEYS = ("offset", "size", "every", "bandwidth")
 AT_POINTS = "start, end or 'pause N' (N from 1 to 4: the guest's N-th pause)"
 
 
-@dataclass(frozen=True)
+@record
 class Op:
     op: str
     offset: int = 0
@@ -117,7 +116,7 @@ class Op:
     prot: str = "read"
 
 
-@dataclass(frozen=True)
+@record
 class Action:
     do: str
     at: str = "start"
@@ -240,16 +239,15 @@ def check_action(data: Any, key: str, vmm: str | None = None) -> Action:
 def action_json(action: Action) -> dict[str, Any]:
     """An action as the job carries it: only what differs from the defaults."""
     out: dict[str, Any] = {"do": action.do, "at": action.at}
-    for f in dataclasses.fields(Action):
+    for f in codec.fields(Action):
         value = getattr(action, f.name)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.name not in out and value != default:
+        if f.name not in out and value != f.make_default():
             out[f.name] = [_drop_defaults(op) for op in value] if f.name == "ops" else value
     return out
 
 
 def _drop_defaults(op: Op) -> dict[str, Any]:
-    return {f.name: getattr(op, f.name) for f in dataclasses.fields(Op)
+    return {f.name: getattr(op, f.name) for f in codec.fields(Op)
             if f.name == "op" or getattr(op, f.name) != f.default}
 
 
@@ -259,7 +257,7 @@ def _drop_defaults(op: Op) -> dict[str, Any]:
 #: killed at the timeout. The host waits for L1 accordingly.
 TIMEOUT_STRETCH = 3
 
-@dataclass(frozen=True)
+@record
 class L1Settings:
     """What L1's mm is set to for one scenario (None: left as it is), restored afterwards."""
 
@@ -271,7 +269,7 @@ class L1Settings:
     hugepages: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class Trace:
     events: list[str] = field(default_factory=lambda: ["kvm:kvm_guest_fault"])
     #: the per-CPU ring buffer size
@@ -280,7 +278,7 @@ class Trace:
     follow: bool = True
 
 
-@dataclass(frozen=True)
+@record
 class Memslot:
     slot: int
     ipa: int
@@ -290,7 +288,7 @@ class Memslot:
     dirty_log: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class ProbeJob:
     """probe-job.json: what the probe VMM (l1.probe) sets up and runs."""
 
@@ -306,7 +304,7 @@ class ProbeJob:
     actions: list[Action] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record
 class QemuJob:
     """L1's QEMU as the VMM (l1.qemu_vmm): its RAM, the L2 it boots, the actions at pauses."""
 
@@ -320,7 +318,7 @@ class QemuJob:
     actions: list[Action] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record
 class ScenarioJob:
     """job.json: one scenario (or one `kvmlab trace` command) for l1.scenario."""
 
@@ -393,7 +391,7 @@ class ProbeReport(TypedDict, total=False):
 
 # -- encoding and decoding ---------------------------------------------------------------
 def encode(job: Any) -> Any:
-    """A job (dataclasses, lists, dicts) as JSON data; actions without their defaults."""
+    """A job (records, lists, dicts) as JSON data; actions without their defaults."""
     return codec.encode(job, {Action: action_json})
 
 

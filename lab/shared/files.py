@@ -6,15 +6,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int | None = None) -> None:
     """`data` into `path` by way of a temporary sibling (same directory, so the rename is
     atomic); on any error the temporary file is removed and `path` is untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # os.path, not pathlib: L1 imports this for every scenario, and pathlib costs there
+    head, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(head, f".{name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
@@ -35,6 +38,8 @@ def replacing(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """For a writer that writes a file itself (matplotlib, ElementTree): a temporary sibling
     to write, renamed over `path` when the block ends without error, removed otherwise.
     `suffix` keeps an extension a writer goes by (".png")."""
+    from pathlib import Path
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,27 @@ def test_the_reference_names_every_action_its_vmm_and_every_key():
     for op, keys in contract.OP_KEYS.items():
         assert f"`{op}`" in readme and all(f"`{k}`" in readme for k in keys)
     assert all(advice in readme for advice in contract.MADVICE)
+
+
+def test_records_are_frozen_with_fresh_defaults_and_compare_by_value():
+    a, b = contract.Action("churn"), contract.Action("churn")
+    assert a == b and a is not b and a.ops is not b.ops  # a default list made for each record
+    assert a.at == "start" and a.bandwidth == 4 * 1024 * 1024
+    with pytest.raises(AttributeError):
+        a.do = "sleep"  # type: ignore[misc]
+    c = contract.codec.replace(a, at="end")
+    assert c.at == "end" and c.do == "churn" and c != a
+    assert repr(contract.Op("munmap")).startswith("Op(op='munmap', offset=0,")
+    with pytest.raises(TypeError, match="missing required argument: 'op'"):
+        contract.Op()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'opp'"):
+        contract.Op(op="munmap", opp=1)  # type: ignore[call-arg]
+
+
+def test_l1_imports_the_contract_without_dataclasses_or_inspect():
+    # Under TCG those two imports cost L1 0.7 s a scenario (python3 -X importtime there).
+    code = ("import sys, lab.shared.contract, lab.shared.files; "
+            "print(' '.join(m for m in ('dataclasses', 'inspect', 'pathlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(contract.__file__).parents[2])
+    assert out.stdout.strip() == ""

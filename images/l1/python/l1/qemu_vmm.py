@@ -11,7 +11,6 @@ The L2 Linux guest (kind: linux) is the same Debian kernel with a tiny initramfs
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from lab.shared import codec
 from lab.shared.contract import Action, QemuJob, VmmOutcome
 from lab.shared.files import replacing
 from lab.shared.units import MiB
@@ -107,7 +107,7 @@ def local_copy(path: str) -> str:
 def start(spec: QemuJob, out_dir: str) -> tuple[int, dict[str, Any]]:
     os.makedirs("/run/kvmlab", exist_ok=True)
     if spec.initrd:  # an L2 Linux: its kernel is the same for every scenario
-        spec = dataclasses.replace(spec, kernel=local_copy(spec.kernel))
+        spec = codec.replace(spec, kernel=local_copy(spec.kernel))
     qmp_path = f"/run/kvmlab/l2-{os.getpid()}.qmp"
     cmd = command(spec, qmp_path, os.path.join(out_dir, "l2-console.log"))
     with open(os.path.join(out_dir, "l2-command"), "w") as f:
