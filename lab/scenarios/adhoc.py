@@ -20,7 +20,7 @@ from lab.builder.build import Builder
 from lab.core.errors import LabError, UserError
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, size_of
-from lab.scenarios.runner import GUEST_KVMLAB, Runner
+from lab.scenarios.runner import GUEST_KVMLAB, Runner, l1_command
 from lab.shared import contract
 from lab.shared.files import write_json
 
@@ -40,7 +40,7 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
         if ":" not in event:
             raise UserError(f"--event {event}: write SYSTEM:EVENT, e.g. kvm:kvm_guest_fault")
     runner = Runner(lab, results, builder)
-    runner.sync_tools()
+    tools = runner.sync_tools()
     name = f"trace-{secrets.token_hex(4)}"
     run_host = lab.paths.share / ".kvmlab" / "runs" / name
     run_guest = f"{GUEST_KVMLAB}/runs/{name}"
@@ -52,8 +52,7 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
     console = lab.paths.console_log
     mark = size_of(console)
     try:
-        _, output = lab.run(f"cd {GUEST_KVMLAB}/tools && exec python3 -m l1.scenario {run_guest}/job.json",
-                            timeout=timeout + 120)
+        _, output = lab.run(l1_command(tools, f"{run_guest}/job.json"), timeout=timeout + 120)
     finally:
         results.mkdir(parents=True, exist_ok=True)
         if run_host.exists():
