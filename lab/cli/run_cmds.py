@@ -172,7 +172,9 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
 
     \b
     kvmlab cp ./repro :/root/repro && kvmlab trace --analyze -- /root/repro
-    Keeps the raw per-CPU buffers, formats, events.txt and the L1 log.
+    Keeps the raw per-CPU buffers, formats, events.txt and the L1 log, and the regular
+    files COMMAND writes into $KVMLAB_RUN_DIR (links, devices and the like are listed in
+    refused-from-l1.txt, not taken).
     Exit status: 1 if events were lost or L1 logged a crash, else the command's.
     """
     from lab.scenarios import adhoc
@@ -206,6 +208,8 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
     for c in done.crashes:
         click.echo(f"kvmlab: L1 log: {c.title}\n{c.excerpt}", err=True)
         status = 1
+    for line in done.refused:
+        click.echo(f"kvmlab: warning: L1 left in the share, not taken: {line}", err=True)
     sys.exit(status)
 
 

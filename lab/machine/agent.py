@@ -30,6 +30,7 @@ import pexpect
 import pexpect.fdpexpect
 
 from lab.core.errors import LabError
+from lab.machine import share
 from lab.machine.qemu import LabPaths
 
 #: Guest path of the lab's share (mounted by the initramfs, images/l1/initramfs/fstab).
@@ -95,11 +96,12 @@ class Agent:
             argument = f"@{GUEST_SHARE}/.kvmlab/{spilled.name}"
         seconds = 0 if timeout is None else max(1, math.ceil(timeout))
         cancel = kvmlab_dir / f"cancel-{token}"
-        owner = kvmlab_dir / f"owner-{token}"
+        # Which kvmlab owns the command: host bookkeeping, kept out of L1's reach (not in the share).
+        owner = self.paths.dir / f"owner-{token}"
         orphans: list[str] = []
         try:
             with self._connect() as child:
-                orphans = self._cancel_orphans(kvmlab_dir)
+                orphans = self._cancel_orphans(self.paths.dir, kvmlab_dir)
                 if orphans:
                     answer_timeout += UNWIND_SECONDS
                 owner.parent.mkdir(parents=True, exist_ok=True)
@@ -134,12 +136,12 @@ class Agent:
                     (kvmlab_dir / name).unlink(missing_ok=True)
 
     @staticmethod
-    def _cancel_orphans(kvmlab_dir: Path) -> list[str]:
+    def _cancel_orphans(owners: Path, kvmlab_dir: Path) -> list[str]:
         """Commands whose kvmlab was killed still run in L1 and hold the channel: each is
         asked to stop, as Ctrl-C would have (its watchdog sees the cancel file). Returns
         their tokens."""
         gone = []
-        for owner in kvmlab_dir.glob("owner-*"):
+        for owner in owners.glob("owner-*"):
             token = owner.name[len("owner-"):]
             try:
                 pid, started = owner.read_text().split()
@@ -197,7 +199,7 @@ class Agent:
             # Idle. If L1 says the command has ended but its end marker has not come, nudge
             # the channel once, then trust the status L1 left in the share.
             if finished_at is None:
-                if status_file.exists():
+                if os.path.lexists(status_file):
                     finished_at = time.monotonic()
             elif time.monotonic() - finished_at > 1.0 and not self._nudged:
                 self._nudged = True
@@ -207,7 +209,10 @@ class Agent:
                 out.flush()
                 sys.stderr.write("kvmlab: warning: the agent channel lost the end of the output; "
                                  "the exit status comes from the share\n")
-                return int(status_file.read_text().strip() or 1)
+                try:
+                    return int(share.read_text(self.paths.share, f".kvmlab/{status_file.name}", 64).strip() or 1)
+                except (ValueError, OSError, LabError):
+                    return 1
 
 
 def _start_time(pid: int) -> str:

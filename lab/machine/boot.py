@@ -11,7 +11,7 @@ from typing import Any
 
 from lab.config import LabConfig
 from lab.core.errors import LaunchError
-from lab.machine import qemu
+from lab.machine import qemu, share
 from lab.machine.agent import Agent
 from lab.machine.logs import detail, signame, tail
 from lab.machine.qemu import L0Process, LabPaths
@@ -78,9 +78,14 @@ def wait_flags(paths: LabPaths, pid: int, timeout: float = 5.0) -> str:
     return ""
 
 
+def _read_ready(paths: LabPaths) -> str:
+    """L1's ready file (written through the share: read as untrusted, 64 KiB at most)."""
+    return share.read_text(paths.share, ".kvmlab/ready", 64 * 1024)
+
+
 def _ready_written(paths: LabPaths) -> bool:
     try:
-        return paths.ready.read_text().endswith("end=1\n")
+        return _read_ready(paths).endswith("end=1\n")
     except FileNotFoundError:
         return False
 
@@ -111,7 +116,7 @@ def wait_ready(paths: LabPaths, l0: L0Process, config: LabConfig, started: float
     seconds = time.monotonic() - started
     if not private:
         private_sockets(paths)
-    values = parse_ready(paths.ready.read_text())
+    values = parse_ready(_read_ready(paths))
     kvm_log = kvm_messages(paths.console_log.read_text(errors="replace"))
     if not kvm_mode(kvm_log):
         # A quiet console (loglevel) keeps KVM's messages out of the console log.

@@ -109,7 +109,11 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         # would block snapshots). The share: bulk files both ways.
         "-drive", f"file={str(rootfs).replace(',', ',,')},if=none,id=root,format=raw,readonly=on",
         "-device", "virtio-blk-pci,drive=root",
-        "-fsdev", f"local,id=share,path={paths.share},security_model=none",
+        # The share is untrusted (L1 runs the kernel under test as root): mapped-file keeps
+        # what L1 sets (owner, mode, file type) in .virtfs_metadata files, so a symlink, a
+        # device node or a setuid file made in L1 is an ordinary 0600 file on the host.
+        # Not mapped-xattr: tmpfs before Linux 6.6 has no user xattrs.
+        "-fsdev", f"local,id=share,path={paths.share},security_model=mapped-file",
         "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
         "-pidfile", str(paths.pidfile),
         # The one network listener kvmlab opens, only when asked: gdb on L1's kernel, loopback only.

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from lab.core.errors import LabError, UserError
+from lab.machine import share
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.qemu import LabPaths
-from lab.shared.files import replacing
 
 #: Runs a shell command in L1: (status, output).
 Run = Callable[[str], tuple[int, str]]
@@ -52,12 +52,8 @@ def pull(paths: LabPaths, run: Run, src: str, dst: Path) -> Path:
         status, output = run(f"cp {shlex.quote(src)} {guest}")
         if status != 0:
             raise LabError(f"copying L1:{src} failed: {output.strip()}")
-        try:
-            os.replace(host, dst)
-        except OSError:
-            # Another file system: copy beside the destination, then rename (no half file).
-            with replacing(dst) as tmp:
-                shutil.copyfile(host, tmp)
+        # Read as untrusted (no link followed, a regular file only), copied whole or not at all.
+        share.copy_file(paths.share, f".kvmlab/{host.name}", dst)
         return dst
     finally:
         host.unlink(missing_ok=True)

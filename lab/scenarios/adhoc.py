@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
-import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ from lab.analysis import trace as tracefile
 from lab.analysis.esr import Esr
 from lab.builder.build import Builder
 from lab.core.errors import LabError, UserError
+from lab.machine import share
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, size_of
-from lab.scenarios.runner import GUEST_KVMLAB, Runner, l1_command
+from lab.scenarios.runner import GUEST_KVMLAB, REFUSED, Runner, l1_command
 from lab.shared import contract
 from lab.shared.files import write_json
 
@@ -32,6 +32,8 @@ class TraceRun:
     trace: tracefile.Trace
     output: str
     crashes: list[crash.Crash]
+    #: what L1 left in the share that the host did not take ("path: reason")
+    refused: list[str] = field(default_factory=list)
 
 
 def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout: float, results: Path,
@@ -55,9 +57,11 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
         _, output = lab.run(l1_command(tools, f"{run_guest}/job.json"), timeout=timeout + 120)
     finally:
         results.mkdir(parents=True, exist_ok=True)
-        if run_host.exists():
-            shutil.move(str(run_host), str(results / "trace"))
+        # What L1 left, taken as untrusted (lab/machine/share.py)
+        taken = share.import_tree(lab.paths.share, f".kvmlab/runs/{name}", results / "trace")
     artefacts = results / "trace"
+    if taken.refused:
+        (artefacts / REFUSED).write_text("\n".join(taken.refused) + "\n")
     log = read_from(console, mark)
     (artefacts / "l1.log").write_text(log)
     result_file = artefacts / "result.json"
@@ -72,7 +76,7 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
             fields = " ".join(f"{k}={v:#x}" if isinstance(v, int) else f"{k}={v!r}" for k, v in e.fields.items())
             f.write(f"{e.ts / 1e9:.6f} cpu{e.cpu} pid {e.pid} {e.name}: {fields}\n")
     return TraceRun(artefacts, result, trace, (artefacts / "command.log").read_text(errors="replace")
-                    if (artefacts / "command.log").exists() else "", crash.scan(log))
+                    if (artefacts / "command.log").exists() else "", crash.scan(log), taken.refused)
 
 
 def analysis_lines(trace: tracefile.Trace) -> list[str]:

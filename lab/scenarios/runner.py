@@ -28,6 +28,7 @@ from lab.builder import payload
 from lab.builder.build import Builder, Tools
 from lab.core.errors import LabError
 from lab.core.status import BAD, ERROR, FAIL, PASS, count
+from lab.machine import share
 from lab.machine.agent import GUEST_SHARE
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, size_of, tail
@@ -41,6 +42,8 @@ from lab.shared.contract import TIMEOUT_STRETCH
 from lab.shared.files import replacing, write_json
 
 GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
+#: In a run's artefacts: what L1 left in the share that the host did not take, and why.
+REFUSED = "refused-from-l1.txt"
 
 
 def l1_command(tools: Tools, job: str) -> str:
@@ -204,15 +207,16 @@ class Runner:
             status, output = -1, str(exc)
         l1_seconds = time.monotonic() - started
         log = read_from(console, mark)
-        try:
-            shutil.move(str(run_host), str(artefacts))
-        except OSError:
-            artefacts.mkdir(parents=True, exist_ok=True)
+        # What L1 left in the run directory, taken as untrusted (lab/machine/share.py).
+        taken = share.import_tree(self.lab.paths.share, f".kvmlab/runs/{name}", artefacts)
+        if taken.refused:
+            (artefacts / REFUSED).write_text("\n".join(taken.refused) + "\n")
         (artefacts / "l1.log").write_text(log)
         if output.strip():
             (artefacts / "l1-runner.out").write_text(output)
         run: dict[str, Any] = {"artefacts": artefacts, "log": log, "mark": mark, "status": status, "output": output,
-                               "l1_seconds": l1_seconds, "result": None, "probe": None, "trace": None}
+                               "l1_seconds": l1_seconds, "result": None, "probe": None, "trace": None,
+                               "refused": taken.refused}
         if (artefacts / "result.json").exists():
             run["result"] = json.loads((artefacts / "result.json").read_text())
         if (artefacts / "probe.json").exists():
@@ -372,6 +376,11 @@ class Runner:
                 verdict: Verdict | None = None, maps: list[dict[str, Any]] | None = None) -> ScenarioResult:
         out.seconds = round(time.monotonic() - started, 2)
         out.artefacts = str(artefacts)
+        for listed in sorted(artefacts.rglob(REFUSED)):
+            lines = listed.read_text().splitlines()
+            where = listed.parent.relative_to(artefacts.parent)
+            out.reasons.append(f"L1 left {len(lines)} file(s) in the share that the host did not take "
+                               f"({where}/{REFUSED}): {lines[0]}" + (", ..." if len(lines) > 1 else ""))
         data = out.as_dict()
         if verdict is not None:
             data["regions"] = region_records(verdict.regions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 
 import pytest
 
@@ -146,3 +147,48 @@ def test_exec_output_is_byte_exact(lab):
     result = kvmlab("exec", "--name", "it", "--", "printf", "a\\036b\\036E fake 0\\n\\000\\377\\r\\nend")
     assert result.returncode == 0
     assert result.stdout == b"a\x1eb\x1eE fake 0\n\x00\xff\r\nend"
+
+
+PLANT = ("cd \"$KVMLAB_RUN_DIR\" && echo kept > note.txt && ln -s {sentinel} link && mkfifo fifo "
+         "&& mknod dev c 1 3 && cp /bin/busybox suid && chmod 4755 suid && echo a > hard && ln hard hard2 "
+         "&& truncate -s 5G sparse && : > \"$(printf 'bad\\033name')\"")
+
+
+def test_what_l1_plants_during_a_run_is_reported_and_not_taken(lab, tmp_path):
+    # The kernel under test (or a reproducer) is root in L1: a traced command plants in its
+    # run directory in the share each thing the host must not follow or take.
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("the host's own file\n")
+    results = tmp_path / "results"
+    result = kvmlab("trace", "--name", "it", "--results", str(results), "--", "sh", "-c",
+                    PLANT.format(sentinel=sentinel))
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    [trace] = results.glob("*/trace")
+    refused = (trace / "refused-from-l1.txt").read_text()
+    for name, why in [("link", "a symbolic link as L1 made it"), ("fifo", "a FIFO as L1 made it"),
+                      ("dev", "a character device as L1 made it"), ("suid", "setuid or setgid in L1"),
+                      ("hard", "a hard link"), ("sparse", "5368709120 bytes, over the bound"),
+                      ("'bad\\x1bname'", "a name with control characters")]:
+        assert f"{name}: {why}" in refused, refused
+        assert f"not taken: {name}: {why}" in err
+    assert (trace / "note.txt").read_text() == "kept\n"
+    for path in [*results.rglob("*"), *results.rglob(".*")]:
+        assert path.is_dir() or stat.S_ISREG(path.lstat().st_mode) and not path.lstat().st_mode & 0o6000, path
+    assert {p.name for p in trace.iterdir()}.isdisjoint({"link", "fifo", "dev", "suid", "hard", "sparse"})
+    assert sentinel.read_text() == "the host's own file\n"
+
+
+def test_a_device_node_and_a_setuid_file_made_in_l1_are_private_plain_files_on_the_host(lab, private_runtime):
+    made = kvmlab("exec", "--name", "it", "--", "sh", "-c",
+                  "cd /mnt/share && mknod dev c 1 3 && cp /bin/busybox suid && chmod 4755 suid && ls -l dev suid")
+    assert made.returncode == 0, made.stderr.decode()
+    assert made.stdout.decode().startswith("crw") and "-rwsr-xr-x" in made.stdout.decode()  # to L1: as made
+    host = private_runtime / "labs/it/share"
+    try:
+        for name in ("dev", "suid"):
+            st = (host / name).lstat()
+            assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, (name, oct(st.st_mode))
+        assert (host / "dev").read_bytes() == b""  # not /dev/null's device: nothing to open
+    finally:
+        kvmlab("exec", "--name", "it", "--", "rm", "-f", "/mnt/share/dev", "/mnt/share/suid")

@@ -53,7 +53,7 @@ def test_root_is_a_read_only_disk_and_the_share_is_the_lab_share():
     assert value_after(cmd, "-drive") == ["file=/cache/root,if=none,id=root,format=raw,readonly=on"]
     assert "virtio-blk-pci,drive=root" in value_after(cmd, "-device")
     # The only 9p export is the share: a mounted 9p root would block snapshots (migration).
-    assert value_after(cmd, "-fsdev") == [f"local,id=share,path={paths.share},security_model=none"]
+    assert value_after(cmd, "-fsdev") == [f"local,id=share,path={paths.share},security_model=mapped-file"]
 
 
 def test_a_comma_in_the_root_image_path_is_doubled_for_qemu():

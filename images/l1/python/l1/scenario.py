@@ -136,7 +136,9 @@ def run_vmm(job: ScenarioJob, out_dir: str, probe_job: Any = None) -> tuple[int,
     # A shell command (kvmlab trace), its output kept in the run directory.
     log = open(os.path.join(out_dir, "command.log"), "wb")
     proc = subprocess.Popen(["sh", "-c", job.command or "true"], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, cwd="/root")
+                            stdin=subprocess.DEVNULL, cwd="/root",
+                            # files the command puts there come back with the trace's artefacts
+                            env={**os.environ, "KVMLAB_RUN_DIR": out_dir})
     return proc.pid, {"proc": proc}
 
 
