@@ -1,9 +1,10 @@
-"""`kvmlab test thp` on the default kernel, for real: every scenario passes, the results
-are complete, and a wrong expectation fails the run."""
+"""`kvmlab test thp` on the default kernel, for real: every scenario passes, on a lab
+restored from its snapshot, the results are complete, and a wrong expectation fails the run."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -11,7 +12,7 @@ import xmlschema
 import yaml
 
 from lab.scenarios import model, suites
-from tests.conftest import kvmlab
+from tests.conftest import kvmlab, qemu_pids_in
 from tests.integration.test_report_browser import check_rendered
 from tests.unit.test_results import SCHEMA
 
@@ -30,10 +31,34 @@ def outputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def suite(lab, outputs, tmp_path_factory):
-    """`kvmlab test thp`, as a user runs it, with every report asked for."""
+def restored_lab(tmp_path_factory, private_runtime):
+    """A lab restored from a snapshot of its own (`up --snapshot` twice: saved, restored),
+    so that the one whole run of the suite also shows that a restored L1 is a working
+    KVM host (test_snapshot.py checks the rest of a restore)."""
+    config = tmp_path_factory.mktemp("thp-snap") / "lab.yaml"
+    config.write_text(f"qemu:\n  append: kvmlab.test={secrets.token_hex(6)}\n")
+    name = "thp-restored"
+    try:
+        for how in ("booted, snapshot saved", "restored from its snapshot"):
+            kvmlab("down", "--name", name)
+            up = kvmlab("up", "--name", name, "-c", str(config), "--snapshot")
+            assert up.returncode == 0 and how in up.stdout.decode(), (up.stdout + up.stderr).decode()
+        yield name
+    finally:
+        kvmlab("down", "--name", name)
+        assert qemu_pids_in(private_runtime / "labs" / name) == []
+        from lab.machine import snapshot
+
+        for snap in snapshot.all_snapshots():  # this run's own: its key has the unique append
+            if config.read_text().split("=")[1].strip() in json.dumps((snap.meta() or {}).get("inputs", {})):
+                snapshot.discard(snap)
+
+
+@pytest.fixture(scope="module")
+def suite(restored_lab, outputs, tmp_path_factory):
+    """`kvmlab test thp`, as a user runs it, with every report asked for, on a restored lab."""
     results = tmp_path_factory.mktemp("results")
-    run = kvmlab("test", "thp", "--name", lab, "--results", str(results), "--html", str(outputs / "html"),
+    run = kvmlab("test", "thp", "--name", restored_lab, "--results", str(results), "--html", str(outputs / "html"),
                  "--junit", str(outputs / "junit.xml"), "--json", str(outputs / "run.json"), timeout=900)
     summary_file = next(results.glob("*/summary.json"))
     return run, json.loads(summary_file.read_text()), summary_file.parent
