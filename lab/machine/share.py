@@ -25,6 +25,8 @@ from lab.shared.units import GiB, MiB
 METADATA = ".virtfs_metadata"
 #: Bounds on what one run may bring back: a trace of millions of faults is some 100 MiB.
 FILE_LIMIT = 1 * GiB
+#: `kvmlab cp` from L1: a file the user asked for (a vmcore, a kernel tree's tarball)
+CP_LIMIT = 16 * GiB
 TREE_LIMIT = 4 * GiB
 ENTRIES_LIMIT = 20_000
 DEPTH_LIMIT = 16
@@ -248,13 +250,14 @@ def _copy(fd: int, path: Path, limit: int) -> int:
             os.close(out)
 
 
-def copy_file(root: Path, relative: str, dst: Path, limit: int = FILE_LIMIT) -> None:
+def copy_file(root: Path, relative: str, dst: Path, limit: int = FILE_LIMIT, what: str = "") -> None:
     """One file L1 wrote under the share `root` into `dst`, whole or not at all (a
-    temporary sibling renamed over it)."""
+    temporary sibling renamed over it); `what` names it in errors."""
     *parts, name = relative.split("/")
+    what = what or f"L1's {name}"
     dir_fd = _open_dir(root, parts)
     try:
-        fd, _ = _open_file(dir_fd, name, f"L1's {name}", limit)
+        fd, _ = _open_file(dir_fd, name, what, limit)
     finally:
         os.close(dir_fd)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
@@ -262,7 +265,7 @@ def copy_file(root: Path, relative: str, dst: Path, limit: int = FILE_LIMIT) -> 
         _copy(fd, tmp, limit)
         os.replace(tmp, dst)
     except Refused:
-        raise Refused(f"L1's {name}: grew past the bound of {limit} bytes while copied") from None
+        raise Refused(f"{what}: grew past the bound of {limit} bytes while copied") from None
     finally:
         os.close(fd)
         tmp.unlink(missing_ok=True)
