@@ -53,7 +53,7 @@ def pull(paths: LabPaths, run: Run, src: str, dst: Path) -> Path:
         if status != 0:
             raise LabError(f"copying L1:{src} failed: {output.strip()}")
         # Read as untrusted (no link followed, a regular file only), copied whole or not at all.
-        share.copy_file(paths.share, f".kvmlab/{host.name}", dst, share.CP_LIMIT, f"L1:{src} (as copied into the share)")
+        share.copy_file(paths.share, f".kvmlab/{host.name}", dst, share.CP_LIMIT, f"L1:{src} (copied into the share)")
         return dst
     finally:
         host.unlink(missing_ok=True)
