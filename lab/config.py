@@ -21,6 +21,10 @@ from lab.kernels.spec import SUITES, KernelSpec
 
 DEFAULT_CONFIG = CONFIGS_DIR / "lab.yaml"
 THP_MODES = ("always", "madvise", "never")
+#: How L1's KVM runs (kvm-arm.mode): vhe is the kernel's own choice on a VHE CPU (nothing
+#: on the command line); nested lets guests run hypervisors (Linux 6.16+, FEAT_NV2 from an
+#: L0 QEMU 9.0+).
+KVM_MODES = ("vhe", "nvhe", "protected", "nested")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 
@@ -103,6 +107,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "cpus": v.integer(1, 16),
         "memory": _memory,
         "thp": v.choice(THP_MODES),
+        "kvm_mode": v.choice(KVM_MODES),
         "boot_timeout": v.seconds(5, 3600),
         "gdb": v.integer(0, 65535),
         "snapshot": v.boolean,
@@ -142,6 +147,7 @@ class LabConfig:
     updates: bool
     #: Restore L1 from a saved ready state (made by the first such `up`) instead of booting.
     snapshot: bool = False
+    kvm_mode: str = "vhe"
     #: Files the values came from, for messages.
     sources: list[str] = field(default_factory=list)
 
@@ -156,8 +162,8 @@ class LabConfig:
     def as_dict(self) -> dict[str, Any]:
         return {
             "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
-                    "memory": f"{self.memory_mib}M", "thp": self.thp, "boot_timeout": self.boot_timeout,
-                    "gdb": self.gdb, "snapshot": self.snapshot},
+                    "memory": f"{self.memory_mib}M", "thp": self.thp, "kvm_mode": self.kvm_mode,
+                    "boot_timeout": self.boot_timeout, "gdb": self.gdb, "snapshot": self.snapshot},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
                      "extra_args": self.qemu_extra_args},
             "images": {"userspace_suite": self.userspace_suite, "extra_packages": self.extra_packages,
@@ -241,5 +247,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         qemu_binary=clean["qemu.binary"], qemu_cpu=clean["qemu.cpu"], append=clean["qemu.append"],
         qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],
         extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],
-        updates=clean["images.updates"], snapshot=clean["lab.snapshot"], sources=sources,
+        updates=clean["images.updates"], snapshot=clean["lab.snapshot"], kvm_mode=clean["lab.kvm_mode"],
+        sources=sources,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from lab.cli.base import default_name, kernel_options, lab_config, main, name_option
-from lab.config import THP_MODES
+from lab.config import KVM_MODES, THP_MODES
 from lab.core.errors import UserError
 from lab.core.progress import Progress
 from lab.machine.agent import attach_console
@@ -24,14 +24,19 @@ from lab.machine.qemu import l0_lacks
 @click.option("--cpus", type=int, help="L1 vCPUs.")
 @click.option("--memory", "-m", help="L1 memory, e.g. 2G.")
 @click.option("--thp", type=click.Choice(THP_MODES), help="L1 transparent_hugepage at boot.")
+@click.option("--kvm-mode", type=click.Choice(KVM_MODES),
+              help="How L1's KVM runs (kvm-arm.mode; lab.kvm_mode, default vhe).")
+@click.option("--nested", is_flag=True, help="Short for --kvm-mode nested (guest hypervisors; Linux 6.16+).")
 @click.option("--gdb", type=int, metavar="PORT", help="A gdb stub for L1's kernel on 127.0.0.1:PORT.")
 @click.option("--snapshot/--no-snapshot", default=None,
               help="Restore a saved ready L1 (saved by the first such up) instead of booting (lab.snapshot).")
 @click.pass_obj
-def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, gdb, snapshot) -> None:
+def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, kvm_mode, nested, gdb, snapshot) -> None:
     """Start a lab: build images if needed, boot L1 (or restore its snapshot), wait until KVM is ready."""
+    if nested and kvm_mode not in (None, "nested"):
+        raise UserError(f"--nested and --kvm-mode {kvm_mode}: give one of them")
     cfg = lab_config(config, name=name, kernel=kernel, modules=modules, cpus=cpus, memory=memory, thp=thp, gdb=gdb,
-                  snapshot=snapshot)
+                     snapshot=snapshot, kvm_mode="nested" if nested else kvm_mode)
     lab = Lab(cfg.name, progress)
     info = lab.up(cfg)
     state = lab.state() or {}

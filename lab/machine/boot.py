@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.config import LabConfig
-from lab.core.errors import LaunchError
+from lab.core.errors import LaunchError, UserError
+from lab.core.versions import version_tuple
 from lab.machine import qemu, share
 from lab.machine.agent import Agent
 from lab.machine.logs import detail, signame, tail
@@ -46,13 +47,61 @@ def kvm_messages(log: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"(kvm \[\d+\]: [^\r\n]*)", log)]
 
 
+_KVM_INIT = re.compile(r"\b(?:(Protected|Hyp) )?([nh]?)VHE(\+NV2)? mode initialized successfully"
+                       r"|\bHyp mode initialized successfully")
+
+
 def kvm_mode(kvm_log: list[str]) -> str:
-    """'VHE', 'nVHE', 'hVHE' or 'protected' from KVM's init message; '' if KVM did not start."""
+    """The mode KVM's init message names ('' if KVM did not start): 'VHE', 'nested (NV2)',
+    'nVHE', 'hVHE', 'protected' or 'protected (hVHE)'. Since 6.x the message is
+    "%s%sVHE%s mode" (Protected/Hyp, n/h, +NV2, arch/arm64/kvm/arm.c); 5.10 says "Hyp mode"
+    for nVHE."""
     for line in kvm_log:
-        match = re.search(r"\b(VHE|nVHE|hVHE|Protected nVHE|Hyp) mode initialized successfully", line)
-        if match:
-            return {"Hyp": "nVHE", "Protected nVHE": "protected"}.get(match.group(1), match.group(1))
+        match = _KVM_INIT.search(line)
+        if not match:
+            continue
+        who, letter, nv2 = match.groups()
+        if "VHE" not in match.group(0):
+            return "nVHE"  # 5.10's "Hyp mode"
+        if nv2:
+            return "nested (NV2)"
+        if who == "Protected":
+            return "protected" if letter != "h" else "protected (hVHE)"
+        if letter or who == "Hyp":
+            return f"{letter or 'n'}VHE"
+        return "VHE"
     return ""
+
+
+#: What a lab.kvm_mode needs: (the L1 kernel, the L0 QEMU) as (major, minor), and why.
+KVM_MODE_NEEDS = {
+    "nested": ((6, 16), (9, 0), "guest hypervisors came to arm64 KVM in Linux 6.16 and need FEAT_NV2, "
+                                "which QEMU emulates under TCG from 9.0"),
+}
+
+
+def kvm_mode_refusal(mode: str, release: str | None, l0_version_line: str | None) -> str:
+    """Why this kernel (its release) or this L0 (`--version`'s first line) cannot give
+    `mode` ('' if they can, or if a version is not known: KVM's own report decides then)."""
+    if mode not in KVM_MODE_NEEDS:
+        return ""
+    kernel_min, l0_min, why = KVM_MODE_NEEDS[mode]
+    if release:
+        have = version_tuple(release)[:2]
+        if len(have) == 2 and have < kernel_min:
+            return (f"lab.kvm_mode {mode}: L1's kernel is {release}, older than "
+                    f"{'.'.join(map(str, kernel_min))} ({why}); use --kernel sid or a newer Image")
+    l0 = qemu.l0_version(l0_version_line or "")
+    if l0 is not None and l0 < l0_min:
+        return (f"lab.kvm_mode {mode}: the L0 is QEMU {l0[0]}.{l0[1]}, older than "
+                f"{'.'.join(map(str, l0_min))} ({why}); scripts/setup installs QEMU 10 on Debian 12, "
+                "or set qemu.binary")
+    return ""
+
+
+#: What KVM reports for each lab.kvm_mode.
+KVM_MODE_REPORTS = {"vhe": ("VHE",), "nvhe": ("nVHE", "hVHE"), "protected": ("protected", "protected (hVHE)"),
+                    "nested": ("nested (NV2)",)}
 
 
 def thp_mode(enabled: str) -> str:
@@ -134,4 +183,8 @@ def wait_ready(paths: LabPaths, l0: L0Process, config: LabConfig, started: float
             "KVM in L1 needs EL2: -M virt,virtualization=on and a -cpu that has it (max does)",
             command=l0.command,
             detail="\n".join(["L1's kvm messages:"] + (info.kvm_log or ["(none)"])))
+    if info.kvm_mode not in KVM_MODE_REPORTS[config.kvm_mode]:
+        raise UserError(f"lab.kvm_mode {config.kvm_mode}: L1's KVM came up in {info.kvm_mode} mode instead "
+                        f"(kernel {info.release}, {qemu.qemu_version(l0.command[0])}): this kernel or this L0 "
+                        f"cannot give {config.kvm_mode}; KVM said: {' / '.join(info.kvm_log[-3:])}")
     return info

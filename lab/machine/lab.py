@@ -105,8 +105,15 @@ class Lab:
         # Input first (QEMU, the kernel, the images): a mistake there leaves no trace in
         # the runtime directory. The image cache has locks of its own.
         binary = qemu.find_qemu(config.qemu_binary)
+        refusal = boot.kvm_mode_refusal(config.kvm_mode, None, qemu.qemu_version(binary))
+        if refusal:
+            raise UserError(refusal)
         builder = builder or Builder(progress=self.progress)
-        kernel, rootfs = builder.kernel(config), builder.rootfs(config)
+        kernel = builder.kernel(config)
+        refusal = boot.kvm_mode_refusal(config.kvm_mode, kernel.release, None)
+        if refusal:
+            raise UserError(refusal)
+        rootfs = builder.rootfs(config)
         with self.files.lock():
             cleaned = self.files.reap_stale_locked()
             if cleaned:

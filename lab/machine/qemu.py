@@ -73,6 +73,8 @@ class LabPaths:
 
 def kernel_cmdline(config: LabConfig) -> str:
     parts = ["console=ttyAMA0", "panic=-1", f"transparent_hugepage={config.thp}"]
+    if config.kvm_mode != "vhe":
+        parts.append(f"kvm-arm.mode={config.kvm_mode}")
     if config.append:
         parts.append(config.append)
     return " ".join(parts)

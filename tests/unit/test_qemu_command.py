@@ -33,6 +33,12 @@ def test_thp_mode_and_extra_append_reach_the_kernel_command_line():
     assert "transparent_hugepage=never" in value_after(cmd, "-append")[0]
 
 
+def test_kvm_mode_is_kvm_arm_mode_on_the_command_line_except_the_default():
+    assert "kvm-arm.mode" not in kernel_cmdline(command()[0])  # vhe: the kernel's own choice
+    for mode in ("nvhe", "protected", "nested"):
+        assert f" kvm-arm.mode={mode}" in kernel_cmdline(command(**{"lab.kvm_mode": mode})[0])
+
+
 def test_every_socket_is_a_unix_socket_in_the_lab_directory():
     _, paths, cmd = command()
     chardevs = value_after(cmd, "-chardev")

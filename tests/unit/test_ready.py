@@ -1,6 +1,8 @@
 """What `up` reads back from L1: the ready file and KVM's init messages."""
 
-from lab.machine.boot import kvm_messages, kvm_mode, parse_ready, thp_mode
+import pytest
+
+from lab.machine.boot import KVM_MODE_REPORTS, kvm_messages, kvm_mode, kvm_mode_refusal, parse_ready, thp_mode
 
 READY = """release=6.12.117+deb13-arm64
 kvm_device=yes
@@ -23,6 +25,11 @@ def test_kvm_mode_from_each_kernel_generation():
     assert kvm_mode(["kvm [1]: nVHE mode initialized successfully"]) == "nVHE"
     assert kvm_mode(["kvm [1]: Hyp mode initialized successfully"]) == "nVHE"  # 5.10 without VHE
     assert kvm_mode(["kvm [1]: Protected nVHE mode initialized successfully"]) == "protected"
+    # 6.x: "%s%sVHE%s mode" (Protected/Hyp, n/h, +NV2), arch/arm64/kvm/arm.c
+    assert kvm_mode(["kvm [1]: Hyp nVHE mode initialized successfully"]) == "nVHE"
+    assert kvm_mode(["kvm [1]: Hyp hVHE mode initialized successfully"]) == "hVHE"
+    assert kvm_mode(["kvm [1]: Protected hVHE mode initialized successfully"]) == "protected (hVHE)"
+    assert kvm_mode(["kvm [1]: VHE+NV2 mode initialized successfully"]) == "nested (NV2)"  # sid, FIELD-NOTES 6
     assert kvm_mode(["kvm [1]: HYP mode not available"]) == ""
     assert kvm_mode([]) == ""
 
@@ -38,3 +45,24 @@ def test_kvm_messages_from_a_console_log():
            "[    1.000] virtio-pci 0000:00:01.0: enabling device\r\n")
     assert kvm_messages(log) == ["kvm [1]: IPA Size Limit: 52 bits", "kvm [1]: VHE mode initialized successfully"]
     assert kvm_mode(kvm_messages(log)) == "VHE"
+
+
+@pytest.mark.parametrize("mode, release, l0, refused", [
+    ("nested", "7.2.13+deb14-arm64", "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)", ""),
+    ("nested", "6.12.57+deb13-arm64", None, "L1's kernel is 6.12.57+deb13-arm64, older than 6.16"),
+    ("nested", "5.10.0-32-arm64", None, "older than 6.16"),
+    ("nested", None, "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)", "QEMU 7.2, older than 9.0"),
+    ("nested", "?", None, ""),  # an Image whose release is not known: KVM's own report decides
+    ("vhe", "5.10.0-32-arm64", "QEMU emulator version 7.2.22", ""),
+])
+def test_a_kvm_mode_the_kernel_or_l0_cannot_give_is_refused_before_boot(mode, release, l0, refused):
+    got = kvm_mode_refusal(mode, release, l0)
+    assert (refused in got) if refused else got == "", got
+    if refused:
+        assert got.startswith(f"lab.kvm_mode {mode}: ")
+
+
+def test_every_kvm_mode_has_the_reports_that_satisfy_it():
+    from lab.config import KVM_MODES
+
+    assert set(KVM_MODE_REPORTS) == set(KVM_MODES)
