@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,14 +27,16 @@ def _xfer(paths: LabPaths) -> tuple[Path, str]:
 
 
 def push(paths: LabPaths, run: Run, src: Path, dst: str) -> None:
-    """Copies a host file into L1 (to `dst`, or into it if it is a directory)."""
+    """Copies a host file into L1 (to `dst`, or into it if it is a directory), with its
+    permission bits (a reproducer stays executable); setuid and setgid are not carried."""
     if not src.is_file():
         raise UserError(f"{src}: no such file on the host")
+    mode = stat.S_IMODE(src.stat().st_mode) & 0o777
     host, guest = _xfer(paths)
     try:
         shutil.copyfile(src, host)
         script = (f'd={shlex.quote(dst)}; if [ -d "$d" ]; then d="$d/"{shlex.quote(src.name)}; fi; '
-                  f'cp {guest} "$d"')
+                  f'cp {guest} "$d" && chmod {mode:o} "$d"')
         status, output = run(script)
         if status != 0:
             raise LabError(f"copying to L1:{dst} failed: {output.strip()}")
@@ -49,11 +52,17 @@ def pull(paths: LabPaths, run: Run, src: str, dst: Path) -> Path:
         raise UserError(f"{dst.parent}: no such directory on the host")
     host, guest = _xfer(paths)
     try:
-        status, output = run(f"cp {shlex.quote(src)} {guest}")
+        # The mode, printed by L1 (mapped-file keeps the share's copy 0600 on the host).
+        status, output = run(f"cp {shlex.quote(src)} {guest} && stat -L -c %a {shlex.quote(src)}")
         if status != 0:
             raise LabError(f"copying L1:{src} failed: {output.strip()}")
+        try:
+            mode = int(output.strip().splitlines()[-1], 8) & 0o777
+        except (ValueError, IndexError):
+            mode = 0o644
         # Read as untrusted (no link followed, a regular file only), copied whole or not at all.
         share.copy_file(paths.share, f".kvmlab/{host.name}", dst, share.CP_LIMIT, f"L1:{src} (copied into the share)")
+        os.chmod(dst, mode)
         return dst
     finally:
         host.unlink(missing_ok=True)

@@ -93,6 +93,19 @@ def test_cp_into_a_directory_keeps_the_name(lab, tmp_path):
     assert missing.returncode == 1 and b"nope" in missing.stderr
 
 
+def test_cp_keeps_the_mode_both_ways_but_not_setuid(lab, tmp_path):
+    src = tmp_path / "repro"
+    src.write_text("#!/bin/sh\necho ran\n")
+    src.chmod(0o4750)
+    assert kvmlab("cp", "--name", "it", str(src), ":/root/repro").returncode == 0
+    ran = kvmlab("exec", "--name", "it", "--", "sh", "-c", "/root/repro && stat -c %a /root/repro")
+    assert ran.stdout == b"ran\n750\n"  # executable at once, without the setuid bit
+    kvmlab("exec", "--name", "it", "--", "chmod", "4711", "/root/repro")
+    back = tmp_path / "back"
+    assert kvmlab("cp", "--name", "it", ":/root/repro", str(back)).returncode == 0
+    assert stat.S_IMODE(back.stat().st_mode) == 0o711
+
+
 def test_status_and_qmp(lab):
     status = json.loads(kvmlab("status", "--name", "it", "--json").stdout)
     assert status["up"] is True and status["status"] == "running"
