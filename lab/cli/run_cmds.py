@@ -17,6 +17,7 @@ from lab.cli.base import (
     output_options,
     write_outputs,
 )
+from lab.config import KVM_MODES
 from lab.core.errors import LabError, UserError
 from lab.core.progress import Progress
 from lab.machine.lab import Lab
@@ -118,13 +119,16 @@ def report_command(progress: Progress, results_dir, json_file, junit_file, html_
 @click.option("--kernels", "kernel_list", metavar="K1,K2,...", help="Kernels, comma-separated (as for --kernel).")
 @click.option("--kernel", "kernel_opts", multiple=True, metavar="KERNEL", help="A kernel (repeatable).")
 @click.option("-k", "keyword", metavar="KEYWORD", help="Only scenarios whose name contains KEYWORD (or matches it).")
+@click.option("--kvm-modes", "kvm_mode_list", metavar="M1,M2,...",
+              help="Also a column per KVM mode (vhe, nvhe, protected, nested) for each kernel; "
+                   "a mode a kernel cannot give is a skipped column, with the reason.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @output_options
 @click.pass_obj
-def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs, config, results, json_file,
-           junit_file, html_dir, markdown_file) -> None:
+def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_mode_list, jobs, config, results,
+           json_file, junit_file, html_dir, markdown_file) -> None:
     """Run a suite (default: thp) on several kernels; show the mappings side by side.
 
     \b
@@ -145,7 +149,13 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, jobs,
     scenarios = suites.resolve(list(targets), keyword)
     check_outputs(json_file, junit_file, html_dir, markdown_file)
     lab_config(config)  # the config file itself is checked once, before any kernel
-    columns = mx.plan(kernels, lambda kernel, lab_name: lab_config(config, kernel=kernel, name=lab_name))
+    modes = [m.strip() for m in (kvm_mode_list or "").split(",") if m.strip()]
+    for mode in modes:
+        if mode not in KVM_MODES:
+            raise UserError(f"--kvm-modes: {mode!r} is not a KVM mode; give some of {', '.join(KVM_MODES)}")
+    if len(set(modes)) != len(modes):
+        raise UserError(f"--kvm-modes {kvm_mode_list}: a mode is given twice")
+    columns = mx.plan(kernels, lambda kernel, lab_name: lab_config(config, kernel=kernel, name=lab_name), modes)
     jobs = jobs or max(1, min(len(columns), (os.cpu_count() or 2) // 2))
     label = "matrix-" + "-".join(Path(t).stem for t in targets or ["thp"])
     out = results_dir(results, label[:40])

@@ -73,6 +73,10 @@ def kvm_mode(kvm_log: list[str]) -> str:
     return ""
 
 
+class KvmModeUnavailable(UserError):
+    """This kernel or this L0 cannot give the KVM mode asked for (a matrix skips it)."""
+
+
 #: What a lab.kvm_mode needs: (the L1 kernel, the L0 QEMU) as (major, minor), and why.
 KVM_MODE_NEEDS = {
     "nested": ((6, 16), (9, 0), "guest hypervisors came to arm64 KVM in Linux 6.16 and need FEAT_NV2, "
@@ -184,7 +188,7 @@ def wait_ready(paths: LabPaths, l0: L0Process, config: LabConfig, started: float
             command=l0.command,
             detail="\n".join(["L1's kvm messages:"] + (info.kvm_log or ["(none)"])))
     if info.kvm_mode not in KVM_MODE_REPORTS[config.kvm_mode]:
-        raise UserError(f"lab.kvm_mode {config.kvm_mode}: L1's KVM came up in {info.kvm_mode} mode instead "
+        raise KvmModeUnavailable(f"lab.kvm_mode {config.kvm_mode}: L1's KVM came up in {info.kvm_mode} mode instead "
                         f"(kernel {info.release}, {qemu.qemu_version(l0.command[0])}): this kernel or this L0 "
                         f"cannot give {config.kvm_mode}; KVM said: {' / '.join(info.kvm_log[-3:])}")
     return info

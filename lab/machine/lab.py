@@ -107,12 +107,12 @@ class Lab:
         binary = qemu.find_qemu(config.qemu_binary)
         refusal = boot.kvm_mode_refusal(config.kvm_mode, None, qemu.qemu_version(binary))
         if refusal:
-            raise UserError(refusal)
+            raise boot.KvmModeUnavailable(refusal)
         builder = builder or Builder(progress=self.progress)
         kernel = builder.kernel(config)
         refusal = boot.kvm_mode_refusal(config.kvm_mode, kernel.release, None)
         if refusal:
-            raise UserError(refusal)
+            raise boot.KvmModeUnavailable(refusal)
         rootfs = builder.rootfs(config)
         with self.files.lock():
             cleaned = self.files.reap_stale_locked()

@@ -25,6 +25,7 @@ from lab.config import LabConfig
 from lab.core.errors import KvmlabError, UserError
 from lab.core.progress import Progress, stamp
 from lab.core.status import NOT_MEASURED, PASS
+from lab.machine.boot import KvmModeUnavailable
 from lab.machine.lab import Lab
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult
@@ -40,6 +41,8 @@ class KernelColumn:
     release: str = ""
     summary: dict[str, Any] | None = None
     error: str = ""
+    #: why this kernel or L0 cannot give the column's KVM mode: a skipped column, not a failure
+    skipped: str = ""
     seconds: float = 0.0
     lab: Lab | None = field(default=None, repr=False)
 
@@ -75,19 +78,26 @@ def rows(columns: list[KernelColumn]) -> list[dict[str, Any]]:
     return out
 
 
-def plan(kernels: list[str], base_config: Callable[[str, str], LabConfig]) -> list[KernelColumn]:
-    """A column per kernel, with its lab's config; labels must be distinct."""
+def plan(kernels: list[str], base_config: Callable[[str, str], LabConfig],
+         kvm_modes: list[str] | None = None) -> list[KernelColumn]:
+    """A column per kernel (and per KVM mode, with `kvm_modes`: 'trixie-nvhe'), with its
+    lab's config; labels must be distinct."""
     from lab.kernels.spec import parse
 
     columns: list[KernelColumn] = []
     for text in kernels:
         try:
-            label = parse(text).label
+            kernel_label = parse(text).label
         except ValueError as exc:
             raise UserError(f"--kernels: {exc}") from None
-        if any(c.label == label for c in columns):
-            raise UserError(f"--kernels: {text} is given twice (as {label})")
-        columns.append(KernelColumn(text, label, base_config(text, f"matrix-{label}"[:32].rstrip("-."))))
+        for mode in kvm_modes or [""]:
+            label = f"{kernel_label}-{mode}" if mode else kernel_label
+            if any(c.label == label for c in columns):
+                raise UserError(f"--kernels: {text} is given twice (as {label})")
+            config = base_config(text, f"matrix-{label}"[:32].rstrip("-."))
+            if mode:
+                config.kvm_mode = mode
+            columns.append(KernelColumn(text, label, config))
     return columns
 
 
@@ -123,6 +133,9 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
 
             column.summary = Runner(lab, out / column.label, on_result=on_result,
                                     targets=targets).run(scenarios)
+        except KvmModeUnavailable as exc:
+            column.skipped = exc.message
+            say(f"[{column.label}] SKIP {exc.message}")
         except KvmlabError as exc:
             column.error = exc.message
             say(f"[{column.label}] ERROR {exc.message}")
@@ -153,7 +166,9 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
         "targets": targets or ["thp"],
         "kernels": [{"spec": c.spec, "label": c.label, "release": c.release, "lab": c.config.name,
                      "results_dir": str(out / c.label), "error": c.error, "seconds": c.seconds,
-                     "passed": bool(c.summary and c.summary.get("passed")) and not c.error} for c in columns],
+                     "kvm_mode": c.config.kvm_mode, "skipped": c.skipped,
+                     "passed": bool(c.skipped) or bool(c.summary and c.summary.get("passed")) and not c.error}
+                    for c in columns],
         "scenarios": rows(columns),
         "jobs": jobs,
         "seconds": round(time.monotonic() - started, 1),

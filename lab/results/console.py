@@ -109,6 +109,8 @@ def print_matrix(matrix: dict[str, Any]) -> None:
     for k in kernels:
         if k["error"]:
             console.print(f"[bold red]{k['label']}[/]: {rich_escape(k['error'])}", soft_wrap=True)
+        if k.get("skipped"):
+            console.print(f"[yellow]{k['label']}[/]: skipped: {rich_escape(k['skipped'])}", soft_wrap=True)
     console.print(f"{len(matrix['differing'])} of {len(matrix['scenarios'])} scenarios differ between kernels"
                   + (f" ({', '.join(matrix['differing'])})" if matrix["differing"] else "")
                   + f"; {matrix['seconds']:.0f} s with -j{matrix['jobs']}; results: {matrix['results_dir']}",

@@ -122,3 +122,18 @@ def test_smaps_expectations_by_kernel_version():
     assert scenario.smaps_for("6.1.0-50-arm64") == {"ShmemPmdMapped": (16 << 20, 16 << 20)}
     assert scenario.smaps_for("6.12.117+deb13-arm64") == {"ShmemPmdMapped": (0, 0)}
     assert scenario.smaps_for("7.2.13+deb14-arm64") == {"ShmemPmdMapped": (0, 0)}
+
+
+def test_kvm_modes_make_a_column_per_kernel_and_mode_with_its_own_lab():
+    from lab.config import load_config
+    from lab.core.errors import UserError
+    from lab.orchestrate.matrix import plan
+
+    columns = plan(["trixie", "sid"], lambda k, name: load_config(None, {"lab.kernel": k, "lab.name": name}),
+                   ["vhe", "nested"])
+    assert [(c.label, c.config.name, c.config.kvm_mode) for c in columns] == [
+        ("trixie-vhe", "matrix-trixie-vhe", "vhe"), ("trixie-nested", "matrix-trixie-nested", "nested"),
+        ("sid-vhe", "matrix-sid-vhe", "vhe"), ("sid-nested", "matrix-sid-nested", "nested")]
+    assert [c.label for c in plan(["trixie"], lambda k, n: load_config(None, {"lab.name": n}))] == ["trixie"]
+    with pytest.raises(UserError, match="given twice"):
+        plan(["trixie", "trixie"], lambda k, n: load_config(None, {"lab.name": n}), ["nvhe"])
