@@ -30,6 +30,8 @@ from lab.machine.lab import Lab
 @click.option("--list", "list_only", is_flag=True, help="List the suites and scenarios, run nothing.")
 @click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Run each scenario N times, judged as one: FLAKY (a failure) if it passed in some runs only.")
+@click.option("--shard", metavar="K/N", help="Run share K of N (balanced by configs/suites/durations.json, the same "
+              "on every machine); `kvmlab report DIR...` merges the shards' results.")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config, if the lab must be started.")
 @name_option
 @kernel_options
@@ -41,8 +43,8 @@ from lab.machine.lab import Lab
                    "as far as host CPUs and memory allow.")
 @output_options
 @click.pass_obj
-def test(progress: Progress, targets, keyword, list_only, count, config, name, kernel, modules, results, keep_up,
-         verbose, jobs, json_file, junit_file, html_dir, markdown_file) -> None:
+def test(progress: Progress, targets, keyword, list_only, count, shard, config, name, kernel, modules, results,
+         keep_up, verbose, jobs, json_file, junit_file, html_dir, markdown_file) -> None:
     """Run scenario suites (default: thp) and judge stage-2 mappings.
 
     \b
@@ -56,8 +58,13 @@ def test(progress: Progress, targets, keyword, list_only, count, config, name, k
 
     scenarios = suites.resolve(list(targets), keyword)
     check_outputs(json_file, junit_file, html_dir, markdown_file)
+    scenarios, shard_record = sharded(scenarios, shard)
     if list_only:
         report.print_list(scenarios, suites.suites())
+        return
+    if not scenarios:
+        click.echo(f"--shard {shard}: this share is empty (more shards than the {len(shard_record['of'])} "
+                   "scenarios); nothing to run")
         return
     cfg = lab_config(config, name=name, kernel=kernel, modules=modules)
     with Lab(cfg.name, progress) as lab:  # a lab this command brings up goes down with it
@@ -75,7 +82,7 @@ def test(progress: Progress, targets, keyword, list_only, count, config, name, k
         report.print_start(lab.name, (lab.state() or {}).get("ready", {}).get("release", "?"), len(scenarios), out)
         try:
             summary = suite.run_suite(lab, scenarios, targets, out, progress, report.result_printer(len(scenarios)),
-                                      pool.spread_over(helpers), count)
+                                      pool.spread_over(helpers), count, shard_record)
         finally:
             for helper_lab in started:
                 try:
@@ -87,30 +94,51 @@ def test(progress: Progress, targets, keyword, list_only, count, config, name, k
     sys.exit(0 if summary["passed"] else 1)
 
 
+def sharded(scenarios, spec):
+    """(the scenarios of shard K/N, and the record the summary keeps of it), or (all, None)."""
+    if not spec:
+        return scenarios, None
+    from lab.scenarios import shard
+
+    k, n = shard.parse(spec)
+    names = [s.name for s in scenarios]
+    seconds = shard.durations()
+    mine = set(shard.share(names, k, n, seconds))
+    return [s for s in scenarios if s.name in mine], {
+        "k": k, "n": n, "of": names, "seconds": {name: seconds[name] for name in names if name in seconds}}
+
+
 @main.command("report")
-@click.argument("results_dir", type=click.Path())
+@click.argument("results_dirs", nargs=-1, required=True, type=click.Path())
 @output_options
 @click.option("-v", "--verbose", is_flag=True, help="Print every scenario's evidence, not only failures'.")
 @click.pass_obj
-def report_command(progress: Progress, results_dir, json_file, junit_file, html_dir, markdown_file, verbose) -> None:
+def report_command(progress: Progress, results_dirs, json_file, junit_file, html_dir, markdown_file,
+                   verbose) -> None:
     """Render a saved run again: the table, and any of JSON, JUnit, HTML, Markdown.
 
     \b
-    RESULTS_DIR: a directory `kvmlab test` or `kvmlab matrix` wrote (nothing is re-run).
+    RESULTS_DIRS: directories `kvmlab test` or `kvmlab matrix` wrote (nothing is re-run);
+    several are merged into one report and one verdict: the shards of a run (--shard K/N),
+    and runs of several kernels as a matrix. A shard not given is reported as not run.
     kvmlab report kvmlab-results/20261124-172455-thp --html report/ --junit junit.xml
+    kvmlab report shard-1/* shard-2/* shard-3/* shard-4/* --html report/
     Exit status: 0 the saved run passed, 1 it did not, 2 not a results directory.
     """
+    from lab.orchestrate import merge
     from lab.results import console as report
     from lab.results import load
 
     check_outputs(json_file, junit_file, html_dir, markdown_file)
-    results = load.load(results_dir)
+    results = load.load(results_dirs[0]) if len(results_dirs) == 1 else merge.merge(list(results_dirs))
     if isinstance(results, load.Matrix):
         report.print_matrix(results.matrix)
     else:
         report.print_table({**results.summary, "scenarios": results.scenarios,
-                            "counts": results.counts, "results_dir": str(results.path)}, verbose)
-    write_outputs(results_dir, json_file, junit_file, html_dir, markdown_file, progress, results)
+                            "counts": results.counts,
+                            "results_dir": results.summary.get("results_dir") if len(results_dirs) > 1
+                            else str(results.path)}, verbose)
+    write_outputs(results_dirs[0], json_file, junit_file, html_dir, markdown_file, progress, results)
     sys.exit(0 if results.passed else 1)
 
 
@@ -122,13 +150,14 @@ def report_command(progress: Progress, results_dir, json_file, junit_file, html_
 @click.option("--kvm-modes", "kvm_mode_list", metavar="M1,M2,...",
               help="Also a column per KVM mode (vhe, nvhe, protected, nested) for each kernel; "
                    "a mode a kernel cannot give is a skipped column, with the reason.")
+@click.option("--shard", metavar="K/N", help="Run share K of N of the scenarios on every kernel (as for test).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @output_options
 @click.pass_obj
-def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_mode_list, jobs, config, results,
-           json_file, junit_file, html_dir, markdown_file) -> None:
+def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_mode_list, shard, jobs, config,
+           results, json_file, junit_file, html_dir, markdown_file) -> None:
     """Run a suite (default: thp) on several kernels; show the mappings side by side.
 
     \b
@@ -148,6 +177,10 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
         raise UserError("matrix: give the kernels, e.g. --kernels bullseye,bookworm,trixie,sid")
     scenarios = suites.resolve(list(targets), keyword)
     check_outputs(json_file, junit_file, html_dir, markdown_file)
+    scenarios, shard_record = sharded(scenarios, shard)
+    if not scenarios:
+        click.echo(f"--shard {shard}: this share is empty; nothing to run")
+        return
     lab_config(config)  # the config file itself is checked once, before any kernel
     modes = [m.strip() for m in (kvm_mode_list or "").split(",") if m.strip()]
     for mode in modes:
@@ -161,7 +194,7 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
     out = results_dir(results, label[:40])
     click.echo(f"Running {len(scenarios)} scenarios on {len(columns)} kernels ({', '.join(c.label for c in columns)}), "
                f"{jobs} lab{'s' if jobs > 1 else ''} at a time; results in {out}")
-    result = mx.run(columns, scenarios, list(targets), out, jobs, progress, click.echo)
+    result = mx.run(columns, scenarios, list(targets), out, jobs, progress, click.echo, shard_record)
     report.print_matrix(result)
     write_outputs(out, json_file, junit_file, html_dir, markdown_file, progress)
     sys.exit(0 if result["passed"] else 1)

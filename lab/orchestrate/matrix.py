@@ -60,21 +60,26 @@ def signature(s: dict[str, Any]) -> str:
 
 def rows(columns: list[KernelColumn]) -> list[dict[str, Any]]:
     """Per scenario (in suite order): each kernel's cell, and whether the kernels differ."""
+    return rows_of([(c.label, c.summary) for c in columns])
+
+
+def rows_of(columns: list[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """rows() of (label, summary) pairs."""
     names: list[str] = []
     cells: dict[str, dict[str, dict[str, Any]]] = {}
-    for column in columns:
-        for s in (column.summary or {}).get("scenarios", []):
+    for label, summary in columns:
+        for s in (summary or {}).get("scenarios", []):
             if s["name"] not in cells:
                 names.append(s["name"])
                 cells[s["name"]] = {}
-            cells[s["name"]][column.label] = {"status": s["status"], "observed": s.get("observed", ""),
-                                              "signature": signature(s), "reasons": s.get("reasons", [])[:1]}
+            cells[s["name"]][label] = {"status": s["status"], "observed": s.get("observed", ""),
+                                       "signature": signature(s), "reasons": s.get("reasons", [])[:1]}
     out = []
     for name in names:
         row = cells[name]
         signatures = {c["signature"] for c in row.values()}
         out.append({"name": name, "cells": row,
-                    "differs": len(signatures) > 1 or len(row) < sum(1 for c in columns if c.summary)})
+                    "differs": len(signatures) > 1 or len(row) < sum(1 for _, summary in columns if summary)})
     return out
 
 
@@ -102,7 +107,7 @@ def plan(kernels: list[str], base_config: Callable[[str, str], LabConfig],
 
 
 def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[str], out: Path, jobs: int,
-        progress: Progress, echo: Callable[[str], None]) -> dict[str, Any]:
+        progress: Progress, echo: Callable[[str], None], shard: dict[str, Any] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     busy = [c.config.name for c in columns if Lab(c.config.name).is_up()]
@@ -132,7 +137,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
                 say(f"[{column.label}] {r.status.upper():<5} {r.name}  {r.observed}  ({r.seconds:.1f} s)")
 
             column.summary = Runner(lab, out / column.label, on_result=on_result,
-                                    targets=targets).run(scenarios)
+                                    targets=targets, shard=shard).run(scenarios)
         except KvmModeUnavailable as exc:
             column.skipped = exc.message
             say(f"[{column.label}] SKIP {exc.message}")

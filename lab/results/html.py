@@ -137,7 +137,7 @@ class _Writer:
             parts.append("<div class=\"figures\">" + "".join(figs) + "</div>")
         elif s["status"] != SKIP:
             parts.append("<p class=\"meta\">No fault map: this scenario recorded no per-region mapping.</p>")
-        links = [_link(p, self.final, str(p.relative_to(run.path))) for p in run.artefacts(name)]
+        links = [_link(p, self.final, str(p.relative_to(run.home(name)))) for p in run.artefacts(name)]
         if links:
             parts.append("<p class=\"links\">Artefacts: " + " ".join(links) + "</p>")
         parts.append("</section>")

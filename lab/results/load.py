@@ -32,6 +32,8 @@ class Run:
     path: Path
     summary: dict[str, Any]
     scenarios: list[dict[str, Any]] = field(default_factory=list)
+    #: a merged run (`kvmlab report DIR...`): the directory each scenario's artefacts are in
+    homes: dict[str, Path] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -47,8 +49,12 @@ class Run:
     def passed(self) -> bool:
         return not any(s["status"] in BAD for s in self.scenarios)
 
+    def home(self, name: str) -> Path:
+        """The results directory that holds scenario `name`."""
+        return self.homes.get(name, self.path)
+
     def scenario_dir(self, name: str) -> Path:
-        return self.path / name
+        return self.home(name) / name
 
     def trace_files(self, name: str) -> list[Path]:
         """The raw per-CPU traces of a scenario (one set per run directory)."""

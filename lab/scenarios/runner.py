@@ -69,7 +69,7 @@ class Runner:
     def __init__(self, lab: Lab, results: Path, builder: Builder | None = None,
                  on_result: Callable[[ScenarioResult], None] | None = None, progress=None,
                  targets: list[str] | None = None, on_start: Callable[[Scenario], None] | None = None,
-                 count: int = 1):
+                 count: int = 1, shard: dict[str, Any] | None = None):
         self.lab = lab
         #: runs of each scenario (`kvmlab test --count N`)
         self.count = count
@@ -90,6 +90,10 @@ class Runner:
             "l1_thp_at_boot": state.get("ready", {}).get("thp"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "targets": list(targets or ["thp"]), "results_dir": str(results), "scenarios": [],
         }
+        if shard:
+            #: `--shard K/N`: which share this is, of which scenarios, by which durations
+            #: (lab/scenarios/shard.py): `kvmlab report` merges the shards and finds any missing
+            self.summary["shard"] = shard
 
     # -- set-up --------------------------------------------------------------------------
     def sync_tools(self) -> Tools:

@@ -34,7 +34,7 @@ def label_of(targets: tuple[str, ...] | list[str]) -> str:
 
 def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...] | list[str], out: Path,
               progress: Progress, on_result: Callable[[ScenarioResult], None] | None = None,
-              spread: Spread | None = None, count: int = 1) -> dict[str, Any]:
+              spread: Spread | None = None, count: int = 1, shard: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs `scenarios` on `lab` (or as `spread` shares them out) into `out`, with a
     progress bar; `on_result` sees each result as it comes; each scenario `count` times,
     judged as one (FLAKY if it passed in some runs only). Returns the summary."""
@@ -45,5 +45,6 @@ def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...] | li
                 on_result(r)
 
         runner = Runner(lab, out, on_result=result, on_start=lambda s: bar.start(s.name), progress=progress,
-                        targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets], count=count)
+                        targets=[Path(t).stem if t.endswith((".yaml", ".yml")) else t for t in targets], count=count,
+                        shard=shard)
         return runner.run(scenarios, spread)

@@ -89,6 +89,13 @@ def test_the_workflow_runs_the_action_on_every_debian_kernel():
     assert job["container"]["image"] == "debian:bookworm"
     assert job["strategy"]["matrix"]["kernel"] == list(SUITES)
     assert any(step.get("uses") == "./.github/actions/kvmlab" for step in job["steps"])
+    # kernels x shards, then one merged report of them all
+    shards = job["strategy"]["matrix"]["shard"]
+    [action] = [step for step in job["steps"] if step.get("uses") == "./.github/actions/kvmlab"]
+    assert action["with"]["args"] == f"--shard ${{{{ matrix.shard }}}}/{len(shards)}" and shards == [1, 2]
+    report = workflow["jobs"]["report"]
+    assert report["needs"] == "thp" and any("kvmlab report shards/*/results/*" in step.get("run", "")
+                                            for step in report["steps"])
 
 
 def test_the_action_steps_are_the_ci_job_script():
