@@ -31,7 +31,7 @@ from lab.config import NAME_RE, LabConfig
 from lab.core.errors import LabBusy, LabError, UserError
 from lab.core.paths import private_dir
 from lab.core.progress import Progress
-from lab.machine import boot, qemu, snapshotting, transfer
+from lab.machine import boot, qemu, share, snapshotting, transfer
 from lab.machine import snapshot as snapshots
 from lab.machine.agent import Agent, flock
 from lab.machine.boot import PANIC, ReadyInfo
@@ -290,14 +290,20 @@ class Lab:
         }
 
     def agent(self) -> Agent:
-        """L1's command channel, watched: QEMU gone or L1 panicked ends the wait at once."""
+        """L1's command channel, watched: QEMU gone, L1 panicked or L1 filling the host's disk
+        through the share (the lab is stopped then) ends the wait at once."""
         pid = int(self.require_up()["pid"])
         console = self.paths.console_log
         seen = [size_of(console)]
+        disk = share.DiskWatch(self.paths.share)
 
         def watch() -> str | None:
             if not qemu.pid_alive(pid):
                 return f"L0 QEMU (pid {pid}) exited in the middle of a command"
+            filled = disk.problem()
+            if filled:
+                qemu.kill_pid(pid)
+                return filled
             try:
                 with open(console, "rb") as f:
                     f.seek(seen[0])

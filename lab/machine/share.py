@@ -36,6 +36,45 @@ _KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFCHR:
           stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
 
 
+#: L1 writes into the share directly (QEMU's 9p has no quota): while a command runs, the
+#: share's file system may not fall below this much free space (or half of what it had when
+#: the command began, on a fuller disk), else the lab is stopped. KVMLAB_SHARE_FREE_FLOOR
+#: (bytes) overrides it.
+FREE_FLOOR = 1 * GiB
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class DiskWatch:
+    """Whether L1 has been filling the host's disk through the share since this began."""
+
+    def __init__(self, share: Path):
+        self.share = share
+        try:
+            self.start = free_bytes(share)
+        except OSError:
+            self.start = -1
+        floor = int(os.environ.get("KVMLAB_SHARE_FREE_FLOOR") or FREE_FLOOR)
+        self.floor = min(floor, self.start // 2)
+
+    def problem(self) -> str:
+        """'' while the disk holds; else what L1 did."""
+        if self.start < 0:
+            return ""
+        try:
+            free = free_bytes(self.share)
+        except OSError:
+            return ""
+        if free >= self.floor:
+            return ""
+        return (f"L1 filled the host's disk through the share: {free >> 20} MiB free on it, under the floor "
+                f"of {self.floor >> 20} MiB ({(self.start - free) >> 20} MiB written during this command); "
+                "the lab was stopped to keep the host's disk")
+
+
 class Refused(LabError):
     """A share file the host will not read (a link, a device, too big, ...)."""
 

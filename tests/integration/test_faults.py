@@ -381,3 +381,26 @@ def test_a_vmm_still_faulting_at_its_timeout_gets_more_time_and_the_timeout_says
         assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
     finally:
         kvmlab("down", "--name", name)
+
+
+def test_l1_filling_the_hosts_disk_through_the_share_stops_the_lab(tmp_path):
+    """9p has no quota: the share's file system is watched while a command runs. Here the
+    runtime directory (and so the share) is a 160 MiB tmpfs with a 64 MiB floor."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    runtime = tmp_path / "rt"
+    runtime.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m,mode=0700", "tmpfs", str(runtime)], check=True)
+    env = {"KVMLAB_RUNTIME_DIR": str(runtime), "KVMLAB_SHARE_FREE_FLOOR": str(64 << 20)}
+    try:
+        assert kvmlab("up", "--name", "fill", env=env).returncode == 0
+        fill = kvmlab("exec", "--name", "fill", "--", "dd", "if=/dev/zero", "of=/mnt/share/fill", "bs=1M",
+                      "count=1000", env=env, timeout=300)
+        err = fill.stderr.decode()
+        assert fill.returncode == 1 and "L1 filled the host's disk through the share" in err, err
+        assert "the lab was stopped" in err
+        assert qemu_pids_in(runtime / "labs/fill") == []
+        assert os.statvfs(runtime).f_bavail * os.statvfs(runtime).f_frsize > 32 << 20  # stopped well before full
+    finally:
+        kvmlab("down", "--name", "fill", env=env)
+        subprocess.run(["umount", "-l", str(runtime)], check=False)

@@ -95,3 +95,16 @@ def test_reads_are_bounded_and_refuse_links(tmp_path):
     assert not dst.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".copy")] == []
     share.copy_file(root, ".kvmlab/big", dst)
     assert dst.read_bytes() == b"x" * 5000
+
+
+def test_the_disk_watch_trips_below_its_floor(tmp_path, monkeypatch):
+    free = [10 << 30]
+    monkeypatch.setattr(share, "free_bytes", lambda path: free[0])
+    watch = share.DiskWatch(tmp_path)
+    assert watch.floor == share.FREE_FLOOR and watch.problem() == ""
+    free[0] = (1 << 30) - 1
+    assert "under the floor of 1024 MiB" in watch.problem() and "9216 MiB written" in watch.problem()
+    free[0] = 600 << 20  # a fuller disk to begin with: half of what it had
+    assert share.DiskWatch(tmp_path).floor == 300 << 20
+    monkeypatch.setenv("KVMLAB_SHARE_FREE_FLOOR", str(100 << 20))
+    assert share.DiskWatch(tmp_path).floor == 100 << 20
