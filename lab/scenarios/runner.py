@@ -46,6 +46,16 @@ GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
 REFUSED = "refused-from-l1.txt"
 
 
+#: glibc malloc for l1.scenario and the probe VMM forked from it: one arena, never trimmed.
+#: A thread's own arena is mapped and trimmed (munmap) on its first malloc, and a trim
+#: unmaps heap; before 5.13, any change to the VMM's mm makes every stage-2 fault in flight
+#: retry (kvm_mmu_notifier_invalidate_range_start counts ranges outside memslots too), so
+#: on 5.10 vCPU threads starting to fault made extra faults: measured with
+#: kvm_unmap_hva_range, 3-4 unmaps of 64 MiB arenas while vcpus-scattered faulted, 0-1 with
+#: these (a copy-on-write of one page of python's .data).
+VMM_MALLOC = "GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=4294967295"
+
+
 def l1_command(tools: Tools, job: str) -> str:
     """L1's shell command that runs l1.scenario on `job` from a copy of the tools in L1's
     RAM, made once per tools version: importing from the 9p share cost 0.45 s more per
@@ -54,11 +64,12 @@ def l1_command(tools: Tools, job: str) -> str:
         raise LabError(f"tools key {tools.key!r} is not a plain word: remove the tools cache entry and rerun")
     here = f"/run/kvmlab/tools-{tools.key}"
     return (f"[ -e {here}/.copied ] || {{ rm -rf /run/kvmlab/tools-* && cp -a {GUEST_KVMLAB}/tools {here}.tmp "
-            f"&& : > {here}.tmp/.copied && mv {here}.tmp {here}; }} && cd {here} && exec python3 -m l1.scenario {job}")
+            f"&& : > {here}.tmp/.copied && mv {here}.tmp {here}; }} && cd {here} "
+            f"&& exec env {VMM_MALLOC} python3 -m l1.scenario {job}")
+
+
 #: Lines of the L1 console kept in the verdict when the lab dies.
 CONSOLE_TAIL = 20
-
-
 
 
 #: How a suite is shared out (runner, scenarios, tools, start time): lab/orchestrate/pool.py.

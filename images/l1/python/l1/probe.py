@@ -192,9 +192,10 @@ class Probe:
         return {str(slot): smaps_for(mem.addr) for slot, mem in self.memory.items()}
 
     # -- running -------------------------------------------------------------------------
-    def vcpu_loop(self, vcpu: kvm.Vcpu) -> None:
+    def vcpu_loop(self, vcpu: kvm.Vcpu, start: threading.Barrier) -> None:
         uart = self.job.uart
         try:
+            start.wait()
             while not self.done.is_set():
                 try:
                     reason = vcpu.run()
@@ -244,9 +245,15 @@ class Probe:
         self.actions_at("start")
         marker("kvmlab: phase 0")
         started = time.monotonic()
-        threads = [threading.Thread(target=self.vcpu_loop, args=(v,), daemon=True) for v in self.vcpus]
+        # Every vCPU thread exists before any enters the guest: a thread's start maps its
+        # stack and mprotects its guard page, and before 5.13 any such change to the VMM's
+        # mm, in a memslot or not, makes a stage-2 fault in flight retry (mmu_notifier_count
+        # and _seq, virt/kvm/kvm_main.c), which counts as an extra fault.
+        start = threading.Barrier(len(self.vcpus) + 1)
+        threads = [threading.Thread(target=self.vcpu_loop, args=(v, start), daemon=True) for v in self.vcpus]
         for t in threads:
             t.start()
+        start.wait()
         if not self.done.wait(timeout):
             self.error = f"the guest did not power off within {timeout:g} s"
         self.report["guest_seconds"] = round(time.monotonic() - started, 3)
