@@ -53,7 +53,9 @@ def pull(paths: LabPaths, run: Run, src: str, dst: Path) -> Path:
     host, guest = _xfer(paths)
     try:
         # The mode, printed by L1 (mapped-file keeps the share's copy 0600 on the host).
-        status, output = run(f"cp {shlex.quote(src)} {guest} && stat -L -c %a {shlex.quote(src)}")
+        # setuid/setgid dropped on the transfer copy: the host refuses such files from L1.
+        status, output = run(f"cp {shlex.quote(src)} {guest} && chmod u-s,g-s {guest} "
+                             f"&& stat -L -c %a {shlex.quote(src)}")
         if status != 0:
             raise LabError(f"copying L1:{src} failed: {output.strip()}")
         try:
