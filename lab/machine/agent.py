@@ -184,6 +184,13 @@ class Agent:
                 buf = buf[cut:]
             if deadline is not None and time.monotonic() > deadline:
                 raise LabError("the command in L1 did not stop when asked")
+            # Watched every 0.5 s, busy or quiet: a command that prints while it fills the
+            # share is seen as well as a quiet one.
+            if self.watch is not None and time.monotonic() - watched > 0.5:
+                watched = time.monotonic()
+                problem = self.watch()
+                if problem:
+                    raise LabError(problem)
             try:
                 buf += child.read_nonblocking(65536, timeout=0.2)
                 continue
@@ -191,11 +198,6 @@ class Agent:
                 pass
             except pexpect.EOF:
                 raise LabError("L1's agent went away in the middle of a command (did QEMU exit?)") from None
-            if self.watch is not None and time.monotonic() - watched > 0.5:
-                watched = time.monotonic()
-                problem = self.watch()
-                if problem:
-                    raise LabError(problem)
             # Idle. If L1 says the command has ended but its end marker has not come, nudge
             # the channel once, then trust the status L1 left in the share.
             if finished_at is None:

@@ -52,7 +52,8 @@ REFUSED = "refused-from-l1.txt"
 #: retry (kvm_mmu_notifier_invalidate_range_start counts ranges outside memslots too), so
 #: on 5.10 vCPU threads starting to fault made extra faults: measured with
 #: kvm_unmap_hva_range, 3-4 unmaps of 64 MiB arenas while vcpus-scattered faulted, 0-1 with
-#: these (a copy-on-write of one page of python's .data).
+#: these (a copy-on-write of one page of python's .data). QEMU as the VMM and the command
+#: of `kvmlab trace` run with glibc's defaults.
 VMM_MALLOC = "GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=4294967295"
 
 

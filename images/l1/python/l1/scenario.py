@@ -138,7 +138,8 @@ def run_vmm(job: ScenarioJob, out_dir: str, probe_job: Any = None) -> tuple[int,
     proc = subprocess.Popen(["sh", "-c", job.command or "true"], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, cwd="/root",
                             # files the command puts there come back with the trace's artefacts
-                            env={**os.environ, "KVMLAB_RUN_DIR": out_dir})
+                            env={**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+                                 "KVMLAB_RUN_DIR": out_dir})  # the command gets glibc's defaults
     return proc.pid, {"proc": proc}
 
 
