@@ -105,9 +105,12 @@ class Lab:
         # Input first (QEMU, the kernel, the images): a mistake there leaves no trace in
         # the runtime directory. The image cache has locks of its own.
         binary = qemu.find_qemu(config.qemu_binary)
-        refusal = boot.kvm_mode_refusal(config.kvm_mode, None, qemu.qemu_version(binary))
-        if refusal:
-            raise boot.KvmModeUnavailable(refusal)
+        # Only a mode with needs asks the L0 its version (remembered in the cache): bad input
+        # for the default mode writes nothing.
+        if config.kvm_mode in boot.KVM_MODE_NEEDS:
+            refusal = boot.kvm_mode_refusal(config.kvm_mode, None, qemu.qemu_version(binary))
+            if refusal:
+                raise boot.KvmModeUnavailable(refusal)
         builder = builder or Builder(progress=self.progress)
         kernel = builder.kernel(config)
         refusal = boot.kvm_mode_refusal(config.kvm_mode, kernel.release, None)
