@@ -17,8 +17,23 @@ from lab.core.progress import Progress
 from lab.machine import snapshot as snapshots
 from lab.machine.agent import Agent
 from lab.machine.boot import ReadyInfo, private_sockets, wait_flags
-from lab.machine.logs import detail
+from lab.machine.logs import detail, read_from, size_of
 from lab.machine.qemu import L0Process, LabPaths
+
+
+def _share_gone(paths: LabPaths, mark: int, timeout: float) -> str:
+    """'unmounted' once L1's console says the share went for the snapshot (images/l1/rootfs/
+    kvmlab/snapshot unmounts it just after the save command), else what happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = read_from(paths.console_log, mark)
+        if "kvmlab: share unmounted for a snapshot" in text:
+            return "unmounted"
+        if "kvmlab: share busy in L1" in text:
+            return "is busy in L1: a process there holds a file or its directory"
+        time.sleep(0.05)
+    raise LabError(f"L1 did not unmount the share for the snapshot within {timeout:g} s; see the console log "
+                   f"{paths.console_log}")
 
 
 def monitor(paths: LabPaths, timeout: float = 10.0) -> Any:
@@ -46,9 +61,14 @@ def save(paths: LabPaths, l0: L0Process, snap: snapshots.Snapshot, ready: ReadyI
         # Late start-up (optional modules, power button) is over, or the state would
         # freeze it half done.
         flag = wait_flags(paths, l0.pid, 10.0)
+        mark = size_of(paths.console_log)
         status, output = Agent(paths).run_capture("/kvmlab/snapshot save", timeout=30)
         if status != 0:
             progress.note(f"the snapshot was not saved (L1: {output.strip()}); the lab runs on, booted")
+            return False
+        unmounted = _share_gone(paths, mark, 30.0)
+        if unmounted != "unmounted":
+            progress.note(f"the snapshot was not saved (the share {unmounted}); the lab runs on, booted")
             return False
         saved = False
         mon = monitor(paths, timeout=30)
