@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.core.errors import LabError
+from lab.shared.files import replacing
 from lab.shared.units import GiB, MiB
 
 METADATA = ".virtfs_metadata"
@@ -299,15 +300,13 @@ def copy_file(root: Path, relative: str, dst: Path, limit: int = FILE_LIMIT, wha
         fd, _ = _open_file(dir_fd, name, what, limit)
     finally:
         os.close(dir_fd)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
-        _copy(fd, tmp, limit)
-        os.replace(tmp, dst)
+        with replacing(dst) as tmp:
+            _copy(fd, tmp, limit)
     except Refused:
         raise Refused(f"{what}: grew past the bound of {limit} bytes while copied") from None
     finally:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
 
 
 def _remove(root: Path, relative: str) -> None:
