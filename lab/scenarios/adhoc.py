@@ -17,10 +17,9 @@ from lab.analysis import trace as tracefile
 from lab.analysis.esr import Esr
 from lab.builder.build import Builder
 from lab.core.errors import LabError, UserError
-from lab.machine import share
 from lab.machine.lab import Lab
-from lab.machine.logs import read_from, size_of
-from lab.scenarios.runner import GUEST_KVMLAB, REFUSED, Runner, l1_command
+from lab.scenarios import staging
+from lab.scenarios.runner import Runner
 from lab.shared import contract
 from lab.shared.files import write_json
 
@@ -43,27 +42,15 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
             raise UserError(f"--event {event}: write SYSTEM:EVENT, e.g. kvm:kvm_guest_fault")
     runner = Runner(lab, results, builder)
     tools = runner.sync_tools()
-    name = f"trace-{secrets.token_hex(4)}"
-    run_host = lab.paths.share / ".kvmlab" / "runs" / name
-    run_guest = f"{GUEST_KVMLAB}/runs/{name}"
-    run_host.mkdir(parents=True)
+    where = staging.run_dir(lab, f"trace-{secrets.token_hex(4)}")
     script = command[0] if len(command) == 1 else shlex.join(command)
-    job = contract.ScenarioJob(name=name, vmm="command", command=script, timeout=float(timeout),
+    job = contract.ScenarioJob(name=where.name, vmm="command", command=script, timeout=float(timeout),
                                trace=contract.Trace(events=list(events), buffer_kb=buffer_kb))
-    write_json(run_host / "job.json", contract.encode(job))
-    console = lab.paths.console_log
-    mark = size_of(console)
-    try:
-        _, output = lab.run(l1_command(tools, f"{run_guest}/job.json"), timeout=timeout + 120)
-    finally:
-        results.mkdir(parents=True, exist_ok=True)
-        # What L1 left, taken as untrusted (lab/machine/share.py)
-        taken = share.import_tree(lab.paths.share, f".kvmlab/runs/{name}", results / "trace")
-    artefacts = results / "trace"
-    if taken.refused:
-        (artefacts / REFUSED).write_text("\n".join(taken.refused) + "\n")
-    log = read_from(console, mark)
-    (artefacts / "l1.log").write_text(log)
+    write_json(where.host / "job.json", contract.encode(job))
+    l1 = staging.run_in_l1(lab, tools, where, results / "trace", timeout=timeout + 120)
+    if l1.error is not None:
+        raise l1.error
+    artefacts, log, output = l1.artefacts, l1.log, l1.output
     result_file = artefacts / "result.json"
     if not result_file.exists():
         raise LabError(f"L1 left no result for the traced command: {output.strip()[-300:]}")
@@ -76,7 +63,7 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
             fields = " ".join(f"{k}={v:#x}" if isinstance(v, int) else f"{k}={v!r}" for k, v in e.fields.items())
             f.write(f"{e.ts / 1e9:.6f} cpu{e.cpu} pid {e.pid} {e.name}: {fields}\n")
     return TraceRun(artefacts, result, trace, (artefacts / "command.log").read_text(errors="replace")
-                    if (artefacts / "command.log").exists() else "", crash.scan(log), taken.refused)
+                    if (artefacts / "command.log").exists() else "", crash.scan(log), l1.refused)
 
 
 def analysis_lines(trace: tracefile.Trace) -> list[str]:

@@ -26,48 +26,18 @@ from lab.analysis.mapping import by_level
 from lab.analysis.verdict import Verdict, evaluate, phase_regions
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
-from lab.core.errors import LabError
 from lab.core.status import BAD, ERROR, FAIL, PASS, count
-from lab.machine import share
-from lab.machine.agent import GUEST_SHARE
 from lab.machine.lab import Lab
-from lab.machine.logs import read_from, size_of, tail
+from lab.machine.logs import read_from, tail
 from lab.machine.qemu import l0_version
-from lab.scenarios import RESULTS_FORMAT
+from lab.scenarios import RESULTS_FORMAT, staging
 from lab.scenarios.jobs import l2_initramfs, make_probe_job, scenario_job, touch_params
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult, counted
+from lab.scenarios.staging import GUEST_KVMLAB, REFUSED
 from lab.shared import contract
 from lab.shared.contract import TIMEOUT_STRETCH
 from lab.shared.files import replacing, write_json
-
-GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
-#: In a run's artefacts: what L1 left in the share that the host did not take, and why.
-REFUSED = "refused-from-l1.txt"
-
-
-#: glibc malloc for l1.scenario and the probe VMM forked from it: one arena, never trimmed.
-#: A thread's own arena is mapped and trimmed (munmap) on its first malloc, and a trim
-#: unmaps heap; before 5.13, any change to the VMM's mm makes every stage-2 fault in flight
-#: retry (kvm_mmu_notifier_invalidate_range_start counts ranges outside memslots too), so
-#: on 5.10 vCPU threads starting to fault made extra faults: measured with
-#: kvm_unmap_hva_range, 3-4 unmaps of 64 MiB arenas while vcpus-scattered faulted, 0-1 with
-#: these (a copy-on-write of one page of python's .data). QEMU as the VMM and the command
-#: of `kvmlab trace` run with glibc's defaults.
-VMM_MALLOC = "GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=4294967295"
-
-
-def l1_command(tools: Tools, job: str) -> str:
-    """L1's shell command that runs l1.scenario on `job` from a copy of the tools in L1's
-    RAM, made once per tools version: importing from the 9p share cost 0.45 s more per
-    scenario under TCG (measured in L1), the copy 0.5 s once."""
-    if not tools.key.isalnum():
-        raise LabError(f"tools key {tools.key!r} is not a plain word: remove the tools cache entry and rerun")
-    here = f"/run/kvmlab/tools-{tools.key}"
-    return (f"[ -e {here}/.copied ] || {{ rm -rf /run/kvmlab/tools-* && cp -a {GUEST_KVMLAB}/tools {here}.tmp "
-            f"&& : > {here}.tmp/.copied && mv {here}.tmp {here}; }} && cd {here} "
-            f"&& exec env {VMM_MALLOC} python3 -m l1.scenario {job}")
-
 
 #: Lines of the L1 console kept in the verdict when the lab dies.
 CONSOLE_TAIL = 20
@@ -189,50 +159,30 @@ class Runner:
     def execute(self, scenario: Scenario, tools: Tools, name: str, l1_overrides: dict[str, Any] | None = None
                 ) -> dict[str, Any]:
         """Runs the scenario once in L1; returns what it left (artefacts moved to the results)."""
-        run_host = self.lab.paths.share / ".kvmlab" / "runs" / name
-        run_guest = f"{GUEST_KVMLAB}/runs/{name}"
-        shutil.rmtree(run_host, ignore_errors=True)
-        run_host.mkdir(parents=True)
-        artefacts = self.results / name
-        shutil.rmtree(artefacts, ignore_errors=True)
-        artefacts.parent.mkdir(parents=True, exist_ok=True)
+        where = staging.run_dir(self.lab, name)
         params = touch_params(scenario)
         qemu = None
         if scenario.vmm == "probe":
             blob, offset = tools.payload("touch.bin")
-            (run_host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
-            write_json(run_host / "probe-job.json", contract.encode(make_probe_job(scenario, run_guest)))
+            (where.host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
+            write_json(where.host / "probe-job.json", contract.encode(make_probe_job(scenario, where.guest)))
         elif scenario.guest.kind == "linux":
-            l2 = self._l2_files(scenario, run_host, run_guest)
+            l2 = self._l2_files(scenario, where.host, where.guest)
             qemu = contract.QemuJob(**scenario.qemu, kernel=l2["kernel"], initrd=l2["initrd"], append=l2["append"],
                                     smp=scenario.guest.vcpus, actions=scenario.actions)
         else:
             blob, offset = tools.payload("touch.elf")
-            (run_host / "touch.elf").write_bytes(payload.patched(blob, offset, params))
-            qemu = contract.QemuJob(**scenario.qemu, kernel=f"{run_guest}/touch.elf", smp=scenario.guest.vcpus,
+            (where.host / "touch.elf").write_bytes(payload.patched(blob, offset, params))
+            qemu = contract.QemuJob(**scenario.qemu, kernel=f"{where.guest}/touch.elf", smp=scenario.guest.vcpus,
                                     actions=scenario.actions)
-        write_json(run_host / "job.json", contract.encode(scenario_job(scenario, l1_overrides, qemu)))
-        console = self.lab.paths.console_log
-        mark = size_of(console)
-        command = l1_command(tools, f"{run_guest}/job.json")
-        started = time.monotonic()
-        try:
-            # L1 stretches the timeout of a VMM still making progress (contract.TIMEOUT_STRETCH)
-            status, output = self.lab.run(command, timeout=scenario.timeout * scenario.repeat * TIMEOUT_STRETCH + 120)
-        except LabError as exc:
-            status, output = -1, str(exc)
-        l1_seconds = time.monotonic() - started
-        log = read_from(console, mark)
-        # What L1 left in the run directory, taken as untrusted (lab/machine/share.py).
-        taken = share.import_tree(self.lab.paths.share, f".kvmlab/runs/{name}", artefacts)
-        if taken.refused:
-            (artefacts / REFUSED).write_text("\n".join(taken.refused) + "\n")
-        (artefacts / "l1.log").write_text(log)
-        if output.strip():
-            (artefacts / "l1-runner.out").write_text(output)
-        run: dict[str, Any] = {"artefacts": artefacts, "log": log, "mark": mark, "status": status, "output": output,
-                               "l1_seconds": l1_seconds, "result": None, "probe": None, "trace": None,
-                               "refused": taken.refused}
+        write_json(where.host / "job.json", contract.encode(scenario_job(scenario, l1_overrides, qemu)))
+        # L1 stretches the timeout of a VMM still making progress (contract.TIMEOUT_STRETCH)
+        l1 = staging.run_in_l1(self.lab, tools, where, self.results / name,
+                               timeout=scenario.timeout * scenario.repeat * TIMEOUT_STRETCH + 120)
+        artefacts = l1.artefacts
+        run: dict[str, Any] = {"artefacts": artefacts, "log": l1.log, "mark": l1.mark, "status": l1.status,
+                               "output": l1.output, "l1_seconds": l1.seconds, "result": None, "probe": None,
+                               "trace": None, "refused": l1.refused}
         if (artefacts / "result.json").exists():
             run["result"] = json.loads((artefacts / "result.json").read_text())
         if (artefacts / "probe.json").exists():

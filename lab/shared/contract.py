@@ -153,6 +153,10 @@ def _choice(key: str, value: Any, options: Any) -> str:
     return str(value)
 
 
+#: The keys whose value is one of a list.
+CHOICES: dict[str, tuple[str, ...]] = {"access": ACCESSES, "advice": tuple(MADVICE), "prot": PROTS, "op": OPS}
+
+
 def _check_key(key: str, name: str, value: Any) -> Any:
     """The value of one action or op key, checked (sizes already in bytes)."""
     if name in SIZE_KEYS:
@@ -161,14 +165,8 @@ def _check_key(key: str, name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ContractError(key, value, "the number of a memslot (1 = the first)")
         return value
-    if name == "access":
-        return _choice(key, value, ACCESSES)
-    if name == "advice":
-        return _choice(key, value, tuple(MADVICE))
-    if name == "prot":
-        return _choice(key, value, PROTS)
-    if name == "op":
-        return _choice(key, value, OPS)
+    if name in CHOICES:
+        return _choice(key, value, CHOICES[name])
     if name == "on":
         if not isinstance(value, bool):
             raise ContractError(key, value, "true or false")

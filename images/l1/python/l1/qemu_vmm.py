@@ -113,7 +113,7 @@ def start(spec: QemuJob, out_dir: str) -> tuple[int, dict[str, Any]]:
     with open(os.path.join(out_dir, "l2-command"), "w") as f:
         f.write(" ".join(cmd) + "\n")
     stderr = open(os.path.join(out_dir, "qemu-l2.log"), "wb")
-    # QEMU runs with glibc's own malloc settings, not the probe's (runner.VMM_MALLOC)
+    # QEMU runs with glibc's own malloc settings, not the probe's (lab/scenarios/staging.py VMM_MALLOC)
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env)
     return proc.pid, {"proc": proc, "qmp_path": qmp_path, "out_dir": out_dir}
