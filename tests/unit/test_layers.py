@@ -141,3 +141,13 @@ def test_the_readme_layout_table_is_the_tree_and_these_layers():
     top = {p.name.removesuffix(".py") for p in (ROOT / "lab").iterdir()
            if p.name != "__init__.py" and (p.suffix == ".py" or (p / "__init__.py").exists())}
     assert top == {m.split(".")[1] for row in as_modules for m in row}
+
+
+#: "One house": no module of lab/ over this many lines (a module that grows past it has
+#: more than one job: split it along them).
+MODULE_LINES = 400
+
+
+def test_no_lab_module_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in LAB_FILES if (n := len(p.read_text().splitlines())) > MODULE_LINES}
+    assert not long, long
