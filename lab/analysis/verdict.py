@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.analysis import mapping
+from lab.analysis import mapping, nested
 from lab.analysis.crash import Crash
 from lab.analysis.expect import Judged
 from lab.analysis.mapping import LABELS, Fault, Region, Touched
@@ -182,6 +182,9 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
                                    "text": f"{key} {human_size(value) if value else '0'}"})
             verdict.reasons.append(f"VMM smaps {key}: {human_size(value) if value else '0'}"
                                    + ("" if ok else f" (expected {human_size(lo)}-{human_size(hi)})"))
+    if probe and probe.get("l2") is not None:  # a nested run: what the guest hypervisor saw
+        verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults)))
+        verdict.reasons.append(verdict.checks[-1]["text"])
     if any(not c["ok"] for c in verdict.checks):
         verdict.status = FAIL
         failed = [c["text"] for c in verdict.checks if not c["ok"] and c["check"] != "clean_log"]
@@ -247,3 +250,10 @@ def _how_it_ended(run: dict[str, Any]) -> str:
 def _log_line(crashes: list[Crash]) -> str:
     """The first crash in L1's log, and how many more."""
     return f"L1 log: {crashes[0].title}" + (f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else "")
+
+
+def region_records(regions: dict[int, Region]) -> list[dict[str, Any]]:
+    """verdict.json's regions: what reports draw (lab/results), one per 2 MiB region."""
+    return [{"start": hex(r.start), "mapping": r.mapping, "faults": r.faults, "pages": len(r.pages),
+             "kinds": {f"{kind} L{level}": n for (kind, level), n in mapping.by_level(r.kinds)},
+             "evidence": r.evidence()} for r in regions.values()]

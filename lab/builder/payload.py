@@ -1,6 +1,11 @@
 """The L2 guest payloads (images/l2/*.S): assembled with binutils-aarch64-linux-gnu
 when the images are built, and given their parameters per scenario by patching the
-128-byte block at the symbol `params` (layout: images/l2/touch.S)."""
+128-byte block at the symbol `params`:
+
+    touch.S   the guest that touches memory (layout: TouchParams), as touch.bin for the
+              probe VMM and touch.elf for L1's QEMU; L3 in a nested scenario
+    gh.S      kvmlab's guest hypervisor at virtual EL2 (layout: HypervisorParams), gh.bin
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ from lab.core.paths import L2_IMAGE_DIR
 SOURCE_DIR = L2_IMAGE_DIR
 TOOLS = ("aarch64-linux-gnu-as", "aarch64-linux-gnu-ld", "aarch64-linux-gnu-objcopy", "aarch64-linux-gnu-nm")
 MAGIC = b"KVMLABT1"
+GH_MAGIC = b"KVMLABH1"
 PARAMS_SIZE = 128
+#: HCR_EL2 for L3: VM (stage 2 on), RW (EL1 is AArch64), E2H (RES1 for a VHE guest hypervisor).
+GH_HCR = (1 << 0) | (1 << 31) | (1 << 34)
 MAX_PASSES = 4
 MAX_VCPUS = 8
 ORDERS = {"forward": 0, "backward": 1, "scattered": 2}
@@ -51,8 +59,27 @@ class TouchParams:
                                    self.uart, len(self.passes), *flags, 0, 0, int(self.forever)) + bytes(8)
 
 
+@dataclass
+class HypervisorParams:
+    """gh.S's parameters: its stage-2 for L3 (VTTBR_EL2, VTCR_EL2), the HCR_EL2 it runs L3
+    with, L3's entry point, and where its UART, stacks and per-vCPU reports are (L2 IPAs)."""
+
+    vttbr: int
+    vtcr: int
+    entry: int
+    stacks: int
+    report: int
+    uart: int = 0x09000000
+    hcr: int = GH_HCR
+
+    def pack(self) -> bytes:
+        body = GH_MAGIC + struct.pack("<7Q", self.vttbr, self.vtcr, self.hcr, self.entry, self.uart, self.stacks,
+                                      self.report)
+        return body + bytes(PARAMS_SIZE - len(body))
+
+
 def build(work: Path) -> dict[str, int]:
-    """touch.elf and touch.bin in `work`; returns where `params` lies in each."""
+    """touch.elf, touch.bin and gh.bin in `work`; returns where `params` lies in each."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         raise ImageError(f"{missing[0]}: not found; run scripts/setup (apt-get install binutils-aarch64-linux-gnu)")
@@ -63,19 +90,25 @@ def build(work: Path) -> dict[str, int]:
             raise ImageError(f"{Path(str(cmd[0])).name} failed building the guest payload", detail=result.stderr)
         return result.stdout
 
-    run("aarch64-linux-gnu-as", "-o", work / "touch.o", SOURCE_DIR / "touch.S")
-    run("aarch64-linux-gnu-ld", "-z", "max-page-size=4096", "-T", SOURCE_DIR / "touch.ld",
-        "-o", work / "touch.elf", work / "touch.o")
-    run("aarch64-linux-gnu-objcopy", "-O", "binary", work / "touch.elf", work / "touch.bin")
-    (work / "touch.o").unlink()
-    symbols = {line.split()[2]: int(line.split()[0], 16)
-               for line in run("aarch64-linux-gnu-nm", work / "touch.elf").splitlines() if len(line.split()) == 3}
-    in_bin = symbols["params"] - symbols["_start"]
-    in_elf = _elf_offset(work / "touch.elf", symbols["params"])
-    for path, offset in ((work / "touch.bin", in_bin), (work / "touch.elf", in_elf)):
-        if path.read_bytes()[offset:offset + len(MAGIC)] != MAGIC:
-            raise ImageError(f"{path.name}: no parameter block at {offset:#x}")
-    return {"touch.bin": in_bin, "touch.elf": in_elf}
+    offsets: dict[str, int] = {}
+    for name, magic, keep_elf in (("touch", MAGIC, True), ("gh", GH_MAGIC, False)):
+        obj, elf, binary = work / f"{name}.o", work / f"{name}.elf", work / f"{name}.bin"
+        run("aarch64-linux-gnu-as", "-o", obj, SOURCE_DIR / f"{name}.S")
+        run("aarch64-linux-gnu-ld", "-z", "max-page-size=4096", "-T", SOURCE_DIR / "touch.ld", "-o", elf, obj)
+        run("aarch64-linux-gnu-objcopy", "-O", "binary", elf, binary)
+        obj.unlink()
+        symbols = {line.split()[2]: int(line.split()[0], 16)
+                   for line in run("aarch64-linux-gnu-nm", elf).splitlines() if len(line.split()) == 3}
+        offsets[binary.name] = symbols["params"] - symbols["_start"]
+        if keep_elf:
+            offsets[elf.name] = _elf_offset(elf, symbols["params"])
+        else:
+            elf.unlink()
+        for path in (binary, elf) if keep_elf else (binary,):
+            offset = offsets[path.name]
+            if path.read_bytes()[offset:offset + len(magic)] != magic:
+                raise ImageError(f"{path.name}: no parameter block at {offset:#x}")
+    return offsets
 
 
 def _elf_offset(path: Path, vaddr: int) -> int:
@@ -90,7 +123,8 @@ def _elf_offset(path: Path, vaddr: int) -> int:
     raise ImageError(f"{path.name}: address {vaddr:#x} is in no loadable segment")
 
 
-def patched(blob: bytes, offset: int, params: TouchParams) -> bytes:
-    if blob[offset:offset + len(MAGIC)] != MAGIC:
-        raise ValueError(f"no parameter block at {offset:#x}")
-    return blob[:offset] + params.pack() + blob[offset + PARAMS_SIZE:]
+def patched(blob: bytes, offset: int, params: TouchParams | HypervisorParams) -> bytes:
+    packed = params.pack()
+    if blob[offset:offset + 8] != packed[:8]:
+        raise ValueError(f"no {packed[:8].decode()} parameter block at {offset:#x}")
+    return blob[:offset] + packed + blob[offset + PARAMS_SIZE:]

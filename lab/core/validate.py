@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from lab.core.errors import ConfigError
+from lab.core.errors import ConfigError, UserError
 from lab.core.versions import is_condition
 from lab.shared.units import UNITS, MiB, short_size
 
@@ -158,6 +158,37 @@ def version_condition(what: str) -> Callable[[Any], str]:
 
 #: Larger than any config or scenario: a file this big is a mistake, and is not parsed.
 MAX_YAML_BYTES = 1 << 20
+
+
+class Checker:
+    """Checks one file's keys and values (a scenario's: lab/scenarios/model.py): the first
+    mistake raises one UserError line naming the file, the key, the value and what is
+    accepted."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, key: str, value: Any, expected: str) -> None:
+        raise UserError(f"{self.where}: {key}: expected {expected}, got {value!r}; fix the scenario file")
+
+    def mapping(self, key: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, value, "a mapping")
+        for k in value:
+            if k not in known:
+                raise UserError(f"{self.where}: {f'{key}.' if key else ''}{k}: unknown key; known keys: "
+                                f"{', '.join(known)}")
+        return dict(value)
+
+    def get(self, data: dict[str, Any], key: str, path: str, check: Check, default: Any = None) -> Any:
+        if key not in data or data[key] is None:
+            return default
+        try:
+            return check(data[key])
+        except Bad as exc:
+            self.fail(path, data[key], str(exc))
 
 
 class _Refused(Exception):

@@ -10,8 +10,9 @@ from typing import Any
 from lab.builder import payload
 from lab.builder.cpio import CpioWriter
 from lab.core.paths import L2_IMAGE_DIR
-from lab.scenarios.model import PROBE_CODE_IPA, UART, Scenario
-from lab.shared import contract
+from lab.scenarios.l2 import GH_L3_CODE, GH_MEMORY, GH_STACKS, GH_TABLES, PROBE_CODE_IPA, UART, l3_ranges
+from lab.scenarios.model import Scenario
+from lab.shared import contract, stage2
 
 L2_INIT = L2_IMAGE_DIR / "init"
 L2_APPLETS = ("sh", "mount", "echo", "cut", "cat", "dd", "poweroff", "sync", "rm", "sleep", "head", "sha256sum")
@@ -24,10 +25,20 @@ def buffer_kb(scenario: Scenario) -> int:
     return int(min(256 * 1024, max(1024, math.ceil(scenario.expected_faults() * 96 / 1024))))
 
 
+#: In a nested scenario's run directory: L2's stage-2 tables for L3 (lab/shared/stage2.py).
+L2_TABLES = "l2-stage2.bin"
+#: The VMID L2 gives L3.
+L3_VMID = 1
+
+
 def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
+    el2 = None
+    if scenario.l2_hypervisor is not None:  # gh.bin in slot 0, touch.bin (L3) and L2's tables beside it
+        el2 = contract.GuestHypervisor(memory=GH_MEMORY, report=GH_STACKS, blobs=[
+            contract.Blob(f"{run_guest}/touch.bin", GH_L3_CODE), contract.Blob(f"{run_guest}/{L2_TABLES}", GH_TABLES)])
     return contract.ProbeJob(
-        vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART,
-        payload=f"{run_guest}/touch.bin", report=f"{run_guest}/probe.json",
+        vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART, el2=el2,
+        payload=f"{run_guest}/{'gh.bin' if el2 else 'touch.bin'}", report=f"{run_guest}/probe.json",
         memslots=list(scenario.memslots),
         # The probe's own wait is the longest L1 may give a guest that still moves; the
         # scenario's timeout proper is L1's runner's (l1.scenario.wait_vmm)
@@ -41,6 +52,17 @@ def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,
         l1=contract.L1Settings(**{**scenario.l1, **(l1_overrides or {})}),
         trace=contract.Trace(buffer_kb=buffer_kb(scenario)), kill_after=scenario.kill_after,
         kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu)
+
+
+def l2_stage2(scenario: Scenario) -> stage2.Tables:
+    """The stage-2 tables L2 maps L3 with (the model checked that they can be built)."""
+    assert scenario.l2_hypervisor is not None
+    return stage2.Tables(l3_ranges(scenario.l2_hypervisor, scenario.memslots), PROBE_CODE_IPA + GH_TABLES)
+
+
+def hypervisor_params(tables: stage2.Tables) -> payload.HypervisorParams:
+    return payload.HypervisorParams(vttbr=tables.vttbr(L3_VMID), vtcr=stage2.VTCR, entry=PROBE_CODE_IPA + GH_L3_CODE,
+                                    stacks=PROBE_CODE_IPA + GH_STACKS, report=PROBE_CODE_IPA + GH_STACKS, uart=UART)
 
 
 def touch_params(scenario: Scenario) -> payload.TouchParams:

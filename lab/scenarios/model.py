@@ -16,8 +16,9 @@ from typing import Any
 from lab.analysis.expect import RegionExpectation
 from lab.core import validate as v
 from lab.core.errors import UserError
-from lab.core.validate import Bad, parse_bytes
+from lab.core.validate import Bad, Checker, parse_bytes
 from lab.core.versions import versions_match
+from lab.scenarios.l2 import GH_MEMORY, PROBE_CODE_IPA, L2Hypervisor, parse_l2_hypervisor
 from lab.shared import actions as vmm_actions
 from lab.shared import contract
 from lab.shared.actions import Action
@@ -34,9 +35,7 @@ THP = ("always", "madvise", "never")
 DEFRAG = ("always", "defer", "defer+madvise", "madvise", "never")
 SHMEM_THP = ("always", "within_size", "advise", "never", "deny", "force")
 QEMU_BACKENDS = ("ram", "memfd", "file")
-PROBE_CODE_IPA = 0x1000_0000
 QEMU_RAM_BASE = 0x4000_0000
-UART = 0x0900_0000
 SMAPS_KEYS = ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Rss", "Private_Hugetlb", "Shared_Hugetlb")
 
 
@@ -82,6 +81,7 @@ class Scenario:
     kernels: str | None = None
     trace_buffer_kb: int | None = None
     tags: list[str] = field(default_factory=list)
+    l2_hypervisor: L2Hypervisor | None = None
 
     def smaps_for(self, release: str) -> dict[str, tuple[int, int]]:
         """The smaps expectations that apply to a kernel release."""
@@ -114,43 +114,15 @@ class Scenario:
         return pages * passes * 2 + 10_000
 
 
-# -- checking ------------------------------------------------------------------------------
-class _Checker:
-    def __init__(self, where: str):
-        self.where = where
-
-    def fail(self, key: str, value: Any, expected: str) -> None:
-        raise UserError(f"{self.where}: {key}: expected {expected}, got {value!r}; fix the scenario file")
-
-    def mapping(self, key: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(key, value, "a mapping")
-        for k in value:
-            if k not in known:
-                raise UserError(f"{self.where}: {f'{key}.' if key else ''}{k}: unknown key; known keys: "
-                                f"{', '.join(known)}")
-        return dict(value)
-
-    def get(self, data: dict[str, Any], key: str, path: str, check: v.Check, default: Any = None) -> Any:
-        if key not in data or data[key] is None:
-            return default
-        try:
-            return check(data[key])
-        except Bad as exc:
-            self.fail(path, data[key], str(exc))
-
-
 TOP_KEYS = ("name", "description", "vmm", "l1", "memslots", "qemu", "guest", "actions", "expect", "kill_after",
-            "repeat", "timeout", "kernels", "trace", "compare_thp", "tags")
+            "repeat", "timeout", "kernels", "trace", "compare_thp", "tags", "l2_hypervisor")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _KERNELS, _QEMU_VERSIONS = v.version_condition("kernel"), v.version_condition("QEMU")
 
 
 def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     """A scenario file's data, every key checked (one UserError line on the first mistake)."""
-    c = _Checker(where)
+    c = Checker(where)
     if not isinstance(data, dict):
         raise UserError(f"{where}: a scenario is a mapping of keys ({', '.join(TOP_KEYS)}); fix the scenario file")
     c.mapping("", data, TOP_KEYS)
@@ -188,10 +160,11 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
         kill_after=kill[0] if kill else None, kill_after_max=kill[1] if kill and kill[1] != kill[0] else None,
         repeat=repeat, timeout=c.get(data, "timeout", "timeout", v.seconds(1, 3600), 60.0),
         kernels=c.get(data, "kernels", "kernels", _KERNELS),
-        trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", v.integer(4, 4 * 1024 * 1024)), tags=list(tags))
+        trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", v.integer(4, 4 * 1024 * 1024)), tags=list(tags),
+        l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots))
 
 
-def _l1(c: _Checker, data: dict[str, Any]) -> dict[str, Any]:
+def _l1(c: Checker, data: dict[str, Any]) -> dict[str, Any]:
     l1 = c.mapping("l1", data.get("l1"), ("thp", "defrag", "shmem_thp", "hugepages", "khugepaged"))
     hugepages = c.mapping("l1.hugepages", l1.get("hugepages"), ("64K", "2M", "32M", "1G"))
     return {"thp": c.get(l1, "thp", "l1.thp", v.choice(THP)),
@@ -202,7 +175,7 @@ def _l1(c: _Checker, data: dict[str, Any]) -> dict[str, Any]:
                           for k in hugepages}}
 
 
-def _memslots(c: _Checker, data: dict[str, Any], vmm: str) -> list[Memslot]:
+def _memslots(c: Checker, data: dict[str, Any], vmm: str) -> list[Memslot]:
     if vmm != "probe":
         if data.get("memslots") is not None:
             c.fail("memslots", data["memslots"],
@@ -230,12 +203,13 @@ def _memslots(c: _Checker, data: dict[str, Any], vmm: str) -> list[Memslot]:
     for a, b in zip(ordered, ordered[1:]):
         if a.ipa + a.size > b.ipa:
             c.fail("memslots", raw_slots, "memslots that do not overlap")
-    if any(m.ipa < PROBE_CODE_IPA + 64 * KiB and m.ipa + m.size > PROBE_CODE_IPA for m in memslots):
-        c.fail("memslots", raw_slots, f"memslots clear of the payload at {PROBE_CODE_IPA:#x}")
+    payload = GH_MEMORY if data.get("l2_hypervisor") is not None else 64 * KiB
+    if any(m.ipa < PROBE_CODE_IPA + payload and m.ipa + m.size > PROBE_CODE_IPA for m in memslots):
+        c.fail("memslots", raw_slots, f"memslots clear of the payload at {PROBE_CODE_IPA:#x}+{short_size(payload)}")
     return memslots
 
 
-def _qemu(c: _Checker, data: dict[str, Any], vmm: str) -> dict[str, Any]:
+def _qemu(c: Checker, data: dict[str, Any], vmm: str) -> dict[str, Any]:
     if vmm != "qemu":
         return {}
     q = c.mapping("qemu", data.get("qemu"), ("memory", "backend", "prealloc", "smp"))
@@ -244,7 +218,7 @@ def _qemu(c: _Checker, data: dict[str, Any], vmm: str) -> dict[str, Any]:
             "prealloc": c.get(q, "prealloc", "qemu.prealloc", v.boolean, False)}
 
 
-def _guest(c: _Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot], qemu_cfg: dict[str, Any]) -> Guest:
+def _guest(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot], qemu_cfg: dict[str, Any]) -> Guest:
     g = c.mapping("guest", data.get("guest"), ("kind", "base", "size", "stride", "access", "pauses", "order",
                                                "vcpus", "forever", "workload"))
     kind = c.get(g, "kind", "guest.kind", v.choice(GUESTS), "touch")
@@ -283,7 +257,7 @@ def _guest(c: _Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot],
     return guest
 
 
-def _actions(c: _Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot], guest: Guest) -> list[Action]:
+def _actions(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot], guest: Guest) -> list[Action]:
     """Every action checked against the host-guest contract (lab/shared/contract.py): its
     name, the VMM that does it, every key it takes and each value."""
     raw_actions = data.get("actions") or []
@@ -321,7 +295,7 @@ def _actions(c: _Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot
     return actions
 
 
-def _check_range(c: _Checker, key: str, op: vmm_actions.Op, slot: Memslot) -> None:
+def _check_range(c: Checker, key: str, op: vmm_actions.Op, slot: Memslot) -> None:
     """An operation's range lies in its memslot, on 4 KiB pages; `every` steps forward."""
     for name in ("offset", "size", "every"):
         value = getattr(op, name)
@@ -337,14 +311,14 @@ def _check_range(c: _Checker, key: str, op: vmm_actions.Op, slot: Memslot) -> No
         c.fail(f"{key}.every", short_size(op.every), "a step at least the range's size")
 
 
-def _sizes(c: _Checker, values: dict[str, Any], key: str) -> None:
+def _sizes(c: Checker, values: dict[str, Any], key: str) -> None:
     """Sizes as people write them (4K, 2M) into bytes, in place, before the contract's check."""
     for size_key in vmm_actions.SIZE_KEYS:
         if size_key in values:
             values[size_key] = c.get(values, size_key, f"{key}.{size_key}", parse_bytes)
 
 
-def _regions(c: _Checker, e: dict[str, Any]) -> list[RegionExpectation]:
+def _regions(c: Checker, e: dict[str, Any]) -> list[RegionExpectation]:
     regions = []
     for i, raw in enumerate(e.get("regions") or []):
         key = f"expect.regions[{i}]"
@@ -367,7 +341,7 @@ def _regions(c: _Checker, e: dict[str, Any]) -> list[RegionExpectation]:
     return regions
 
 
-def _smaps(c: _Checker, e: dict[str, Any]) -> list[tuple[str | None, dict[str, tuple[int, int]]]]:
+def _smaps(c: Checker, e: dict[str, Any]) -> list[tuple[str | None, dict[str, tuple[int, int]]]]:
     smaps = []
     raw_smaps = e.get("smaps")
     blocks = raw_smaps if isinstance(raw_smaps, list) else [raw_smaps] if raw_smaps is not None else []

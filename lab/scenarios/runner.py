@@ -22,16 +22,24 @@ from typing import Any, Callable
 
 from lab.analysis import crash
 from lab.analysis import trace as tracefile
-from lab.analysis.mapping import by_level
-from lab.analysis.verdict import Verdict, evaluate, phase_regions
+from lab.analysis.mapping import describe
+from lab.analysis.verdict import Verdict, evaluate, phase_regions, region_records
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
-from lab.core.status import BAD, ERROR, FAIL, PASS, count
+from lab.core.status import BAD, ERROR, FAIL, PASS, SKIP, count
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, tail
 from lab.machine.qemu import l0_version
 from lab.scenarios import RESULTS_FORMAT, staging
-from lab.scenarios.jobs import l2_initramfs, make_probe_job, scenario_job, touch_params
+from lab.scenarios.jobs import (
+    L2_TABLES,
+    hypervisor_params,
+    l2_initramfs,
+    l2_stage2,
+    make_probe_job,
+    scenario_job,
+    touch_params,
+)
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult, counted
 from lab.scenarios.staging import GUEST_KVMLAB, REFUSED
@@ -166,6 +174,11 @@ class Runner:
             blob, offset = tools.payload("touch.bin")
             (where.host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
             write_json(where.host / "probe-job.json", contract.encode(make_probe_job(scenario, where.guest)))
+            if scenario.l2_hypervisor is not None:  # a nested scenario: touch.bin is L3, under gh.bin
+                tables = l2_stage2(scenario)
+                (where.host / L2_TABLES).write_bytes(tables.image())
+                blob, offset = tools.payload("gh.bin")
+                (where.host / "gh.bin").write_bytes(payload.patched(blob, offset, hypervisor_params(tables)))
         elif scenario.guest.kind == "linux":
             l2 = self._l2_files(scenario, where.host, where.guest)
             qemu = contract.QemuJob(**scenario.qemu, kernel=l2["kernel"], initrd=l2["initrd"], append=l2["append"],
@@ -266,6 +279,11 @@ class Runner:
                              source=_source_name(scenario.path))
         if scenario.compare_thp:
             return self._compare(scenario, tools, out, started)
+        if scenario.l2_hypervisor is not None and self.summary["kvm_mode"] != "nested (NV2)":
+            out.status, out.reasons = SKIP, ["a nested scenario needs a lab whose KVM runs guest hypervisors (kvmlab "
+                                             f"up --nested --kernel sid); this one's is {self.summary['kvm_mode']}"]
+            (self.results / scenario.name).mkdir(parents=True, exist_ok=True)
+            return self._finish(out, self.results / scenario.name, started)
         run = self.execute(scenario, tools, scenario.name)
         artefacts = run["artefacts"]
         problem = self._no_result(run)
@@ -331,8 +349,8 @@ class Runner:
         out.faults = a.faults + b.faults
         out.counts = {f"{k} ({first})": n for k, n in a.counts().items()}
         out.observed = f"{second}/{first} = {ratio:.1f}x ({b.faults}/{a.faults} faults)"
-        out.reasons = [f"L2 Linux boot and workload: {a.faults} faults with THP {first} ({mapping_words(a)}), "
-                       f"{b.faults} with THP {second} ({mapping_words(b)}): {ratio:.1f}x"
+        out.reasons = [f"L2 Linux boot and workload: {a.faults} faults with THP {first} ({describe(a.regions)}), "
+                       f"{b.faults} with THP {second} ({describe(b.regions)}): {ratio:.1f}x"
                        + ("" if ok else f", expected at least {scenario.fault_ratio:g}x")]
         out.checks = [{"check": "fault_ratio", "ok": ok, "text": out.observed}]
         maps = [{"label": f"THP {mode}", "regions": region_records(v.regions)} for mode, v in verdicts]
@@ -370,16 +388,3 @@ def _source_name(path: Path | None) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def region_records(regions: dict) -> list[dict[str, Any]]:
-    """verdict.json's regions: what reports draw (lab/results), one per 2 MiB region."""
-    return [{"start": hex(r.start), "mapping": r.mapping, "faults": r.faults, "pages": len(r.pages),
-             "kinds": {f"{kind} L{level}": n for (kind, level), n in by_level(r.kinds)},
-             "evidence": r.evidence()} for r in regions.values()]
-
-
-def mapping_words(v: Verdict) -> str:
-    from lab.analysis.mapping import describe
-
-    return describe(v.regions)

@@ -108,6 +108,29 @@ class ProbeJob:
     #: the PL011 the payload prints to (the guest's MMIO address)
     uart: int = 0x0900_0000
     actions: list[Action] = field(default_factory=list)
+    #: the payload is kvmlab's guest hypervisor, run at virtual EL2 (a nested scenario)
+    el2: GuestHypervisor | None = None
+
+
+@record
+class Blob:
+    """A file (a guest path) loaded into the payload's memslot at `offset`."""
+
+    path: str
+    offset: int
+
+
+@record
+class GuestHypervisor:
+    """A probe job whose payload is kvmlab's guest hypervisor (images/l2/gh.S): its vCPUs
+    have KVM_ARM_VCPU_HAS_EL2 and an in-kernel vGICv3, and start at EL2h in it."""
+
+    #: the payload's memslot (slot 0) size, and what is loaded into it besides the
+    #: payload: L3's code, L2's stage-2 tables (lab/shared/stage2.py)
+    memory: int
+    blobs: list[Blob]
+    #: where in slot 0 the guest hypervisor leaves its per-vCPU reports (gh.S's R_*)
+    report: int
 
 
 @record
@@ -193,6 +216,8 @@ class ProbeReport(TypedDict, total=False):
     efault_retries: int
     system_event: Any
     error: str | None
+    #: a nested run: the guest hypervisor's counts per vCPU (l1.probe.L2_REPORT)
+    l2: list[dict[str, int]]
 
 
 # -- encoding and decoding ---------------------------------------------------------------

@@ -45,11 +45,27 @@ class OneReg(ctypes.Structure):
     _fields_ = [("id", ctypes.c_uint64), ("addr", ctypes.c_uint64)]
 
 
+class CreateDevice(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("fd", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class DeviceAttr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint32), ("group", ctypes.c_uint32), ("attr", ctypes.c_uint64),
+                ("addr", ctypes.c_uint64)]
+
+
 class DirtyLog(ctypes.Structure):
     _fields_ = [("slot", ctypes.c_uint32), ("padding", ctypes.c_uint32), ("bitmap", ctypes.c_uint64)]
 
 
+def _iowr(nr: int, size: int) -> int:
+    return (3 << 30) | (size << 16) | (KVMIO << 8) | nr
+
+
 KVM_GET_API_VERSION = _io(0x00)
+KVM_CHECK_EXTENSION = _io(0x03)
+KVM_CREATE_DEVICE = _iowr(0xE0, ctypes.sizeof(CreateDevice))
+KVM_SET_DEVICE_ATTR = _iow(0xE1, ctypes.sizeof(DeviceAttr))
 KVM_CREATE_VM = _io(0x01)
 KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
 KVM_CREATE_VCPU = _io(0x41)
@@ -63,6 +79,15 @@ KVM_ARM_PREFERRED_TARGET = _ior(0xAF, ctypes.sizeof(VcpuInit))
 KVM_MEM_LOG_DIRTY_PAGES = 1
 KVM_ARM_VCPU_POWER_OFF = 0
 KVM_ARM_VCPU_PSCI_0_2 = 2
+KVM_ARM_VCPU_HAS_EL2 = 7
+KVM_CAP_ARM_EL2 = 240
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL = 0, 4
+KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST = 2, 3
+KVM_DEV_ARM_VGIC_CTRL_INIT = 0
+#: Where a nested probe's vGICv3 sits in the guest's IPA space (QEMU virt's addresses;
+#: nothing in the payloads touches it, but KVM needs it before an EL2 vCPU runs).
+GICD_BASE, GICR_BASE = 0x0800_0000, 0x080A_0000
 
 KVM_EXIT_MMIO = 6
 KVM_EXIT_INTR = 10
@@ -175,11 +200,29 @@ def ioctl(fd: int, request: int, arg=0) -> int:
 
 
 class VM:
-    def __init__(self):
+    def __init__(self, el2: bool = False):
         self.kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        #: vCPUs with KVM_ARM_VCPU_HAS_EL2: they reset into EL2h, a guest hypervisor's
+        self.el2 = el2
+        if el2 and ioctl(self.kvm, KVM_CHECK_EXTENSION, KVM_CAP_ARM_EL2) <= 0:
+            raise RuntimeError("L1's KVM cannot run a guest hypervisor (KVM_CAP_ARM_EL2 is 0): a nested "
+                               "scenario needs a lab brought up with --kvm-mode nested")
         self.fd = ioctl(self.kvm, KVM_CREATE_VM, 0)
         self.run_size = ioctl(self.kvm, KVM_GET_VCPU_MMAP_SIZE, 0)
         self.slots: dict[int, UserspaceMemoryRegion] = {}
+        self.vgic = -1
+
+    def create_vgic_v3(self) -> None:
+        """An in-kernel GICv3 (after every vCPU exists): KVM gives an EL2 vCPU its
+        maintenance interrupt from it before the first KVM_RUN (kvm_vgic_vcpu_nv_init)."""
+        device = CreateDevice(KVM_DEV_TYPE_ARM_VGIC_V3, 0, 0)
+        ioctl(self.fd, KVM_CREATE_DEVICE, device)
+        self.vgic = device.fd
+        for kind, base in ((KVM_VGIC_V3_ADDR_TYPE_DIST, GICD_BASE), (KVM_VGIC_V3_ADDR_TYPE_REDIST, GICR_BASE)):
+            holder = ctypes.c_uint64(base)
+            ioctl(self.vgic, KVM_SET_DEVICE_ATTR,
+                  DeviceAttr(0, KVM_DEV_ARM_VGIC_GRP_ADDR, kind, ctypes.addressof(holder)))
+        ioctl(self.vgic, KVM_SET_DEVICE_ATTR, DeviceAttr(0, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, 0))
 
     def set_memslot(self, slot: int, ipa: int, size: int, addr: int, dirty_log: bool = False) -> None:
         region = UserspaceMemoryRegion(slot, KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0, ipa, size, addr)
@@ -208,6 +251,8 @@ class Vcpu:
         init = VcpuInit()
         ioctl(vm.fd, KVM_ARM_PREFERRED_TARGET, init)
         init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2
+        if vm.el2:
+            init.features[0] |= 1 << KVM_ARM_VCPU_HAS_EL2
         if powered_off:
             init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF
         ioctl(self.fd, KVM_ARM_VCPU_INIT, init)

@@ -38,6 +38,8 @@ UART_DR, UART_FR = 0x00, 0x18
 FR_RXFE, FR_TXFE = 0x10, 0x80
 
 TRACE_MARKER = "/sys/kernel/tracing/trace_marker"
+#: The guest hypervisor's per-vCPU report, in gh.S's order (R_*).
+L2_REPORT = ("hvcs", "s2_aborts", "esr", "far", "hpfar", "unexpected", "l3_pc", "l3_ctx")
 
 
 def marker(text: str) -> None:
@@ -83,7 +85,7 @@ class Probe:
         self.report: ProbeReport = {"uart": "", "pauses": 0, "actions": [], "dirty_pages": {},
                                        "smaps": {}, "exits": {}, "events": []}
         self.vmstat_before = vmstat()
-        self.vm = kvm.VM()
+        self.vm = kvm.VM(el2=job.el2 is not None)
         self.memory: dict[int, kvm.Memory] = {}
         self.children: list[int] = []
         self.done = threading.Event()
@@ -100,10 +102,19 @@ class Probe:
         # The payload: its own small anonymous memslot (slot 0).
         code = open(job.payload, "rb").read()
         code_size = max(64 * 1024, (len(code) + 0xFFFF) // 0x10000 * 0x10000)
+        if job.el2 is not None:  # the guest hypervisor, with L3's code and L2's stage-2 tables beside it
+            code_size = job.el2.memory
         self.code = kvm.Memory("anonymous_nothp", code_size, 0)
         ctypes_memmove(self.code.addr, code)
+        for blob in job.el2.blobs if job.el2 is not None else []:
+            data = open(blob.path, "rb").read()
+            if blob.offset < len(code) or blob.offset + len(data) > code_size:
+                raise ValueError(f"{blob.path}: {len(data)} bytes at {blob.offset:#x} do not fit the payload's memslot")
+            ctypes_memmove(self.code.addr + blob.offset, data)
         self.vm.set_memslot(0, job.code_ipa, code_size, self.code.addr)
         self.vcpus = [self.vm.vcpu(i, powered_off=i > 0) for i in range(job.vcpus)]
+        if job.el2 is not None:
+            self.vm.create_vgic_v3()
         self.vcpus[0].set_reg(kvm.REG_PC, job.code_ipa)
         self.report["setup_seconds"] = round(time.monotonic() - started, 3)
         self.report["memslots"] = [
@@ -192,6 +203,15 @@ class Probe:
     def smaps(self) -> dict[str, Any]:
         return {str(slot): smaps_for(mem.addr) for slot, mem in self.memory.items()}
 
+    def l2_reports(self) -> list[dict[str, int]]:
+        """What the guest hypervisor counted per vCPU (images/l2/gh.S, R_*: 8 u64s each)."""
+        import ctypes
+        import struct
+
+        assert self.job.el2 is not None
+        raw = ctypes.string_at(self.code.addr + self.job.el2.report, 64 * len(self.vcpus))
+        return [dict(zip(L2_REPORT, struct.unpack_from("<8Q", raw, 64 * i))) for i in range(len(self.vcpus))]
+
     # -- running -------------------------------------------------------------------------
     def vcpu_loop(self, vcpu: kvm.Vcpu, start: threading.Barrier) -> None:
         uart = self.job.uart
@@ -262,6 +282,8 @@ class Probe:
         if self.error is None:
             self.actions_at("end")
         self.report["smaps"]["end"] = self.smaps()
+        if self.job.el2 is not None:
+            self.report["l2"] = self.l2_reports()
         after = vmstat()
         self.report["vmstat"] = {k: after[k] - self.vmstat_before.get(k, 0) for k in after}
         self.report["error"] = self.error

@@ -1,0 +1,136 @@
+"""L2's stage-2 for L3 (lab/shared/stage2.py): descriptors checked by hand against the
+Arm ARM's stage-2 format, the tables walked back, and the ranges it refuses; the guest
+hypervisor's parameter block against gh.S; a nested scenario's key and its evidence."""
+
+import re
+import shutil
+import struct
+
+import pytest
+
+from lab.analysis import nested
+from lab.builder import payload
+from lab.core.errors import UserError
+from lab.scenarios import jobs, l2, model
+from lab.shared import stage2
+from lab.shared.units import GiB, KiB, MiB
+
+BASE = 0x1010_0000  # the tables' address in L2's IPA space
+
+
+def test_vtcr_is_39_bit_input_from_level_1_with_4k_granule():
+    # T0SZ 25, SL0 1, IRGN0/ORGN0 write-back, SH0 inner, TG0 4K, PS 40-bit, RES1 bit 31
+    assert stage2.VTCR == 0x8002_3559
+
+
+def test_a_2m_block_descriptor_by_hand():
+    t = stage2.Tables([stage2.Range(0x4020_0000, 2 * MiB, 0x4020_0000, 2 * MiB)], BASE)
+    image = t.image()
+    assert len(image) == 2 * 4096  # the root and one level-2 table
+    root_entry = struct.unpack_from("<Q", image, 1 * 8)[0]  # 0x40200000 >> 30 = 1
+    assert root_entry == (BASE + 4096) | 0b11
+    block = struct.unpack_from("<Q", image, 4096 + 1 * 8)[0]  # (0x40200000 >> 21) & 511 = 1
+    # output | MemAttr 0b1111 <<2 | S2AP RW 0b11 <<6 | SH inner 0b11 <<8 | AF <<10 | block 0b01
+    assert block == 0x4020_07FD
+    assert stage2.walk(image, BASE, 0x4021_2345) == (0x4021_2345, 2 * MiB, block)
+    assert stage2.walk(image, BASE, 0x4040_0000) is None
+
+
+def test_4k_pages_1g_blocks_and_a_device_page():
+    t = stage2.Tables([stage2.Range(0x4000_0000, 8 * KiB, 0x8000_0000, 4 * KiB),
+                       stage2.Range(0x0900_0000, 4 * KiB, 0x0900_0000, 4 * KiB, device=True),
+                       stage2.Range(2 * GiB, GiB, 3 * GiB, GiB, writable=False)], BASE)
+    image = t.image()
+    out, size, desc = stage2.walk(image, BASE, 0x4000_1008)
+    assert (out, size, desc & 3) == (0x8000_1008, 4 * KiB, 0b11)
+    _, size, uart = stage2.walk(image, BASE, 0x0900_0018)
+    # Device-nGnRE (MemAttr 0b0001), RW, inner, AF, page, XN[54:53] = 0b10
+    assert size == 4 * KiB and uart == 0x0040_0000_0900_07C7
+    out, size, desc = stage2.walk(image, BASE, 2 * GiB + 5)
+    assert (out, size, desc & 3, desc >> 6 & 3) == (3 * GiB + 5, GiB, 0b01, 0b01)  # a read-only 1G block
+    assert t.vttbr(1) == 1 << 48 | BASE
+
+
+@pytest.mark.parametrize("ranges, message", [
+    ([stage2.Range(0x4010_0000, 2 * MiB, 0x4010_0000, 2 * MiB)], "not aligned"),
+    ([stage2.Range(0x4000_0000, 4 * KiB, 0x4000_0000, 8 * KiB)], "leaf"),
+    ([stage2.Range(1 << 39, 2 * MiB, 0, 2 * MiB)], "beyond the 39-bit input"),
+    ([stage2.Range(1 * GiB, 2 * MiB, 1 * GiB, 2 * MiB), stage2.Range(1 * GiB, 4 * KiB, 1 * GiB, 4 * KiB)],
+     "overlaps a block"),
+    ([stage2.Range(1 * GiB, 4 * KiB, 1 * GiB, 4 * KiB)] * 2, "mapped twice"),
+    ([stage2.Range(1 * GiB, 64 * MiB, 1 * GiB, 4 * KiB)], "more than 8 stage-2 tables"),
+])
+def test_ranges_it_refuses(ranges, message):
+    with pytest.raises(ValueError, match=message):
+        stage2.Tables(ranges, BASE, limit=8)
+
+
+def test_hypervisor_params_match_gh_s():
+    source = (payload.SOURCE_DIR / "gh.S").read_text()
+    offsets = {m.group(1): int(m.group(2)) for m in re.finditer(r"\.equ\s+(H_\w+),\s+(\d+)", source)}
+    packed = payload.HypervisorParams(vttbr=1 << 48 | BASE, vtcr=stage2.VTCR, entry=0x1001_0000, stacks=0x1003_0000,
+                                      report=0x1003_0000).pack()
+    u64 = lambda name: struct.unpack_from("<Q", packed, offsets[name])[0]  # noqa: E731
+    assert len(packed) == payload.PARAMS_SIZE and packed[:8] == payload.GH_MAGIC
+    assert (u64("H_VTTBR"), u64("H_VTCR"), u64("H_ENTRY"), u64("H_UART"), u64("H_STACKS"), u64("H_REPORT")) == \
+        (1 << 48 | BASE, stage2.VTCR, 0x1001_0000, 0x0900_0000, 0x1003_0000, 0x1003_0000)
+    assert u64("H_HCR") == 1 | 1 << 31 | 1 << 34  # VM, RW, E2H
+    reports = [name for name in re.findall(r"\.equ\s+(R_\w+),", source)]
+    assert len(reports) == 8  # l1.probe.L2_REPORT reads 8 u64s a vCPU
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-as") is None, reason="needs binutils-aarch64-linux-gnu")
+def test_gh_bin_is_built_with_its_parameter_block_and_2k_aligned_vectors(tmp_path):
+    offsets = payload.build(tmp_path)
+    blob = (tmp_path / "gh.bin").read_bytes()
+    assert blob[offsets["gh.bin"]:offsets["gh.bin"] + 8] == payload.GH_MAGIC
+    tables = stage2.Tables([stage2.Range(GiB, 2 * MiB, GiB, 2 * MiB)], BASE)
+    params = payload.HypervisorParams(vttbr=tables.vttbr(1), vtcr=stage2.VTCR, entry=1, stacks=2, report=3)
+    assert payload.patched(blob, offsets["gh.bin"], params)[offsets["gh.bin"]:][:128] == params.pack()
+    with pytest.raises(ValueError, match="KVMLABH1"):
+        payload.patched((tmp_path / "touch.bin").read_bytes(), offsets["touch.bin"], params)
+
+
+NESTED = {"l2_hypervisor": {"leaf": "2M"}, "memslots": [{"ipa": "1G", "size": "16M"}],
+          "expect": {"regions": [{"mapping": "block"}]}}
+
+
+def test_a_nested_scenario_maps_its_memslots_at_their_own_address():
+    s = model.parse({**NESTED, "l2_hypervisor": {"leaf": "2M", "stage2": [{"slot": 1, "size": "4M", "leaf": "4K"}]}},
+                    "x.yaml")
+    ranges = l2.l3_ranges(s.l2_hypervisor, s.memslots)
+    data = [(r.ipa, r.size, r.output, r.leaf) for r in ranges if r.ipa >= GiB]
+    assert data == [(GiB, 4 * MiB, GiB, 4 * KiB), (GiB + 4 * MiB, 12 * MiB, GiB + 4 * MiB, 2 * MiB)]
+    job = jobs.make_probe_job(s, "/run")
+    assert job.payload == "/run/gh.bin" and job.el2 is not None
+    assert [(b.path, b.offset) for b in job.el2.blobs] == [("/run/touch.bin", l2.GH_L3_CODE),
+                                                           ("/run/l2-stage2.bin", l2.GH_TABLES)]
+    tables = jobs.l2_stage2(s)
+    assert stage2.walk(tables.image(), tables.root, GiB + 5 * MiB)[1] == 2 * MiB
+    assert stage2.walk(tables.image(), tables.root, l2.PROBE_CODE_IPA + l2.GH_L3_CODE)[1] == 4 * KiB
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"l2_hypervisor": {"leaf": "16K"}}, "l2_hypervisor.leaf: expected one of 4K, 2M, 1G"),
+    ({"l2_hypervisor": {"leef": "2M"}}, "l2_hypervisor.leef: unknown key"),
+    ({"l2_hypervisor": {"leaf": "1G"}}, "l2_hypervisor: expected a stage-2 L2 can map: range 0x40000000+0x1000000"),
+    ({"l2_hypervisor": {"stage2": [{"slot": 2}]}}, "l2_hypervisor.stage2[0].slot: expected an integer from 1 to 1"),
+    ({"l2_hypervisor": {"stage2": [{"offset": "4K", "size": "2M", "leaf": "2M"}]}},
+     "l2_hypervisor.stage2[0].offset: expected a size"),
+    ({"vmm": "qemu", "memslots": None, "l2_hypervisor": {}}, "l2_hypervisor: expected vmm: probe"),
+])
+def test_nested_mistakes_are_one_line(change, where):
+    with pytest.raises(UserError) as info:
+        model.parse({**NESTED, **change}, "configs/suites/nested/x.yaml")
+    assert where in info.value.message and "\n" not in info.value.message, info.value.message
+
+
+def test_the_nested_evidence_names_the_three_counts_and_fails_an_abort_handed_back():
+    quiet = [{"hvcs": 2, "s2_aborts": 0}, {"hvcs": 1, "s2_aborts": 0}]
+    ok = nested.l2_check(quiet, l3_faults=8, all_faults=11)
+    assert ok["ok"] and ok["counts"] == {"l3": 8, "l2_own": 3, "handed_back": 0, "l3_psci": 3}
+    abort = [{"hvcs": 1, "s2_aborts": 1, "esr": 0x9200_0047, "far": 0x4080_0000, "hpfar": 0x4080_0000 >> 8}]
+    bad = nested.l2_check(abort, 8, 8)
+    assert not bad["ok"] and "handed back to L2: 1" in bad["text"] and "L3 IPA 0x40800000" in bad["text"]
+    odd = nested.l2_check([{"unexpected": 9, "esr": 0}], 0, 0)
+    assert not odd["ok"] and "vector 8" in odd["text"]
