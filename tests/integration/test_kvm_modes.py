@@ -1,16 +1,21 @@
 """`kvmlab up --kvm-mode` / `--nested` on the real kernels: a mode the kernel cannot give is
 refused before anything boots; sid's 7.x under QEMU 10 comes up nested (NV2)
-(FIELD-NOTES §6: "VHE+NV2 mode initialized successfully")."""
+(FIELD-NOTES §6: "VHE+NV2 mode initialized successfully"), and on it kvmlab's guest
+hypervisor runs L3 under its own stage-2: the shadow stage-2 KVM builds follows L2's leaf
+size (configs/suites/nested/), and an expectation that ignores L2's leaf fails."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import kvmlab, qemu_pids_in
 
 pytestmark = pytest.mark.boot
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_nested_on_a_kernel_older_than_6_16_is_refused_before_boot(private_runtime):
@@ -21,15 +26,54 @@ def test_nested_on_a_kernel_older_than_6_16_is_refused_before_boot(private_runti
     assert qemu_pids_in(private_runtime / "labs/nv-old") == []
 
 
-def test_nested_on_sid_comes_up_with_nv2(private_runtime):
+@pytest.fixture(scope="module")
+def nested_lab(private_runtime):
+    up = kvmlab("up", "--name", "nv", "--nested", "--kernel", "sid")
     try:
-        up = kvmlab("up", "--name", "nv", "--nested", "--kernel", "sid")
         assert up.returncode == 0, up.stderr.decode()
-        assert "KVM      nested (NV2) mode, /dev/kvm present" in up.stdout.decode()
-        status = json.loads(kvmlab("status", "--name", "nv", "--json").stdout)
-        assert status["kvm_mode"] == "nested (NV2)"
-        cmdline = kvmlab("exec", "--name", "nv", "--", "cat", "/proc/cmdline").stdout.decode()
-        assert "kvm-arm.mode=nested" in cmdline
+        yield up.stdout.decode()
     finally:
         kvmlab("down", "--name", "nv")
         assert qemu_pids_in(private_runtime / "labs/nv") == []
+
+
+def test_nested_on_sid_comes_up_with_nv2(nested_lab):
+    assert "KVM      nested (NV2) mode, /dev/kvm present" in nested_lab
+    status = json.loads(kvmlab("status", "--name", "nv", "--json").stdout)
+    assert status["kvm_mode"] == "nested (NV2)"
+    cmdline = kvmlab("exec", "--name", "nv", "--", "cat", "/proc/cmdline").stdout.decode()
+    assert "kvm-arm.mode=nested" in cmdline
+
+
+#: One scenario per decision of the nested cap that CI can afford (the whole suite is
+#: `kvmlab test nested`): L2's 2M leaf over THP, L2's 4K leaf over THP, both in one memslot.
+NESTED_SAMPLE = ["shadow-2m-over-thp", "shadow-4k-over-thp", "shadow-mixed-leaves"]
+
+
+def test_the_shadow_stage2_follows_l2s_leaf(nested_lab, tmp_path):
+    files = [str(ROOT / "configs/suites/nested" / f"{name}.yaml") for name in NESTED_SAMPLE]
+    run = kvmlab("test", "--name", "nv", *files, "--results", str(tmp_path), "--json", str(tmp_path / "r.json"))
+    summary = json.loads((tmp_path / "r.json").read_text())
+    got = {s["name"]: s for s in summary["scenarios"]}
+    assert {n: got[n]["status"] for n in NESTED_SAMPLE} == dict.fromkeys(NESTED_SAMPLE, "pass"), run.stdout.decode()
+    assert got["shadow-2m-over-thp"]["counts"] == {"block": 32}  # 64 MiB, one shadow block a region
+    assert got["shadow-4k-over-thp"]["counts"] == {"page": 8}  # THP behind it, but L2 maps 4K
+    assert got["shadow-mixed-leaves"]["counts"] == {"page": 4, "block": 4}
+    verdict = json.loads((Path(got["shadow-2m-over-thp"]["artefacts"]) / "verdict.json").read_text())
+    check = next(c for c in verdict["checks"] if c["check"] == "l2_hypervisor")
+    # L3 ran under L2 and powered off through it (one PSCI call), and L2 was handed no abort
+    assert check["ok"] and check["counts"]["l3"] == 32 and check["counts"]["handed_back"] == 0
+    assert check["counts"]["l3_psci"] == 1
+
+
+def test_an_expectation_that_ignores_l2s_leaf_fails(nested_lab, tmp_path):
+    """A block expected where L2 maps 4 KiB pages is a FAIL, with the measured mapping."""
+    wrong = tmp_path / "blocks-over-4k-leaves.yaml"
+    wrong.write_text(yaml.safe_dump({
+        "description": "expects blocks although L2 maps 4 KiB (a wrong expectation)", "l1": {"thp": "always"},
+        "l2_hypervisor": {"leaf": "4K"}, "memslots": [{"ipa": "1G", "size": "4M", "backing": "anonymous"}],
+        "expect": {"regions": [{"mapping": "block", "faults": [1, 2]}]}}))
+    run = kvmlab("test", "--name", "nv", str(wrong), "--results", str(tmp_path / "r"), "--json", str(tmp_path / "r.json"))
+    assert run.returncode == 1, run.stdout.decode()
+    (only,) = json.loads((tmp_path / "r.json").read_text())["scenarios"]
+    assert only["status"] == "fail" and only["counts"] == {"page": 2}, only
