@@ -117,12 +117,7 @@ lower_sync:
     stp     x26, x27, [sp, #208]
     stp     x28, x29, [sp, #224]
     str     x30, [sp, #240]
-    adr     x20, params
-    ldr     x28, [x20, #H_UART]
-    mrs     x21, mpidr_el1
-    and     x21, x21, #0xff
-    ldr     x22, [x20, #H_REPORT]
-    add     x22, x22, x21, lsl #6
+    bl      this_vcpu
     mrs     x9, esr_el2
     lsr     x10, x9, #26
     cmp     x10, #EC_HVC64
@@ -208,12 +203,7 @@ s2_abort:                               // x9 = ESR_EL2
 
 // unexpected: x9 = the vector number (8: a lower-EL sync exception of another class)
 unexpected:
-    adr     x20, params
-    ldr     x28, [x20, #H_UART]
-    mrs     x21, mpidr_el1
-    and     x21, x21, #0xff
-    ldr     x22, [x20, #H_REPORT]
-    add     x22, x22, x21, lsl #6
+    bl      this_vcpu
     add     x9, x9, #1
     str     x9, [x22, #R_UNEXPECTED]
     mrs     x9, esr_el2
@@ -225,6 +215,16 @@ system_off:
     smc     #0
     b       .
 
+// this_vcpu: x20 params, x28 the UART, x21 this vCPU's index (MPIDR Aff0), x22 its report
+this_vcpu:
+    adr     x20, params
+    ldr     x28, [x20, #H_UART]
+    mrs     x21, mpidr_el1
+    and     x21, x21, #0xff
+    ldr     x22, [x20, #H_REPORT]
+    add     x22, x22, x21, lsl #6
+    ret
+
 // record: ESR (x9), FAR_EL2 and HPFAR_EL2 into the report at x22
 record:
     str     x9, [x22, #R_ESR]
@@ -235,14 +235,7 @@ record:
     dsb     sy
     ret
 
-// puts(x0): the string to the PL011 data register (x28; nothing if 0).
-puts:
-    cbz     x28, 2f
-1:  ldrb    w9, [x0], #1
-    cbz     w9, 2f
-    strb    w9, [x28]
-    b       1b
-2:  ret
+    .include "puts.inc"
 
     .ltorg
 msg_abort:

@@ -154,14 +154,7 @@ cpu_off:
     hvc     #0
     b       .
 
-// puts(x0): the string to the PL011 data register (x28; nothing if 0).
-puts:
-    cbz     x28, 2f
-1:  ldrb    w9, [x0], #1
-    cbz     w9, 2f
-    strb    w9, [x28]
-    b       1b
-2:  ret
+    .include "puts.inc"
 
 // wait_go: poll the PL011 flag register until a byte arrives (RXFE clear), take it.
 wait_go:

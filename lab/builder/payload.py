@@ -93,7 +93,7 @@ def build(work: Path) -> dict[str, int]:
     offsets: dict[str, int] = {}
     for name, magic, keep_elf in (("touch", MAGIC, True), ("gh", GH_MAGIC, False)):
         obj, elf, binary = work / f"{name}.o", work / f"{name}.elf", work / f"{name}.bin"
-        run("aarch64-linux-gnu-as", "-o", obj, SOURCE_DIR / f"{name}.S")
+        run("aarch64-linux-gnu-as", "-I", SOURCE_DIR, "-o", obj, SOURCE_DIR / f"{name}.S")
         run("aarch64-linux-gnu-ld", "-z", "max-page-size=4096", "-T", SOURCE_DIR / "touch.ld", "-o", elf, obj)
         run("aarch64-linux-gnu-objcopy", "-O", "binary", elf, binary)
         obj.unlink()
