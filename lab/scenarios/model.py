@@ -19,10 +19,8 @@ from lab.core.errors import UserError
 from lab.core.validate import Bad, Checker, parse_bytes
 from lab.core.versions import versions_match
 from lab.scenarios.l2 import GH_MEMORY, PROBE_CODE_IPA, L2Hypervisor, parse_l2_hypervisor
-from lab.shared import actions as vmm_actions
 from lab.shared import contract
-from lab.shared.actions import Action
-from lab.shared.contract import BACKINGS, ContractError, Memslot
+from lab.shared.contract import BACKINGS, Action, ContractError, Memslot
 from lab.shared.units import GiB, KiB, MiB, short_size
 
 __all__ = ["Guest", "Memslot", "RegionExpectation", "Scenario", "load", "parse", "parse_bytes"]
@@ -276,14 +274,14 @@ def _actions(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot]
                 if isinstance(op, dict):
                     _sizes(c, op, f"{key}.ops[{j}]")
         try:
-            checked = vmm_actions.check_action(action, key, vmm)
+            checked = contract.check_action(action, key, vmm)
         except ContractError as exc:
             raise UserError(f"{c.where}: {exc}; fix the scenario file") from None
         if "slot" in action and not any(m.slot == checked.slot for m in memslots):
             c.fail(f"{key}.slot", action["slot"], "the number of a memslot (1 = the first)")
         slot = next((m for m in memslots if m.slot == checked.slot), None)
-        if slot is not None and "slot" in vmm_actions.ACTIONS[checked.do].keys:
-            ops = [(key, checked.as_op())] if checked.do in (*vmm_actions.OPS, "prefault", "churn") else []
+        if slot is not None and "slot" in contract.ACTIONS[checked.do].keys:
+            ops = [(key, checked.as_op())] if checked.do in (*contract.OPS, "prefault", "churn") else []
             ops += [(f"{key}.ops[{j}]", op) for j, op in enumerate(checked.ops)]
             for where, op in ops:
                 _check_range(c, where, op, slot)
@@ -295,7 +293,7 @@ def _actions(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot]
     return actions
 
 
-def _check_range(c: Checker, key: str, op: vmm_actions.Op, slot: Memslot) -> None:
+def _check_range(c: Checker, key: str, op: contract.Op, slot: Memslot) -> None:
     """An operation's range lies in its memslot, on 4 KiB pages; `every` steps forward."""
     for name in ("offset", "size", "every"):
         value = getattr(op, name)
@@ -313,7 +311,7 @@ def _check_range(c: Checker, key: str, op: vmm_actions.Op, slot: Memslot) -> Non
 
 def _sizes(c: Checker, values: dict[str, Any], key: str) -> None:
     """Sizes as people write them (4K, 2M) into bytes, in place, before the contract's check."""
-    for size_key in vmm_actions.SIZE_KEYS:
+    for size_key in contract.SIZE_KEYS:
         if size_key in values:
             values[size_key] = c.get(values, size_key, f"{key}.{size_key}", parse_bytes)
 

@@ -17,7 +17,24 @@ from __future__ import annotations
 from typing import Any, Literal, TypedDict, TypeVar
 
 from lab.shared import codec
-from lab.shared.actions import Action, action_json, check_action
+
+# The VMM actions live in lab/shared/actions.py and are part of this contract: re-exported,
+# so that both sides import the contract from here alone.
+from lab.shared.actions import ACCESSES as ACCESSES
+from lab.shared.actions import ACTIONS as ACTIONS
+from lab.shared.actions import AT_POINTS as AT_POINTS
+from lab.shared.actions import CHOICES as CHOICES
+from lab.shared.actions import MADVICE as MADVICE
+from lab.shared.actions import OP_KEYS as OP_KEYS
+from lab.shared.actions import OPS as OPS
+from lab.shared.actions import PROTS as PROTS
+from lab.shared.actions import SIZE_KEYS as SIZE_KEYS
+from lab.shared.actions import Action as Action
+from lab.shared.actions import ActionSpec as ActionSpec
+from lab.shared.actions import Op as Op
+from lab.shared.actions import action_json as action_json
+from lab.shared.actions import check_action as check_action
+from lab.shared.actions import check_op as check_op
 from lab.shared.codec import ContractError as ContractError  # re-exported: both sides catch it from here
 from lab.shared.codec import field, record
 from lab.shared.units import GiB, KiB, MiB

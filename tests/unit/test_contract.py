@@ -14,7 +14,7 @@ from lab.builder.build import Builder
 from lab.core.errors import UserError
 from lab.scenarios import model, suites
 from lab.scenarios.runner import make_probe_job, scenario_job
-from lab.shared import actions, contract
+from lab.shared import contract
 from lab.shared.contract import ContractError, ProbeJob, QemuJob, ScenarioJob, decode, encode
 
 ALL = suites.resolve(list(suites.suites()))
@@ -107,29 +107,29 @@ def test_the_reference_names_every_action_its_vmm_and_every_key():
     readme = (Path(__file__).resolve().parent.parent.parent / "configs/suites/README.md").read_text()
     rows = {line.split("|")[1].strip(" `"): line.split("|") for line in readme.splitlines()
             if line.startswith("| `")}
-    assert set(rows) == set(actions.ACTIONS)
-    for name, spec in actions.ACTIONS.items():
+    assert set(rows) == set(contract.ACTIONS)
+    for name, spec in contract.ACTIONS.items():
         _, _, vmms, keys, _, _ = rows[name]
         assert [v.strip() for v in vmms.split(",")] == list(spec.vmms), name
         assert set(re.findall(r"`(\w+)`", keys)) == set(spec.keys), name
-    for op, keys in actions.OP_KEYS.items():
+    for op, keys in contract.OP_KEYS.items():
         assert f"`{op}`" in readme and all(f"`{k}`" in readme for k in keys)
-    assert all(advice in readme for advice in actions.MADVICE)
+    assert all(advice in readme for advice in contract.MADVICE)
 
 
 def test_records_are_frozen_with_fresh_defaults_and_compare_by_value():
-    a, b = actions.Action("churn"), actions.Action("churn")
+    a, b = contract.Action("churn"), contract.Action("churn")
     assert a == b and a is not b and a.ops is not b.ops  # a default list made for each record
     assert a.at == "start" and a.bandwidth == 4 * 1024 * 1024
     with pytest.raises(AttributeError):
         a.do = "sleep"  # type: ignore[misc]
     c = contract.codec.replace(a, at="end")
     assert c.at == "end" and c.do == "churn" and c != a
-    assert repr(actions.Op("munmap")).startswith("Op(op='munmap', offset=0,")
+    assert repr(contract.Op("munmap")).startswith("Op(op='munmap', offset=0,")
     with pytest.raises(TypeError, match="missing required argument: 'op'"):
-        actions.Op()  # type: ignore[call-arg]
+        contract.Op()  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="unexpected keyword argument 'opp'"):
-        actions.Op(op="munmap", opp=1)  # type: ignore[call-arg]
+        contract.Op(op="munmap", opp=1)  # type: ignore[call-arg]
 
 
 def test_l1_imports_the_contract_without_dataclasses_or_inspect():

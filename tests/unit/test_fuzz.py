@@ -123,11 +123,11 @@ def test_any_text_as_a_file_loads_or_is_one_clear_line(load, text, tmp_path):
 
 
 # -- actions, drawn from the host-guest contract: its names, keys and values, with typos --
-from lab.shared import actions as vmm_actions  # noqa: E402 - beside the strategies that use it
+from lab.shared import contract  # noqa: E402 - beside the strategies that use it
 
-ACTION_KEYS = sorted({k for spec in vmm_actions.ACTIONS.values() for k in spec.keys} | {"at", "do"})
+ACTION_KEYS = sorted({k for spec in contract.ACTIONS.values() for k in spec.keys} | {"at", "do"})
 action_values = st.one_of(
-    st.sampled_from(sorted(vmm_actions.MADVICE) + list(vmm_actions.PROTS) + list(vmm_actions.OPS) + list(vmm_actions.ACCESSES)
+    st.sampled_from(sorted(contract.MADVICE) + list(contract.PROTS) + list(contract.OPS) + list(contract.ACCESSES)
                     + ["start", "end", "pause 1", "pause 5", "4K", "2M", "8M", "64M", "0", "1G", "raed"]),
     st.integers(-5, 1 << 30), st.booleans(), scalars)
 op_docs = st.dictionaries(known_or_any({"op", "offset", "size", "every", "advice", "prot"}), action_values, max_size=4)
@@ -141,7 +141,7 @@ SIZES = st.sampled_from(["4K", "8K", "1K", "2M", "4M", "6M", "8M", "12M", 0, 409
 KEY_VALUES = {"slot": st.sampled_from([1, 2, 0]), "offset": SIZES, "size": SIZES, "every": SIZES,
               "access": st.sampled_from(["read", "write", "raed"]), "on": st.booleans(),
               "advice": st.sampled_from(["dontneed", "hugepage", "collapse", "dontneeed"]),
-              "prot": st.sampled_from(["none", "read", "write", "raed"]), "op": st.sampled_from(list(vmm_actions.OPS)),
+              "prot": st.sampled_from(["none", "read", "write", "raed"]), "op": st.sampled_from(list(contract.OPS)),
               "label": st.sampled_from(["x", ""]), "seconds": st.sampled_from([0, 0.1, 1, -1, 4000]),
               "bandwidth": SIZES}
 
@@ -149,13 +149,13 @@ KEY_VALUES = {"slot": st.sampled_from([1, 2, 0]), "offset": SIZES, "size": SIZES
 @st.composite
 def shaped_action(draw):
     """An action as a user would write one: a real name, some of its keys, plausible values."""
-    do = draw(st.sampled_from(sorted(vmm_actions.ACTIONS)))
-    keys = draw(st.lists(st.sampled_from(vmm_actions.ACTIONS[do].keys or ("at",)), unique=True, max_size=4))
+    do = draw(st.sampled_from(sorted(contract.ACTIONS)))
+    keys = draw(st.lists(st.sampled_from(contract.ACTIONS[do].keys or ("at",)), unique=True, max_size=4))
     action = {"do": do, "at": draw(st.sampled_from(["start", "end", "pause 1"]))}
     for key in keys:
         if key == "ops":
             action["ops"] = draw(st.lists(st.fixed_dictionaries(
-                {"op": st.sampled_from(list(vmm_actions.OPS))},
+                {"op": st.sampled_from(list(contract.OPS))},
                 optional={k: KEY_VALUES[k] for k in ("offset", "size", "every", "advice", "prot")}), max_size=2))
         elif key in KEY_VALUES:
             action[key] = draw(KEY_VALUES[key])
@@ -176,9 +176,9 @@ def test_any_action_is_checked_against_the_contract_or_is_one_clear_line(actions
         _one_line(exc, where)
         return
     for action in scenario.actions:
-        assert set(vmm_actions.action_json(action)) <= {"do", "at", *vmm_actions.ACTIONS[action.do].keys}
-        assert vmm_actions.check_action(vmm_actions.action_json(action), "a", "probe") == action
-        for op in ([action.as_op()] if action.do in (*vmm_actions.OPS, "prefault", "churn") else []) + action.ops:
+        assert set(contract.action_json(action)) <= {"do", "at", *contract.ACTIONS[action.do].keys}
+        assert contract.check_action(contract.action_json(action), "a", "probe") == action
+        for op in ([action.as_op()] if action.do in (*contract.OPS, "prefault", "churn") else []) + action.ops:
             assert 0 <= op.offset < 8 << 20 and (op.size is None or op.offset + op.size <= 8 << 20)
 
 

@@ -13,8 +13,8 @@ import mmap
 import os
 import struct
 
-from lab.shared.actions import MADVICE as MADV
 from lab.shared.contract import BACKINGS
+from lab.shared.contract import MADVICE as MADV
 from lab.shared.units import PAGE, MiB
 
 KVMIO = 0xAE

@@ -2,7 +2,7 @@
 
 It places memslots at exact IPAs and host addresses (co-alignment offsets, sizes that are
 not a multiple of 2 MiB), backs them any way in lab.shared.contract.BACKINGS, runs the touch payload on
-one or more vCPUs, and does the scenario's VMM actions (lab.shared.actions.ACTIONS) at
+one or more vCPUs, and does the scenario's VMM actions (lab.shared.contract.ACTIONS) at
 set points:
 
     start      after the memslots exist, before any vCPU runs
@@ -28,8 +28,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from lab.shared.actions import Action, Op
-from lab.shared.contract import ProbeJob, ProbeReport, decode
+from lab.shared.contract import Action, Op, ProbeJob, ProbeReport, decode
 from lab.shared.files import write_json
 
 from . import kvm

@@ -21,8 +21,7 @@ import time
 from typing import Any
 
 from lab.shared import codec
-from lab.shared.actions import Action
-from lab.shared.contract import QemuJob, VmmOutcome
+from lab.shared.contract import Action, QemuJob, VmmOutcome
 from lab.shared.files import replacing
 from lab.shared.units import MiB
 
