@@ -18,7 +18,7 @@
 //           that did not allow the access): counted with its ESR, FAR and HPFAR in the
 //           vCPU's report, printed, and the run ends with SYSTEM_OFF. Never hidden.
 // Anything else (any other vector or exception class) is recorded the same way and ends
-// the run. The report (per vCPU, 64 bytes at H_REPORT) is read by the probe at the end.
+// the run. The report (per vCPU, 128 bytes at H_REPORT) is read by the probe at the end.
 //
 // Parameters: the 128-byte block at `params`, patched per scenario by the probe
 // (l1.probe), magic "KVMLABH1".
@@ -32,7 +32,7 @@
     .equ H_ENTRY,    32      // L3's entry point (an L3 IPA)
     .equ H_UART,     40      // PL011 base (an L2 IPA), 0: silent
     .equ H_STACKS,   48      // top of the stacks: vCPU i's is 4 KiB below it times i
-    .equ H_REPORT,   56      // the per-vCPU reports (64 bytes each)
+    .equ H_REPORT,   56      // the per-vCPU reports (128 bytes each)
 
     .equ R_HVCS,       0     // L3's hvc calls
     .equ R_S2FAULTS,   8     // stage-2 aborts handed back to L2
@@ -42,6 +42,8 @@
     .equ R_UNEXPECTED, 40    // 1 + the vector number of an unexpected exception
     .equ R_L3PC,       48    // where this vCPU enters L3, and L3's x0 there
     .equ R_L3CTX,      56
+    .equ R_PSCI_RET,   64    // what L1 answered this vCPU's last PSCI call on L3's behalf
+    .equ R_ENTERED,    72    // times this vCPU entered L3 (1 once it has started)
 
     .equ PSCI_VERSION,    0x84000000
     .equ PSCI_CPU_ON,     0xc4000003
@@ -90,7 +92,10 @@ el2_setup:
     dsb     nsh
     isb
     ldr     x9, [x20, #H_REPORT]
-    add     x9, x9, x21, lsl #6
+    add     x9, x9, x21, lsl #7
+    ldr     x10, [x9, #R_ENTERED]
+    add     x10, x10, #1
+    str     x10, [x9, #R_ENTERED]
     ldr     x10, [x9, #R_L3PC]
     ldr     x0, [x9, #R_L3CTX]
     msr     elr_el2, x10
@@ -152,6 +157,7 @@ pass_on:
     ldp     x0, x1, [sp, #0]
     ldp     x2, x3, [sp, #16]
     smc     #0
+    str     x0, [x22, #R_PSCI_RET]
     b       hvc_return
 cpu_on:                                 // L3's x1 target MPIDR, x2 entry, x3 context id
     ldp     x1, x2, [sp, #8]
@@ -160,7 +166,7 @@ cpu_on:                                 // L3's x1 target MPIDR, x2 entry, x3 co
     cmp     x4, #8
     b.hs    cpu_on_bad
     ldr     x5, [x20, #H_REPORT]
-    add     x5, x5, x4, lsl #6
+    add     x5, x5, x4, lsl #7
     str     x2, [x5, #R_L3PC]
     str     x3, [x5, #R_L3CTX]
     dsb     sy
@@ -168,6 +174,7 @@ cpu_on:                                 // L3's x1 target MPIDR, x2 entry, x3 co
     adr     x2, secondary
     mov     x3, x4
     smc     #0
+    str     x0, [x22, #R_PSCI_RET]
     b       hvc_return
 cpu_on_bad:
     mov     x0, #-2                     // PSCI INVALID_PARAMETERS
@@ -222,7 +229,7 @@ this_vcpu:
     mrs     x21, mpidr_el1
     and     x21, x21, #0xff
     ldr     x22, [x20, #H_REPORT]
-    add     x22, x22, x21, lsl #6
+    add     x22, x22, x21, lsl #7
     ret
 
 // record: ESR (x9), FAR_EL2 and HPFAR_EL2 into the report at x22

@@ -2,6 +2,7 @@
 Arm ARM's stage-2 format, the tables walked back, and the ranges it refuses; the guest
 hypervisor's parameter block against gh.S; a nested scenario's key and its evidence."""
 
+import ast
 import re
 import shutil
 import struct
@@ -75,8 +76,12 @@ def test_hypervisor_params_match_gh_s():
     assert (u64("H_VTTBR"), u64("H_VTCR"), u64("H_ENTRY"), u64("H_UART"), u64("H_STACKS"), u64("H_REPORT")) == \
         (1 << 48 | BASE, stage2.VTCR, 0x1001_0000, 0x0900_0000, 0x1003_0000, 0x1003_0000)
     assert u64("H_HCR") == 1 | 1 << 31 | 1 << 34  # VM, RW, E2H
-    reports = [name for name in re.findall(r"\.equ\s+(R_\w+),", source)]
-    assert len(reports) == 8  # l1.probe.L2_REPORT reads 8 u64s a vCPU
+    reports = {m.group(1): int(m.group(2)) for m in re.finditer(r"\.equ\s+(R_\w+),\s+(\d+)", source)}
+    assert sorted(reports.values()) == [8 * i for i in range(len(reports))]  # u64s in order, no gap
+    probe = ast.parse((payload.SOURCE_DIR.parent / "l1/python/l1/probe.py").read_text())
+    names = next(ast.literal_eval(n.value) for n in probe.body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "L2_REPORT")
+    assert len(names) == len(reports) and 8 * len(names) <= 128  # what l1.probe reads, in gh.S's 128 bytes
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-as") is None, reason="needs binutils-aarch64-linux-gnu")

@@ -38,7 +38,8 @@ FR_RXFE, FR_TXFE = 0x10, 0x80
 
 TRACE_MARKER = "/sys/kernel/tracing/trace_marker"
 #: The guest hypervisor's per-vCPU report, in gh.S's order (R_*).
-L2_REPORT = ("hvcs", "s2_aborts", "esr", "far", "hpfar", "unexpected", "l3_pc", "l3_ctx")
+L2_REPORT = ("hvcs", "s2_aborts", "esr", "far", "hpfar", "unexpected", "l3_pc", "l3_ctx", "psci_ret",
+             "entered")
 
 
 def marker(text: str) -> None:
@@ -203,13 +204,14 @@ class Probe:
         return {str(slot): smaps_for(mem.addr) for slot, mem in self.memory.items()}
 
     def l2_reports(self) -> list[dict[str, int]]:
-        """What the guest hypervisor counted per vCPU (images/l2/gh.S, R_*: 8 u64s each)."""
+        """What the guest hypervisor counted per vCPU (images/l2/gh.S, R_*: 128 bytes each)."""
         import ctypes
         import struct
 
         assert self.job.el2 is not None
-        raw = ctypes.string_at(self.code.addr + self.job.el2.report, 64 * len(self.vcpus))
-        return [dict(zip(L2_REPORT, struct.unpack_from("<8Q", raw, 64 * i))) for i in range(len(self.vcpus))]
+        raw = ctypes.string_at(self.code.addr + self.job.el2.report, 128 * len(self.vcpus))
+        return [dict(zip(L2_REPORT, struct.unpack_from(f"<{len(L2_REPORT)}Q", raw, 128 * i)))
+                for i in range(len(self.vcpus))]
 
     # -- running -------------------------------------------------------------------------
     def vcpu_loop(self, vcpu: kvm.Vcpu, start: threading.Barrier) -> None:
