@@ -8,6 +8,7 @@ $KVMLAB_CACHE_DIR), so a second run does not rebuild them.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ import pytest
 
 # pytester runs inner pytest sessions: the kvm_lab plugin's own tests (tests/integration/test_plugin.py).
 pytest_plugins = ["pytester"]
+
+# The tests send Ctrl-C (SIGINT) to the kvmlab they start. Started as a background job of a
+# non-interactive shell, pytest inherits SIGINT ignored, and so would every kvmlab it starts
+# (an ignored signal stays ignored across exec): with a Python handler here instead, the
+# children start with the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
