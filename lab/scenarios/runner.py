@@ -27,6 +27,7 @@ from lab.analysis.verdict import Verdict, evaluate, phase_regions, region_record
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
 from lab.core.status import BAD, ERROR, FAIL, PASS, SKIP, count
+from lab.machine.boot import KVM_MODE_REPORTS
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, tail
 from lab.machine.qemu import l0_version
@@ -279,7 +280,7 @@ class Runner:
                              source=_source_name(scenario.path))
         if scenario.compare_thp:
             return self._compare(scenario, tools, out, started)
-        if scenario.l2_hypervisor is not None and self.summary["kvm_mode"] != "nested (NV2)":
+        if scenario.l2_hypervisor is not None and self.summary["kvm_mode"] not in KVM_MODE_REPORTS["nested"]:
             out.status, out.reasons = SKIP, ["a nested scenario needs a lab whose KVM runs guest hypervisors (kvmlab "
                                              f"up --nested --kernel sid); this one's is {self.summary['kvm_mode']}"]
             (self.results / scenario.name).mkdir(parents=True, exist_ok=True)
