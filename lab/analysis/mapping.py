@@ -48,6 +48,10 @@ class Fault:
     cpu: int = 0
     phase: int = 0
     pc: int = 0
+    #: the thread that took it (a vCPU's), from the event's pid
+    tid: int = 0
+    #: the same fault again after KVM gave it up for an mm invalidation (analysis/retry.py)
+    retry: bool = False
 
     @property
     def decoded(self) -> Esr:
@@ -64,6 +68,13 @@ class Region:
     writes: int = 0
     mapping: str = NONE
     first_level: int | None = None
+    #: faults that were retries (analysis/retry.py): shown, not held against a bound
+    retried: int = 0
+
+    @property
+    def counted(self) -> int:
+        """The faults a bound on faults per region is checked against."""
+        return self.faults - self.retried
 
     @property
     def level3(self) -> int:
@@ -73,7 +84,8 @@ class Region:
         if not self.faults:
             return "no faults"
         parts = ", ".join(f"{n} {kind} L{level}" for (kind, level), n in by_level(self.kinds))
-        return f"{self.faults} fault{'s' if self.faults != 1 else ''} ({parts})"
+        retried = f"; {self.retried} retried after an mm invalidation" if self.retried else ""
+        return f"{self.faults} fault{'s' if self.faults != 1 else ''} ({parts}{retried})"
 
 
 def regions_of(faults: list[Fault], size: int = REGION) -> dict[int, Region]:
@@ -86,6 +98,7 @@ def regions_of(faults: list[Fault], size: int = REGION) -> dict[int, Region]:
             r = out[start] = Region(start, size)
         d = f.decoded
         r.faults += 1
+        r.retried += f.retry
         r.pages.add(f.ipa // PAGE)
         r.kinds[(d.kind, d.level if d.level is not None else -1)] += 1
         r.writes += d.write

@@ -18,6 +18,8 @@ from lab.analysis.mapping import Fault
 from lab.analysis.ringbuf import Event, decode_cpu, load_formats
 
 FAULT_EVENT = "kvm_guest_fault"
+#: an invalidation of the VMM's mm, as KVM's MMU notifier began it (lab/analysis/retry.py)
+UNMAP_EVENT = "kvm_unmap_hva_range"
 
 
 @dataclass
@@ -27,6 +29,8 @@ class Trace:
     markers: list[tuple[int, str]]  # (ts, text)
     problems: list[str] = field(default_factory=list)
     entries: int = 0
+    #: when each recorded invalidation of the VMM's mm began (ts)
+    unmaps: list[int] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -70,7 +74,7 @@ def load(run_dir: Path, info: dict[str, Any] | None = None) -> Trace:
 def from_events(events: list[Event], problems: list[str] | None = None, entries: int = 0) -> Trace:
     """Faults numbered by phase: "kvmlab: phase N" markers (written by the probe VMM at
     each pause, after its actions) start phase N."""
-    faults, markers = [], []
+    faults, markers, unmaps = [], [], []
     phase = 0
     for e in events:
         if e.name == "print":
@@ -80,5 +84,8 @@ def from_events(events: list[Event], problems: list[str] | None = None, entries:
                 phase = int(text.split()[-1])
         elif e.name == FAULT_EVENT:
             esr = int(e.fields.get("hsr", e.fields.get("esr", 0)))
-            faults.append(Fault(int(e.fields["ipa"]), esr, e.ts, e.cpu, phase, int(e.fields.get("vcpu_pc", 0))))
-    return Trace(events, faults, markers, list(problems or []), entries)
+            faults.append(Fault(int(e.fields["ipa"]), esr, e.ts, e.cpu, phase, int(e.fields.get("vcpu_pc", 0)),
+                                e.pid))
+        elif e.name == UNMAP_EVENT:
+            unmaps.append(e.ts)
+    return Trace(events, faults, markers, list(problems or []), entries, unmaps)

@@ -45,7 +45,7 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
     where = staging.run_dir(lab, f"trace-{secrets.token_hex(4)}")
     script = command[0] if len(command) == 1 else shlex.join(command)
     job = contract.ScenarioJob(name=where.name, vmm="command", command=script, timeout=float(timeout),
-                               trace=contract.Trace(events=list(events), buffer_kb=buffer_kb))
+                               trace=contract.Trace(events=list(events), buffer_kb=buffer_kb, optional=[]))
     write_json(where.host / "job.json", contract.encode(job))
     l1 = staging.run_in_l1(lab, tools, where, results / "trace", timeout=timeout + 120)
     if l1.error is not None:

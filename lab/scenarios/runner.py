@@ -23,7 +23,7 @@ from typing import Any, Callable
 from lab.analysis import crash
 from lab.analysis import trace as tracefile
 from lab.analysis.mapping import describe
-from lab.analysis.verdict import Verdict, evaluate, phase_regions, region_records
+from lab.analysis.verdict import Verdict, evaluate, judged_faults, phase_regions, region_records
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
 from lab.core.status import BAD, ERROR, FAIL, PASS, SKIP, count
@@ -310,7 +310,8 @@ class Runner:
             out.timings["events"] = len(trace.events)
             phases = sorted({r.phase for r in scenario.regions if r.phase is not None})
             if phases:
-                maps = [{"label": f"phase {p}", "regions": region_records(phase_regions(scenario, trace.faults, p))}
+                faults = judged_faults(trace, result.get("l1_release", self.release))
+                maps = [{"label": f"phase {p}", "regions": region_records(phase_regions(scenario, faults, p))}
                         for p in phases]
         return self._finish(out, artefacts, started, verdict, maps)
 

@@ -95,6 +95,9 @@ class L1Settings:
 @record
 class Trace:
     events: list[str] = field(default_factory=lambda: ["kvm:kvm_guest_fault"])
+    #: recorded too where the kernel has them: each invalidation of the VMM's mm (before
+    #: 5.13 any one makes every stage-2 fault in flight retry; lab/analysis/retry.py)
+    optional: list[str] = field(default_factory=lambda: ["kvm:kvm_unmap_hva_range"])
     #: the per-CPU ring buffer size
     buffer_kb: int = 4096
     #: trace only the VMM's process tree

@@ -319,7 +319,8 @@ def main(argv: list[str]) -> int:
             result["vmm"] = result["repeat"]["runs"][-1] if result["repeat"]["runs"] else {}
             return 0
         capture = tracefs.Capture(job.trace.events, job.trace.buffer_kb,
-                                  follow_pid=os.getpid() if job.trace.follow else None)
+                                  follow_pid=os.getpid() if job.trace.follow else None,
+                                  optional=job.trace.optional)
         capture.start()
         result["setup_seconds"] = round(time.monotonic() - started, 3)
         vmm_pid, extra = run_vmm(job, out_dir)

@@ -52,12 +52,18 @@ def events_seen() -> int:
     return total
 
 
+def _has(event: str) -> bool:
+    return ":" in event and os.path.isdir(os.path.join(TRACING, "events", *event.split(":", 1)))
+
+
 class Capture:
-    def __init__(self, events: list[str], buffer_kb: int, follow_pid: int | None = None):
+    def __init__(self, events: list[str], buffer_kb: int, follow_pid: int | None = None,
+                 optional: list[str] | None = None):
         for event in events:
-            if ":" not in event or not os.path.isdir(os.path.join(TRACING, "events", *event.split(":", 1))):
+            if not _has(event):
                 raise ValueError(f"no tracepoint {event!r} in this kernel (see {TRACING}/available_events)")
-        self.events = events
+        # `optional` events are recorded where this kernel has them, and skipped where not
+        self.events = events + [e for e in optional or [] if e not in events and _has(e)]
         self.buffer_kb = buffer_kb
         self.follow_pid = follow_pid
 
