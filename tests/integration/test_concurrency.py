@@ -32,28 +32,37 @@ def targets() -> list[str]:
     return [str(SUITES_DIR / "thp" / f"{name}.yaml") for name in ("anon-thp-always", "anon-thp-never", *MORE)]
 
 
-def test_two_labs_in_parallel_give_the_verdicts_of_one_at_a_time(tmp_path, private_runtime):
-    names = ("conc-a", "conc-b")
-    for name in names:
-        assert kvmlab("up", "--name", name).returncode == 0
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory, private_runtime):
+    """Lab conc-a up, and the verdicts of the scenarios run on it one at a time: what the
+    concurrent runs below must give. The lab stays up for them."""
+    results = tmp_path_factory.mktemp("alone")
+    assert kvmlab("up", "--name", "conc-a").returncode == 0
     try:
-        # One at a time, on the first lab.
-        alone = kvmlab("test", "--name", names[0], *targets(), "--results", str(tmp_path / "alone"))
-        assert alone.returncode == 0, alone.stdout.decode()
+        run = kvmlab("test", "--name", "conc-a", *targets(), "--results", str(results))
+        assert run.returncode == 0, run.stdout.decode()
+        expected = verdicts(results)
+        assert len(expected) == 5 and all(status == "pass" for status, _ in expected.values())
+        yield expected
+    finally:
+        kvmlab("down", "--name", "conc-a")
+
+
+def test_two_labs_in_parallel_give_the_verdicts_of_one_at_a_time(alone, tmp_path, private_runtime):
+    names = ("conc-a", "conc-b")
+    assert kvmlab("up", "--name", "conc-b").returncode == 0
+    try:
         # Both labs at once, each the whole set.
         procs = [subprocess.Popen([sys.executable, "-m", "lab.cli", "test", "--name", name, *targets(),
                                    "--results", str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                  for name in names]
         outputs = [p.communicate(timeout=900)[0].decode() for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
-        expected = verdicts(tmp_path / "alone")
-        assert len(expected) == 5 and all(status == "pass" for status, _ in expected.values())
         for name in names:
-            assert verdicts(tmp_path / name) == expected
+            assert verdicts(tmp_path / name) == alone
     finally:
-        for name in names:
-            kvmlab("down", "--name", name)
-    assert qemu_pids_in(private_runtime / "labs") == []
+        kvmlab("down", "--name", "conc-b")
+    assert qemu_pids_in(private_runtime / "labs" / "conc-b") == []
 
 
 @pytest.mark.parametrize("round_", [1, 2])
@@ -97,40 +106,30 @@ def test_commands_on_one_lab_at_once_each_get_their_own_output(private_runtime):
         kvmlab("down", "--name", name)
 
 
-def test_test_j2_spreads_the_scenarios_over_two_labs_with_the_same_verdicts(tmp_path, private_runtime):
-    assert kvmlab("up", "--name", "conc-j").returncode == 0
-    try:
-        alone = kvmlab("test", "--name", "conc-j", *targets(), "--results", str(tmp_path / "alone"))
-        assert alone.returncode == 0, alone.stdout.decode()
-        spread = kvmlab("test", "--name", "conc-j", "-j", "2", *targets(), "--results", str(tmp_path / "j2"))
-        assert spread.returncode == 0, spread.stdout.decode() + spread.stderr.decode()
-        assert verdicts(tmp_path / "j2") == verdicts(tmp_path / "alone")
-        [summary] = (tmp_path / "j2").glob("*/summary.json")
-        data = json.loads(summary.read_text())
-        # In the order given, each marked with the lab it ran on; both labs took some.
-        assert [s["name"] for s in data["scenarios"]] == [Path(t).stem for t in targets()]
-        assert data["labs"] == ["conc-j", "conc-j-j1"]
-        assert {s["lab"] for s in data["scenarios"]} == {"conc-j", "conc-j-j1"}
-        assert (summary.parent / "l1-console-conc-j-j1.log").stat().st_size > 0
-        # The helper lab was brought down again; the user's lab stays up.
-        assert qemu_pids_in(private_runtime / "labs" / "conc-j-j1") == []
-        assert kvmlab("status", "--name", "conc-j").returncode == 0
-    finally:
-        kvmlab("down", "--name", "conc-j")
+def test_test_j2_spreads_the_scenarios_over_two_labs_with_the_same_verdicts(alone, tmp_path, private_runtime):
+    spread = kvmlab("test", "--name", "conc-a", "-j", "2", *targets(), "--results", str(tmp_path / "j2"))
+    assert spread.returncode == 0, spread.stdout.decode() + spread.stderr.decode()
+    assert verdicts(tmp_path / "j2") == alone
+    [summary] = (tmp_path / "j2").glob("*/summary.json")
+    data = json.loads(summary.read_text())
+    # In the order given, each marked with the lab it ran on; both labs took some.
+    assert [s["name"] for s in data["scenarios"]] == [Path(t).stem for t in targets()]
+    assert data["labs"] == ["conc-a", "conc-a-j1"]
+    assert {s["lab"] for s in data["scenarios"]} == {"conc-a", "conc-a-j1"}
+    assert (summary.parent / "l1-console-conc-a-j1.log").stat().st_size > 0
+    # The helper lab was brought down again; the user's lab stays up.
+    assert qemu_pids_in(private_runtime / "labs" / "conc-a-j1") == []
+    assert kvmlab("status", "--name", "conc-a").returncode == 0
 
 
-def test_ctrl_c_during_test_j2_leaves_no_helper_lab(tmp_path, private_runtime):
+def test_ctrl_c_during_test_j2_leaves_no_helper_lab(alone, tmp_path, private_runtime):
     # Interrupted while the extra lab is still booting: it is taken down once up, not leaked.
-    assert kvmlab("up", "--name", "conc-int").returncode == 0
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "test", "--name", "conc-int", "-j", "2",
-                                 *targets(), "--results", str(tmp_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        time.sleep(1.2)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=180)
-        assert proc.returncode == 130, out.decode()[-2000:]
-        assert qemu_pids_in(private_runtime / "labs" / "conc-int-j1") == []
-        assert kvmlab("status", "--name", "conc-int").returncode == 0  # the user's lab stays up
-    finally:
-        kvmlab("down", "--name", "conc-int")
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "test", "--name", "conc-a", "-j", "2",
+                             *targets(), "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(1.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out.decode()[-2000:]
+    assert qemu_pids_in(private_runtime / "labs" / "conc-a-j1") == []
+    assert kvmlab("status", "--name", "conc-a").returncode == 0  # the user's lab stays up

@@ -167,21 +167,31 @@ def test_l1_panic_is_detected_in_seconds_with_its_excerpt(append, tmp_path, priv
     assert kvmlab("status", "--name", name).returncode == 1
 
 
-def test_a_hung_guest_times_out_and_the_suite_goes_on(tmp_path, private_runtime):
-    name = "f-hang"
-    targets = suite(tmp_path / "suite", ("a-hang", hang(5)), ("b-fast", FAST))
+@pytest.fixture(scope="module")
+def shared_lab(private_runtime):
+    """One lab for the faults a lab survives (a hung or crashed VMM, a killed kvmlab, a
+    stretched timeout): each test checks that L1 is clean after it, so the next starts
+    from a clean L1 as it would from a fresh one."""
+    name = "f-shared"
     assert kvmlab("up", "--name", name).returncode == 0
     try:
-        result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
-        assert result.returncode == 1, result.stdout.decode()
-        runs = by_name(summary_of(tmp_path / "results"))
-        assert runs["a-hang"]["status"] == "error"
-        assert runs["a-hang"]["reasons"][0] == ("timed out: the VMM was still running after 5 s "
-                                                "(the scenario's timeout), killed with SIGKILL")
-        assert runs["b-fast"]["status"] == "pass"
-        assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
+        yield name
     finally:
         kvmlab("down", "--name", name)
+    assert qemu_pids_in(private_runtime / "labs" / name) == []
+
+
+def test_a_hung_guest_times_out_and_the_suite_goes_on(shared_lab, tmp_path, private_runtime):
+    name = shared_lab
+    targets = suite(tmp_path / "suite", ("a-hang", hang(5)), ("b-fast", FAST))
+    result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
+    assert result.returncode == 1, result.stdout.decode()
+    runs = by_name(summary_of(tmp_path / "results"))
+    assert runs["a-hang"]["status"] == "error"
+    assert runs["a-hang"]["reasons"][0] == ("timed out: the VMM was still running after 5 s "
+                                            "(the scenario's timeout), killed with SIGKILL")
+    assert runs["b-fast"]["status"] == "pass"
+    assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
 
 
 CRASH = """\
@@ -192,32 +202,28 @@ actions: [{at: pause 1, do: segfault}]
 """
 
 
-def test_a_crashed_vmm_is_reported_with_its_evidence_and_run_once_more(tmp_path, private_runtime):
+def test_a_crashed_vmm_is_reported_with_its_evidence_and_run_once_more(shared_lab, tmp_path, private_runtime):
     """A VMM that dies of a signal: the report names the signal, how far it got, keeps
     every thread's stack (faulthandler, vmm-fault.log) and runs the scenario once more,
     explicitly; the verdict stays ERROR."""
-    name = "f-crash"
+    name = shared_lab
     targets = suite(tmp_path / "suite", ("a-crash", CRASH), ("b-fast", FAST))
-    assert kvmlab("up", "--name", name).returncode == 0
-    try:
-        result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
-        assert result.returncode == 1, result.stdout.decode()
-        runs = by_name(summary_of(tmp_path / "results"))
-        crash = runs["a-crash"]
-        assert crash["status"] == "error"
-        assert crash["reasons"][0].startswith("the VMM failed: died of signal 11 (SIGSEGV) after "), crash["reasons"]
-        assert "stage-2 faults (the last in phase 0)" in crash["reasons"][0]
-        stacks = crash["reasons"][1]
-        assert stacks.startswith("the VMM's stacks when it died (vmm-fault.log):\nFatal Python error: Segmentation")
-        assert "in do" in stacks and "probe.py" in stacks  # the frame that dereferenced NULL
-        assert crash["reasons"][-1].startswith("run once more (a-crash/rerun; the verdict stays ERROR): ERROR")
-        artefacts = Path(crash["artefacts"])
-        assert "Segmentation fault" in (artefacts / "vmm-fault.log").read_text()
-        assert (artefacts / "rerun" / "vmm-fault.log").exists()
-        assert runs["b-fast"]["status"] == "pass"  # the lab goes on
-        assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
-    finally:
-        kvmlab("down", "--name", name)
+    result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
+    assert result.returncode == 1, result.stdout.decode()
+    runs = by_name(summary_of(tmp_path / "results"))
+    crash = runs["a-crash"]
+    assert crash["status"] == "error"
+    assert crash["reasons"][0].startswith("the VMM failed: died of signal 11 (SIGSEGV) after "), crash["reasons"]
+    assert "stage-2 faults (the last in phase 0)" in crash["reasons"][0]
+    stacks = crash["reasons"][1]
+    assert stacks.startswith("the VMM's stacks when it died (vmm-fault.log):\nFatal Python error: Segmentation")
+    assert "in do" in stacks and "probe.py" in stacks  # the frame that dereferenced NULL
+    assert crash["reasons"][-1].startswith("run once more (a-crash/rerun; the verdict stays ERROR): ERROR")
+    artefacts = Path(crash["artefacts"])
+    assert "Segmentation fault" in (artefacts / "vmm-fault.log").read_text()
+    assert (artefacts / "rerun" / "vmm-fault.log").exists()
+    assert runs["b-fast"]["status"] == "pass"  # the lab goes on
+    assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
 
 
 @pytest.mark.parametrize("lab_was_up", [True, False], ids=["on-a-running-lab", "lab-started-by-test"])
@@ -252,31 +258,27 @@ def test_ctrl_c_during_test_stops_cleanly_and_the_next_run_works(lab_was_up, tmp
     assert qemu_pids_in(lab_dir) == []
 
 
-def test_a_killed_kvmlab_test_is_cleaned_up_by_the_next_command(tmp_path, private_runtime):
+def test_a_killed_kvmlab_test_is_cleaned_up_by_the_next_command(shared_lab, tmp_path, private_runtime):
     """SIGKILL leaves no chance to clean: the scenario goes on in L1 and holds the
     command channel. The next command finds its owner gone and stops it."""
-    name = "f-killed-cli"
+    name = shared_lab
     lab_dir = private_runtime / "labs" / name
     targets = suite(tmp_path / "suite", ("hang", hang(300)))
-    assert kvmlab("up", "--name", name).returncode == 0
-    try:
-        proc = start("test", "--name", name, str(targets), "--results", str(tmp_path / "results"),
-                     out=tmp_path / "out.txt")
-        wait_running(lab_dir, "hang", proc)
-        proc.kill()
-        proc.wait()
-        started = time.monotonic()
-        result = kvmlab("exec", "--name", name, "--", "sh", "-c", L1_CLEAN)
-        took = time.monotonic() - started
-        assert result.returncode == 0
-        assert b"a command of a kvmlab that was killed" in result.stderr
-        assert result.stdout.decode().split() == ["0", "10000", "0"]
-        print(f"the next command ran after {took:.1f} s")
-        assert took < 60  # not after the orphan's own 300 s timeout
-        assert not list((lab_dir / "share/.kvmlab").glob("owner-*"))
-        assert not list((lab_dir / "share/.kvmlab").glob("cancel-*"))
-    finally:
-        kvmlab("down", "--name", name)
+    proc = start("test", "--name", name, str(targets), "--results", str(tmp_path / "results"),
+                 out=tmp_path / "out.txt")
+    wait_running(lab_dir, "hang", proc)
+    proc.kill()
+    proc.wait()
+    started = time.monotonic()
+    result = kvmlab("exec", "--name", name, "--", "sh", "-c", L1_CLEAN)
+    took = time.monotonic() - started
+    assert result.returncode == 0
+    assert b"a command of a kvmlab that was killed" in result.stderr
+    assert result.stdout.decode().split() == ["0", "10000", "0"]
+    print(f"the next command ran after {took:.1f} s")
+    assert took < 60  # not after the orphan's own 300 s timeout
+    assert not list((lab_dir / "share/.kvmlab").glob("owner-*"))
+    assert not list((lab_dir / "share/.kvmlab").glob("cancel-*"))
 
 
 def test_a_qemu_left_starting_by_a_killed_up_is_stopped_by_the_next_command(private_runtime):
@@ -363,24 +365,20 @@ timeout: 4
 """
 
 
-def test_a_vmm_still_faulting_at_its_timeout_gets_more_time_and_the_timeout_says_so(tmp_path, private_runtime):
+def test_a_vmm_still_faulting_at_its_timeout_gets_more_time_and_the_timeout_says_so(shared_lab, tmp_path, private_runtime):
     """A slow machine must not turn a run that is getting on into a timeout: at its timeout
     the VMM still faulting is given more time, up to 3x; the message names what moved.
     One that stopped moving is killed at its timeout (the hung guest above)."""
-    name = "f-busy"
+    name = shared_lab
     targets = suite(tmp_path / "suite", ("a-busy", BUSY))
-    assert kvmlab("up", "--name", name).returncode == 0
-    try:
-        result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
-        assert result.returncode == 1, result.stdout.decode()
-        busy = by_name(summary_of(tmp_path / "results"))["a-busy"]
-        assert busy["status"] == "error"
-        assert busy["reasons"][0] == ("timed out: the VMM was still running after 12 s (the scenario's timeout "
-                                      "of 4 s, stretched while stage-2 faults still advanced; stage-2 faults still "
-                                      "advancing at 3x), killed with SIGKILL"), busy["reasons"]
-        assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
-    finally:
-        kvmlab("down", "--name", name)
+    result = kvmlab("test", "--name", name, str(targets), "--results", str(tmp_path / "results"))
+    assert result.returncode == 1, result.stdout.decode()
+    busy = by_name(summary_of(tmp_path / "results"))["a-busy"]
+    assert busy["status"] == "error"
+    assert busy["reasons"][0] == ("timed out: the VMM was still running after 12 s (the scenario's timeout "
+                                  "of 4 s, stretched while stage-2 faults still advanced; stage-2 faults still "
+                                  "advancing at 3x), killed with SIGKILL"), busy["reasons"]
+    assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
 
 
 def test_l1_filling_the_hosts_disk_through_the_share_stops_the_lab(tmp_path):
