@@ -138,6 +138,21 @@ class Builder:
                             lambda work, step: self._build_kernel(work, spec, inputs, step))
         return _kernel_from_entry(entry)
 
+    def kernel_source(self, config: LabConfig) -> Path:
+        """The unpacked Debian source of the kernel `config` boots (lab/builder/source.py),
+        fetched once and cached; not keyed by kvmlab's code, so an upgrade keeps it."""
+        from lab.builder import source
+
+        if config.kernel_spec.kind == "image":
+            raise UserError(f"--kernel {config.kernel_spec.text}: a kernel of your own has no Debian source "
+                            "package; give its tree with --src")
+        kernel = self.kernel(config)
+        inputs = source.inputs_for(kernel.manifest)
+        what = f"{inputs['package']} {inputs['version']} (the source of {kernel.release})"
+        entry = self._entry("source", config.kernel_spec.label, inputs, what,
+                            lambda work, step: source.build(work, inputs, step))
+        return source.tree_of(entry)
+
     def _image_kernel(self, spec: KernelSpec, config: LabConfig) -> KernelImage:
         """A user's Image (and modules): copied into the cache, keyed by their content."""
         assert spec.path is not None

@@ -50,6 +50,23 @@ def kernel_build(progress: Progress, src, out, fragments, base, jobs, print_imag
     click.echo(f"Boot it: kvmlab up --kernel {result.out}")
 
 
+@kernel.command("source")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+@click.option("--kernel", metavar="KERNEL", help="A Debian kernel, as for `up --kernel` (default: the config's).")
+@click.pass_obj
+def kernel_source(progress: Progress, config, kernel) -> None:
+    """Fetch Debian's source of a Debian kernel and print the unpacked tree's path.
+
+    \b
+    The linux-source package of the kernel's own suite, at its exact version, fetched
+    once and kept in the image cache:
+    kvmlab kernel build --src "$(kvmlab kernel source --kernel sid)" --base tinyconfig
+    """
+    from lab.builder.build import Builder
+
+    click.echo(str(Builder(progress=progress).kernel_source(lab_config(config, kernel=kernel))))
+
+
 @main.command()
 @click.option("--src", required=True, type=click.Path(file_okay=False), help="A git work tree of the kernel.")
 @click.option("--good", required=True, metavar="REV", help="A commit where the scenario is good.")
