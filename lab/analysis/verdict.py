@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.analysis import mapping, nested, retry
+from lab.analysis import mapping, nested, ptdump, retry
 from lab.analysis.crash import Crash
 from lab.analysis.expect import Judged
 from lab.analysis.mapping import LABELS, Fault, Region, Touched
@@ -191,6 +191,9 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
                                    + ("" if ok else f" (expected {human_size(lo)}-{human_size(hi)})"))
     if probe and probe.get("l2") is not None:  # a nested run: what the guest hypervisor saw
         verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults)))
+        verdict.reasons.append(verdict.checks[-1]["text"])
+    if probe and probe.get("shadow_s2"):  # and KVM's own dump of the shadow tables
+        verdict.checks.append(ptdump.cross_check(probe["shadow_s2"], verdict.regions))
         verdict.reasons.append(verdict.checks[-1]["text"])
     if any(not c["ok"] for c in verdict.checks):
         verdict.status = FAIL

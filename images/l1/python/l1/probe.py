@@ -285,6 +285,9 @@ class Probe:
         self.report["smaps"]["end"] = self.smaps()
         if self.job.el2 is not None:
             self.report["l2"] = self.l2_reports()
+            dumps = shadow_dumps(self.vm.fd)
+            if dumps is not None:
+                self.report["shadow_s2"] = dumps
         after = vmstat()
         self.report["vmstat"] = {k: after[k] - self.vmstat_before.get(k, 0) for k in after}
         self.report["error"] = self.error
@@ -292,6 +295,30 @@ class Probe:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         return self.report
+
+
+#: KVM's debugfs, where the kernel has CONFIG_PTDUMP_STAGE2_DEBUGFS (7.1+)
+KVM_DEBUGFS = "/sys/kernel/debug/kvm"
+#: a bound on each dump read (a shadow MMU over 1 GiB of 4 KiB pages is ~40 KiB of text)
+DUMP_BOUND = 4 << 20
+
+
+def shadow_dumps(vm_fd: int) -> dict[str, str] | None:
+    """Every enabled shadow MMU's stage-2 dump of this VM, by file name; None where the
+    kernel has no such dump (lab/analysis/ptdump.py reads them)."""
+    nested = os.path.join(KVM_DEBUGFS, f"{os.getpid()}-{vm_fd}", "nested")
+    try:
+        names = sorted(n for n in os.listdir(nested) if n.endswith("-s2-enabled"))
+    except OSError:
+        return None
+    dumps = {}
+    for name in names:
+        try:
+            with open(os.path.join(nested, name)) as f:
+                dumps[name] = f.read(DUMP_BOUND)
+        except OSError as exc:
+            dumps[name] = f"unreadable: {exc}"
+    return dumps
 
 
 def ranges(op: Op, mem: kvm.Memory) -> Iterator[tuple[int, int]]:
