@@ -37,6 +37,7 @@ CROSS = "aarch64-linux-gnu-"
 TOOLS = {"make": "make", f"{CROSS}gcc": "gcc-aarch64-linux-gnu", "flex": "flex", "bison": "bison", "bc": "bc"}
 _OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_\w+) is not set$")
+_SYMBOL = re.compile(r"^\s*(?:menu)?config\s+(\w+)", re.M)
 
 
 @dataclass
@@ -70,12 +71,25 @@ def read_config(path: Path) -> dict[str, str]:
     return values
 
 
-def unmet(fragment: dict[str, str], config: dict[str, str]) -> list[str]:
-    """The fragment's options that the final config does not have as asked."""
+def kconfig_symbols(src: Path) -> set[str]:
+    """Every CONFIG_ symbol the tree's Kconfig files define."""
+    symbols: set[str] = set()
+    for path in src.rglob("Kconfig*"):
+        if path.is_file():
+            symbols.update("CONFIG_" + m.group(1) for m in _SYMBOL.finditer(path.read_text(errors="replace")))
+    return symbols
+
+
+def unmet(fragment: dict[str, str], config: dict[str, str], known: set[str] | None = None) -> list[str]:
+    """The fragment's options that the final config does not have as asked (of those
+    the tree defines, if `known` is given)."""
     missing = []
     for option, wanted in fragment.items():
+        if known is not None and option not in known:
+            continue
         got = config.get(option, "n")
-        if wanted == "n" and got in ("n", ""):
+        # "0": off, for a symbol that is an int in older trees (BASE_SMALL up to 6.8)
+        if wanted == "n" and got in ("n", "", "0"):
             continue
         if got != wanted:
             missing.append(f"{option}={wanted} (got {got})")
@@ -116,10 +130,11 @@ def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path
     _check_tools()
     base_file = None
     if base not in BASES:
-        base_file = Path(base).expanduser()
+        base_file = Path(base).expanduser().resolve()
         if not base_file.is_file():
             raise UserError(f"--base {base}: neither one of {', '.join(BASES)} nor an existing config file")
-    fragment_files = [FRAGMENT, *[Path(f).expanduser() for f in fragments]]
+    # absolute: merge_config.sh runs in the source tree, not where the user named them
+    fragment_files = [FRAGMENT, *[Path(f).expanduser().resolve() for f in fragments]]
     for fragment in fragment_files:
         if not fragment.is_file():
             raise UserError(f"--config-fragment {fragment}: no such file")
@@ -154,12 +169,15 @@ def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path
                       *map(str, fragment_files)], log, step, "merge_config.sh", cwd=src,
                      env={"ARCH": "arm64", "CROSS_COMPILE": CROSS})
                 _run(make + ["olddefconfig"], log, step, "make olddefconfig")
-            missing = unmet(wanted, read_config(out / ".config"))
+            known = kconfig_symbols(src)
+            absent = sorted(option for option in wanted if option not in known)
+            missing = unmet(wanted, read_config(out / ".config"), known)
             if missing:
                 stamp.unlink(missing_ok=True)
                 raise UserError(f"{src}: the merged config lacks {', '.join(missing)} (a dependency not met, or "
                                 f"a symbol this kernel does not have); see {out / '.config'} and {log_path}")
             stamp.write_text(config_inputs)
+            write_json(out / ".kvmlab-absent-symbols.json", absent)
         with progress.step(f"Building {src.name} (arm64 Image, -j{jobs})") as step:
             _run(make + ["Image"], log, step, "make Image", count=True)
     image = out / "arch/arm64/boot/Image"
@@ -170,9 +188,18 @@ def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path
     result = BuildResult(image, out, release, git_commit(src), round(time.monotonic() - started, 1), config_changed)
     record = {"src": str(src), "commit": result.commit, "release": release, "base": base,
               "fragments": [str(f) for f in fragment_files], "image": str(image), "seconds": result.seconds,
+              "not_in_this_tree": _absent(out),
               "ccache": bool(shutil.which("ccache")), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(out / "kvmlab-build.json", record)
     return result
+
+
+def _absent(out: Path) -> list[str]:
+    """The fragments' symbols this tree does not define (written when it was configured)."""
+    try:
+        return list(json.loads((out / ".kvmlab-absent-symbols.json").read_text()))
+    except (OSError, ValueError):
+        return []
 
 
 def _run(cmd: list[str], log, step, what: str, cwd: Path | None = None, env: dict[str, str] | None = None,

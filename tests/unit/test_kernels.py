@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab.kernels import spec as kspec
-from lab.kernels.source import FRAGMENT, read_config, unmet
+from lab.kernels.source import FRAGMENT, kconfig_symbols, read_config, unmet
 from lab.orchestrate.matrix import KernelColumn, rows, signature
 
 
@@ -78,6 +78,19 @@ def test_unmet_options_are_named(tmp_path):
                 "CONFIG_GONE": "y"}
     assert unmet(fragment, read_config(config)) == ["CONFIG_9P_FS=y (got n)", "CONFIG_MODULES=n (got y)",
                                                     "CONFIG_GONE=y (got n)"]
+
+
+def test_a_symbol_the_tree_does_not_define_is_skipped_and_an_int_zero_is_off(tmp_path):
+    # BASE_FULL is gone since 6.9 and BASE_SMALL a bool; up to 6.8 BASE_SMALL is an int.
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init/Kconfig").write_text("config BASE_SMALL\n\tbool\nmenuconfig KVM\n\tbool\n")
+    (tmp_path / "Kconfig").write_text('source "init/Kconfig"\n')
+    known = kconfig_symbols(tmp_path)
+    assert known == {"CONFIG_BASE_SMALL", "CONFIG_KVM"}
+    fragment = {"CONFIG_BASE_FULL": "y", "CONFIG_BASE_SMALL": "n", "CONFIG_KVM": "y"}
+    assert unmet(fragment, {"CONFIG_KVM": "y"}, known) == []
+    assert unmet(fragment, {"CONFIG_KVM": "y", "CONFIG_BASE_SMALL": "y"}, known) == ["CONFIG_BASE_SMALL=n (got y)"]
+    assert unmet({"CONFIG_BASE_SMALL": "n"}, {"CONFIG_BASE_SMALL": "0"}) == []
 
 
 def scenario(name, status, observed, checks=None, expected="block"):
