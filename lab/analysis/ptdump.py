@@ -70,9 +70,11 @@ def cross_check(dumps: dict[str, str], inferred: dict[int, Region]) -> dict[str,
     for text in dumps.values():
         for start, sizes in regions(parse(text)).items():
             seen.setdefault(start, set()).update(sizes)
-    agree, differ, absent = [], [], []
+    agree: list[tuple[int, str, str]] = []
+    differ: list[tuple[int, str, str]] = []
+    absent: list[int] = []
     for start, region in sorted(inferred.items()):
-        sizes = seen.get(start)
+        sizes = seen.get(start, set())
         if not sizes:
             absent.append(start)
             continue

@@ -1,19 +1,18 @@
 """Any kernel, for real: Debian's 5.10 next to 6.12 in a matrix, a bisection over a
-synthetic history whose commits name a Debian kernel to boot, and an Image built from
-Debian's linux-source by `kvmlab kernel build` booted as L1 with no modules."""
+synthetic history whose commits name a Debian kernel to boot, and an Image built by
+`kvmlab kernel build` from the source of sid's kernel (`kvmlab kernel source`) booted as a
+nested L1 with no modules, whose debugfs dump of the shadow stage-2 the verdict reads."""
 
 from __future__ import annotations
 
-import glob
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lab.core.paths import SUITES_DIR
+from lab.core.paths import CONFIGS_DIR, SUITES_DIR
 from tests.conftest import kvmlab, qemu_pids_in
 
 pytestmark = pytest.mark.boot
@@ -114,56 +113,82 @@ def test_bisect_bad_input_is_one_line(tmp_path):
     assert err.startswith("kvmlab: error: --scenario no-such-scenario: no scenario of that name") and "\n" not in err
 
 
-def linux_source() -> Path | None:
-    found = sorted(glob.glob("/usr/src/linux-source-*.tar.*"))
-    return Path(found[-1]) if found else None
+PTDUMP = CONFIGS_DIR / "kernel" / "ptdump-stage2.config"
 
 
 @pytest.fixture(scope="module")
 def built_kernel(tmp_path_factory):
-    """Debian's linux-source, built by `kvmlab kernel build` on tinyconfig + the fragment."""
-    tarball = linux_source()
-    assert tarball is not None, "scripts/setup installs linux-source (its tarball is in /usr/src)"
-    src_root = tmp_path_factory.mktemp("src")
-    # GNU tar, not tarfile: extractall's filter= is 3.11.4+ (Debian 12 has 3.11.2), and tar is faster
-    subprocess.run(["tar", "-xf", str(tarball), "-C", str(src_root)], check=True)
-    src = next(src_root.iterdir())
+    """Debian's source of sid's kernel (`kvmlab kernel source`: linux-source-7.2 at the
+    version sid's kernel has), built by `kvmlab kernel build` on tinyconfig + kvmlab's
+    fragment + ptdump-stage2.config (KVM's stage-2 tables in debugfs)."""
+    fetched = kvmlab("-q", "kernel", "source", "--kernel", "sid", timeout=1800)
+    assert fetched.returncode == 0, fetched.stderr.decode()[-3000:]
+    src = Path(fetched.stdout.decode().strip())
+    again = kvmlab("-q", "kernel", "source", "--kernel", "sid")  # cached: found, not fetched again
+    assert (again.returncode, again.stdout.decode().strip()) == (0, str(src))
     out = tmp_path_factory.mktemp("build")
-    run = kvmlab("-q", "kernel", "build", "--src", str(src), "--out", str(out), "--base", "tinyconfig", timeout=3000)
+    run = kvmlab("-q", "kernel", "build", "--src", str(src), "--out", str(out), "--base", "tinyconfig",
+                 "--config-fragment", str(PTDUMP), timeout=3000)
     assert run.returncode == 0, run.stderr.decode()[-3000:]
-    yield src, out, run.stdout.decode()
-    shutil.rmtree(src_root, ignore_errors=True)
+    return src, out, run.stdout.decode()
 
 
-def test_kernel_build_makes_an_image_with_the_fragment(built_kernel):
+def test_kernel_build_makes_an_image_with_the_fragments(built_kernel):
     src, out, stdout = built_kernel
     image = out / "arch/arm64/boot/Image"
     assert f"Boot it: kvmlab up --kernel {out}" in stdout
     assert image.read_bytes()[0x38:0x3C] == b"ARM\x64"
     config = (out / ".config").read_text()
-    for option in ("CONFIG_KVM=y", "CONFIG_9P_FS=y", "CONFIG_VIRTIO_CONSOLE=y", "CONFIG_BASE_FULL=y"):
+    for option in ("CONFIG_KVM=y", "CONFIG_9P_FS=y", "CONFIG_VIRTIO_CONSOLE=y", "CONFIG_PTDUMP_STAGE2_DEBUGFS=y",
+                   "# CONFIG_BASE_SMALL is not set", "# CONFIG_MODULES is not set"):
         assert option in config
-    assert "# CONFIG_MODULES is not set" in config
     record = json.loads((out / "kvmlab-build.json").read_text())
-    assert record["base"] == "tinyconfig" and record["release"]
+    assert record["not_in_this_tree"] == ["CONFIG_BASE_FULL"]  # gone since 6.9; BASE_SMALL is off instead
+    assert record["base"] == "tinyconfig" and record["release"].startswith("7.")
     assert not (src / ".config").exists()  # built out of tree
+    # The source is Debian's linux-source-X.Y at the version of sid's kernel package.
+    source = json.loads((src.parent / "manifest.json").read_text())
+    upstream = record["release"].split("-")[0].split("+")[0]
+    assert source["package"] == "linux-source-" + ".".join(upstream.split(".")[:2])
+    assert source["version"].split("-")[0] == upstream and (src / "arch/arm64/kvm/nested.c").is_file()
 
 
-def test_a_built_kernel_runs_the_lab_without_modules(built_kernel, tmp_path, private_runtime):
+@pytest.fixture(scope="module")
+def built_lab(built_kernel, private_runtime):
+    """The built kernel as a nested L1 (7.2 runs guest hypervisors)."""
     _, out, _ = built_kernel
-    up = kvmlab("up", "--name", "built", "--kernel", str(out))
-    assert up.returncode == 0, up.stderr.decode()[-3000:]
+    up = kvmlab("up", "--name", "built", "--nested", "--kernel", str(out))
     try:
-        state = json.loads((private_runtime / "labs/built/lab.json").read_text())
-        assert state["kernel"]["label"] == "image-" + out.name
-        # No module support at all (no /proc/modules), KVM built in.
-        ran = kvmlab("exec", "--name", "built", "sh", "-c", "test -e /proc/modules && echo modules || echo none; "
-                     "zcat /proc/config.gz | grep -c '^CONFIG_KVM=y'")
-        assert ran.stdout.decode().split() == ["none", "1"]
-        # The scenarios that need shmem THP and gigantic hugetlb pages, which the fragment enables.
-        test = kvmlab("test", "thp", "--name", "built", "-k", "*memfd-s*", "--results", str(tmp_path), timeout=600)
-        assert test.returncode == 0, test.stdout.decode()[-3000:]
-        test = kvmlab("test", "thp", "--name", "built", "-k", "hugetlb-32m", "--results", str(tmp_path), timeout=600)
-        assert test.returncode == 0, test.stdout.decode()[-3000:]
+        assert up.returncode == 0, up.stderr.decode()[-3000:]
+        yield out
     finally:
         assert kvmlab("down", "--name", "built").returncode == 0
+        assert qemu_pids_in(private_runtime / "labs/built") == []
+
+
+def test_a_built_kernel_runs_the_lab_without_modules(built_lab, tmp_path, private_runtime):
+    state = json.loads((private_runtime / "labs/built/lab.json").read_text())
+    assert state["kernel"]["label"] == "image-" + built_lab.name
+    # No module support at all (no /proc/modules), KVM built in.
+    ran = kvmlab("exec", "--name", "built", "sh", "-c", "test -e /proc/modules && echo modules || echo none; "
+                 "zcat /proc/config.gz | grep -c '^CONFIG_KVM=y'")
+    assert ran.stdout.decode().split() == ["none", "1"]
+    # The scenarios that need shmem THP and gigantic hugetlb pages, which the fragment enables.
+    test = kvmlab("test", "thp", "--name", "built", "-k", "*memfd-s*", "--results", str(tmp_path), timeout=600)
+    assert test.returncode == 0, test.stdout.decode()[-3000:]
+    test = kvmlab("test", "thp", "--name", "built", "-k", "hugetlb-32m", "--results", str(tmp_path), timeout=600)
+    assert test.returncode == 0, test.stdout.decode()[-3000:]
+
+
+def test_kvms_own_dump_of_the_shadow_stage2_agrees_with_the_faults(built_lab, tmp_path):
+    """On a kernel with CONFIG_PTDUMP_STAGE2_DEBUGFS the verdict reads KVM's dump of each
+    shadow MMU (debugfs) and checks its leaf sizes against what the faults said: here L2's
+    2M and 4K leaves in one memslot, so shadow blocks and shadow pages side by side."""
+    run = kvmlab("test", "--name", "built", str(SUITES_DIR / "nested/shadow-mixed-leaves.yaml"),
+                 "--results", str(tmp_path / "r"), "--json", str(tmp_path / "r.json"))
+    (only,) = json.loads((tmp_path / "r.json").read_text())["scenarios"]
+    assert only["status"] == "pass", run.stdout.decode()[-3000:]
+    verdict = json.loads((Path(only["artefacts"]) / "verdict.json").read_text())
+    check = next(c for c in verdict["checks"] if c["check"] == "debugfs")
+    assert check["ok"] and check["counts"]["differ"] == 0
+    assert check["counts"]["agree"] == 8, check  # 4 regions of shadow blocks, 4 of shadow pages
