@@ -13,6 +13,7 @@ from lab.config import KVM_MODES, THP_MODES
 from lab.core.errors import UserError
 from lab.core.progress import Progress
 from lab.machine.agent import attach_console
+from lab.machine.boot import ipa_limit
 from lab.machine.lab import Lab, list_labs
 from lab.machine.qemu import l0_lacks
 
@@ -45,7 +46,8 @@ def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, kvm
     click.echo(f"Lab '{cfg.name}' is up: {how} in {info.seconds:.1f} s (guest uptime {info.guest_uptime:.1f} s)")
     rows = [
         ("kernel", f"{info.release} ({state.get('kernel', {}).get('label', cfg.kernel)})"),
-        ("KVM", f"{info.kvm_mode} mode, /dev/kvm {'present' if info.kvm_device else 'MISSING'}"),
+        ("KVM", f"{info.kvm_mode} mode, " + (f"IPA limit {bits} bits, " if (bits := ipa_limit(info.kvm_log)) else "")
+         + f"/dev/kvm {'present' if info.kvm_device else 'MISSING'}"),
         ("THP", info.thp),
         ("L1", f"{cfg.cpus} vCPUs, {cfg.memory_mib} MiB"),
         ("L0", state.get("qemu_version", "?")),
@@ -88,7 +90,8 @@ def status(name, as_json) -> None:
             click.echo(f"{st['name']}: down" + (f" ({st['note']})" if st.get("note") else ""))
             continue
         click.echo(f"{st['name']}: {st['status']}, pid {st['pid']}, up {st['uptime']:.0f} s, "
-                   f"{st['release']} ({st['kernel']}), KVM {st['kvm_mode']}, THP {st['thp']}, "
+                   f"{st['release']} ({st['kernel']}), KVM {st['kvm_mode']}"
+                   + (f" (IPA {st['ipa_bits']} bits)" if st.get("ipa_bits") else "") + f", THP {st['thp']}, "
                    f"{st['cpus']} vCPUs, {st['memory']}")
         click.echo(f"  dir {st['paths']['dir']}")
     if name and not results[0]["up"]:

@@ -73,6 +73,16 @@ def kvm_mode(kvm_log: list[str]) -> str:
     return ""
 
 
+def ipa_limit(kvm_log: list[str]) -> int | None:
+    """KVM's IPA size limit in bits ("kvm [1]: IPA Size Limit: 48 bits"), None if not said.
+    A nested lab's shadow stage-2s span it whole (qemu.NESTED_CPU_DEFAULTS)."""
+    for line in kvm_log:
+        match = re.search(r"IPA Size Limit: (\d+) bits", line)
+        if match:
+            return int(match.group(1))
+    return None
+
+
 class KvmModeUnavailable(UserError):
     """This kernel or this L0 cannot give the KVM mode asked for (a matrix skips it)."""
 

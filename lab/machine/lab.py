@@ -287,8 +287,8 @@ class Lab:
             "name": self.name, "up": True, "pid": pid, "status": run_state.get("status"),
             "uptime": round(time.time() - state["started_at"], 1),
             "kernel": state["kernel"]["label"], "release": ready.get("release"),
-            "kvm_mode": ready.get("kvm_mode"), "thp": ready.get("thp"),
-            "cpus": state["config"]["lab"]["cpus"], "memory": state["config"]["lab"]["memory"],
+            "kvm_mode": ready.get("kvm_mode"), "ipa_bits": boot.ipa_limit(ready.get("kvm_log") or []),
+            "thp": ready.get("thp"), "cpus": state["config"]["lab"]["cpus"], "memory": state["config"]["lab"]["memory"],
             "qemu_version": state["qemu_version"], "paths": state["paths"],
         }
 

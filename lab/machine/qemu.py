@@ -80,6 +80,28 @@ def kernel_cmdline(config: LabConfig) -> str:
     return " ".join(parts)
 
 
+#: Under kvm-arm.mode=nested, L1's KVM gives every shadow stage-2 the host's IPA limit
+#: (7.2's kvm_get_pa_bits() returns kvm_ipa_limit: "Fixed limit until we can configure
+#: ID_AA64MMFR0.PARange"), and each MMU-notifier invalidation (kvm_nested_s2_unmap), each
+#: dirty-log write-protect (kvm_nested_s2_wp) and each new shadow MMU's first use unmap or
+#: protect it whole, in 1 GiB steps (stage2_apply_range). `-cpu max` has FEAT_LPA2, so a 4K
+#: L1 kernel takes a 52-bit limit: 4M steps a shadow MMU, which under TCG stalled L1 for
+#: minutes (measured: one MADV_DONTNEED, four vCPUs, the exit_mmap race). Without LPA2,
+#: kvm_set_ipa_limit() caps it at 48 bits, 16 times fewer steps: those three then passed
+#: in 25-92 s. So a nested lab's `max` CPU gets lpa2=off unless qemu.cpu names lpa2.
+NESTED_CPU_DEFAULTS = ("lpa2=off",)
+
+
+def l0_cpu(config: LabConfig) -> str:
+    """The -cpu L0 gets: qemu.cpu, with NESTED_CPU_DEFAULTS added for a nested lab on the
+    `max` model (each only where qemu.cpu does not set that property itself)."""
+    parts = config.qemu_cpu.split(",")
+    if config.kvm_mode != "nested" or parts[0] != "max":
+        return config.qemu_cpu
+    given = {p.split("=", 1)[0] for p in parts[1:]}
+    return ",".join(parts + [d for d in NESTED_CPU_DEFAULTS if d.split("=", 1)[0] not in given])
+
+
 def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path,
                   qemu_binary: str | None = None) -> list[str]:
     """The L0 command line. Sockets are unix sockets in the lab directory: nothing listens
@@ -91,7 +113,7 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         qemu_binary or config.qemu_binary,
         "-name", f"kvmlab-{config.name}",
         "-M", "virt,virtualization=on,gic-version=3",
-        "-cpu", config.qemu_cpu,
+        "-cpu", l0_cpu(config),
         "-smp", str(config.cpus),
         "-m", f"{config.memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

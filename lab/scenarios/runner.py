@@ -27,7 +27,7 @@ from lab.analysis.verdict import Verdict, evaluate, judged_faults, phase_regions
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
 from lab.core.status import BAD, ERROR, FAIL, PASS, SKIP, count
-from lab.machine.boot import KVM_MODE_REPORTS
+from lab.machine.boot import KVM_MODE_REPORTS, ipa_limit
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, tail
 from lab.machine.qemu import l0_version
@@ -76,7 +76,9 @@ class Runner:
         self.l0 = ".".join(map(str, l0_version(state.get("qemu_version") or "") or ()))
         self.summary: dict[str, Any] = {
             "format": RESULTS_FORMAT, "lab": lab.name, "kernel": state["kernel"]["label"], "release": self.release,
-            "kvm_mode": state.get("ready", {}).get("kvm_mode"), "qemu_version": state.get("qemu_version"),
+            "kvm_mode": state.get("ready", {}).get("kvm_mode"),
+            "kvm_ipa_bits": ipa_limit(state.get("ready", {}).get("kvm_log") or []),
+            "qemu_version": state.get("qemu_version"),
             "l1_cpus": state["config"]["lab"]["cpus"], "l1_memory": state["config"]["lab"]["memory"],
             "l1_thp_at_boot": state.get("ready", {}).get("thp"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "targets": list(targets or ["thp"]), "results_dir": str(results), "scenarios": [],

@@ -26,6 +26,17 @@ def test_l1_gets_el2_gicv3_and_the_configured_cpu():
     assert "-no-reboot" in cmd and "-nodefaults" in cmd
 
 
+def test_a_nested_lab_on_max_gets_lpa2_off_unless_the_cpu_names_lpa2():
+    # KVM sizes each shadow stage-2 to its IPA limit; without LPA2 that is 48 bits, not 52
+    assert value_after(command(**{"lab.kvm_mode": "nested"})[2], "-cpu") == ["max,pauth-impdef=on,lpa2=off"]
+    for mode in ("vhe", "nvhe", "protected"):
+        assert value_after(command(**{"lab.kvm_mode": mode})[2], "-cpu") == ["max,pauth-impdef=on"]
+    given = {"lab.kvm_mode": "nested", "qemu.cpu": "max,lpa2=on"}
+    assert value_after(command(**given)[2], "-cpu") == ["max,lpa2=on"]
+    other = {"lab.kvm_mode": "nested", "qemu.cpu": "neoverse-n2"}
+    assert value_after(command(**other)[2], "-cpu") == ["neoverse-n2"]
+
+
 def test_thp_mode_and_extra_append_reach_the_kernel_command_line():
     config, _, cmd = command(**{"lab.thp": "never"})
     config.append = "loglevel=4"

@@ -2,7 +2,15 @@
 
 import pytest
 
-from lab.machine.boot import KVM_MODE_REPORTS, kvm_messages, kvm_mode, kvm_mode_refusal, parse_ready, thp_mode
+from lab.machine.boot import (
+    KVM_MODE_REPORTS,
+    ipa_limit,
+    kvm_messages,
+    kvm_mode,
+    kvm_mode_refusal,
+    parse_ready,
+    thp_mode,
+)
 
 READY = """release=6.12.117+deb13-arm64
 kvm_device=yes
@@ -66,3 +74,12 @@ def test_every_kvm_mode_has_the_reports_that_satisfy_it():
     from lab.config import KVM_MODES
 
     assert set(KVM_MODE_REPORTS) == set(KVM_MODES)
+
+
+def test_ipa_limit_from_kvm_messages():
+    # sid 7.2.13 under QEMU 10.0.2: -cpu max (LPA2) gives 52 bits, lpa2=off 48 (measured)
+    log = ["kvm [1]: nv: 710 fine grained trap handlers", "kvm [1]: IPA Size Limit: 48 bits",
+           "kvm [1]: VHE+NV2 mode initialized successfully"]
+    assert ipa_limit(log) == 48
+    assert ipa_limit(["kvm [1]: IPA Size Limit: 52 bits"]) == 52
+    assert ipa_limit(["kvm [1]: VHE mode initialized successfully"]) is None
