@@ -14,6 +14,12 @@
 //           SYSTEM_OFF and VERSION are passed on to L1's KVM; anything else is
 //           NOT_SUPPORTED. Its own PSCI calls go to L1 with smc: KVM forwards every hvc
 //           of a vCPU with EL2 to that vCPU's own EL2, and takes smc as PSCI.
+//   hvc KVMLAB_L2_TLBI from L3, after a pause at which the VMM rewrote L2's stage-2 for
+//           L3 (a scenario's l2_hypervisor.remap): L2 invalidates what it changed, as a
+//           hypervisor must after changing a live stage-2: TLBI IPAS2E1IS for each leaf of
+//           [H_TLBI_BASE, + H_TLBI_SIZE) in steps of H_TLBI_STEP (the old leaf size), then
+//           DSB, TLBI VMALLE1IS, DSB. L1's KVM traps each and unmaps that much of the
+//           shadow stage-2 (7.2: handle_ipas2e1is); R_TLBIS counts them.
 //   a stage-2 abort that L1's KVM handed back to L2 (L2's tables had no entry, or one
 //           that did not allow the access): counted with its ESR, FAR and HPFAR in the
 //           vCPU's report, printed, and the run ends with SYSTEM_OFF. Never hidden.
@@ -33,6 +39,9 @@
     .equ H_UART,     40      // PL011 base (an L2 IPA), 0: silent
     .equ H_STACKS,   48      // top of the stacks: vCPU i's is 4 KiB below it times i
     .equ H_REPORT,   56      // the per-vCPU reports (128 bytes each)
+    .equ H_TLBI_BASE, 64     // what KVMLAB_L2_TLBI invalidates: an L3 IPA range ...
+    .equ H_TLBI_SIZE, 72
+    .equ H_TLBI_STEP, 80     // ... one TLBI IPAS2E1IS per step (0: nothing)
 
     .equ R_HVCS,       0     // L3's hvc calls
     .equ R_S2FAULTS,   8     // stage-2 aborts handed back to L2
@@ -44,12 +53,14 @@
     .equ R_L3CTX,      56
     .equ R_PSCI_RET,   64    // what L1 answered this vCPU's last PSCI call on L3's behalf
     .equ R_ENTERED,    72    // times this vCPU entered L3 (1 once it has started)
+    .equ R_TLBIS,      80    // TLBI IPAS2E1IS done at L3's request (KVMLAB_L2_TLBI)
 
     .equ PSCI_VERSION,    0x84000000
     .equ PSCI_CPU_ON,     0xc4000003
     .equ PSCI_CPU_OFF,    0x84000002
     .equ PSCI_SYSTEM_OFF, 0x84000008
     .equ PSCI_NOT_SUPPORTED, -1
+    .equ KVMLAB_L2_TLBI,  0xc6004b00   // SMCCC vendor-specific hypervisor range: kvmlab's own
     .equ EC_HVC64,        0x16
     .equ EC_IABT_LOW,     0x20
     .equ EC_DABT_LOW,     0x24
@@ -139,6 +150,9 @@ l3_hvc:
     add     x11, x11, #1
     str     x11, [x22, #R_HVCS]
     ldr     w0, [sp, #0]
+    ldr     w1, =KVMLAB_L2_TLBI
+    cmp     w0, w1
+    b.eq    l2_tlbi
     ldr     w1, =PSCI_CPU_ON
     cmp     w0, w1
     b.eq    cpu_on
@@ -178,6 +192,28 @@ cpu_on:                                 // L3's x1 target MPIDR, x2 entry, x3 co
     b       hvc_return
 cpu_on_bad:
     mov     x0, #-2                     // PSCI INVALID_PARAMETERS
+    b       hvc_return
+l2_tlbi:                                // the VMM rewrote L2's stage-2 at the pause: invalidate it
+    ldr     x1, [x20, #H_TLBI_BASE]
+    ldr     x2, [x20, #H_TLBI_SIZE]
+    ldr     x3, [x20, #H_TLBI_STEP]
+    add     x2, x2, x1
+    ldr     x4, [x22, #R_TLBIS]
+    dsb     ishst                       // the new descriptors are visible before the TLBIs
+    cbz     x3, 2f
+1:  cmp     x1, x2
+    b.hs    2f
+    lsr     x5, x1, #12                 // IPA[47:12], no TTL hint
+    tlbi    ipas2e1is, x5
+    add     x4, x4, #1
+    add     x1, x1, x3
+    b       1b
+2:  dsb     ish
+    tlbi    vmalle1is
+    dsb     ish
+    isb
+    str     x4, [x22, #R_TLBIS]
+    mov     x0, #0
 hvc_return:
     str     x0, [sp, #0]
     ldp     x0, x1, [sp, #0]

@@ -9,7 +9,10 @@
 // (lab/builder/payload.py keeps the layout). vCPU 0 starts the others with PSCI CPU_ON; vCPU i
 // takes the i-th share of the accesses. Between passes all vCPUs meet at a barrier; a pass
 // flagged PAUSE makes vCPU 0 print "kvmlab-touch: pause" on the PL011 and wait for a byte
-// on it (the VMM answers once it has done what the scenario asks at that point). At the
+// on it (the VMM answers once it has done what the scenario asks at that point); a pass
+// also flagged L2_TLBI then makes it call hvc KVMLAB_L2_TLBI, asking the guest hypervisor
+// above it (gh.S; only in a nested scenario) to invalidate the stage-2 the VMM rewrote at
+// that pause. At the
 // end vCPU 0 prints "kvmlab-touch: done" and calls PSCI SYSTEM_OFF; the others CPU_OFF.
 
     .equ P_MAGIC,    0
@@ -20,7 +23,8 @@
     .equ P_NCPUS,    40
     .equ P_UART,     48      // PL011 base, 0: silent
     .equ P_NPASSES,  56
-    .equ P_PASSES,   64      // 4 x u64 flags: bit 0 write, bit 1 pause before, bit 2 read first
+    .equ P_PASSES,   64      // 4 x u64 flags: bit 0 write, bit 1 pause before, bit 2 read first,
+                             //   bit 3 hvc KVMLAB_L2_TLBI after the pause
     .equ P_COUNTER,  96      // passes finished, summed over vCPUs
     .equ P_RELEASE,  104     // passes vCPU 0 has released
     .equ P_FOREVER,  112     // 1: repeat the passes until the VMM is killed
@@ -29,6 +33,7 @@
     .equ PSCI_CPU_OFF,    0x84000002
     .equ PSCI_SYSTEM_OFF, 0x84000008
     .equ SCATTER_PRIME,   1000003
+    .equ KVMLAB_L2_TLBI,  0xc6004b00   // gh.S: invalidate what the VMM rewrote of L2's stage-2
 
     .section .text.start, "ax"
     .globl _start
@@ -83,6 +88,9 @@ pass:
     adr     x0, msg_pause
     bl      puts
     bl      wait_go
+    tbz     x14, #3, release
+    ldr     x0, =KVMLAB_L2_TLBI
+    hvc     #0
 release:
     add     x9, x22, #1
     add     x10, x20, #P_RELEASE

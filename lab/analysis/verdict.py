@@ -190,7 +190,8 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
             verdict.reasons.append(f"VMM smaps {key}: {human_size(value) if value else '0'}"
                                    + ("" if ok else f" (expected {human_size(lo)}-{human_size(hi)})"))
     if probe and probe.get("l2") is not None:  # a nested run: what the guest hypervisor saw
-        verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults)))
+        remapped = any(a.get("do") == "l2_remap" for a in probe.get("actions") or [])
+        verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults), remapped))
         verdict.reasons.append(verdict.checks[-1]["text"])
     if probe and probe.get("shadow_s2"):  # and KVM's own dump of the shadow tables
         verdict.checks.append(ptdump.cross_check(probe["shadow_s2"], verdict.regions))

@@ -29,6 +29,9 @@ MAX_PASSES = 4
 MAX_VCPUS = 8
 ORDERS = {"forward": 0, "backward": 1, "scattered": 2}
 PASS_WRITE, PASS_PAUSE, PASS_READ_FIRST = 1, 2, 4
+#: After this pass's pause, L3 asks the guest hypervisor to invalidate the stage-2 the VMM
+#: rewrote there (touch.S and gh.S: hvc KVMLAB_L2_TLBI).
+PASS_L2_TLBI = 8
 #: What a pass does to each address it visits.
 PASS_KINDS = {"read": 0, "write": PASS_WRITE, "read-write": PASS_WRITE | PASS_READ_FIRST}
 
@@ -45,6 +48,8 @@ class TouchParams:
     passes: list[str] = field(default_factory=lambda: ["write"])
     pauses: list[int] = field(default_factory=list)
     forever: bool = False
+    #: Passes whose pause is followed by hvc KVMLAB_L2_TLBI (nested, l2_hypervisor.remap).
+    l2_tlbi: list[int] = field(default_factory=list)
 
     def pack(self) -> bytes:
         if not 1 <= len(self.passes) <= MAX_PASSES:
@@ -53,7 +58,10 @@ class TouchParams:
             raise ValueError(f"1 to {MAX_VCPUS} vCPUs, not {self.vcpus}")
         if self.stride <= 0 or self.size < self.stride:
             raise ValueError("the touched size must be at least one stride")
-        flags = [PASS_KINDS[p] | (PASS_PAUSE if i in self.pauses else 0) for i, p in enumerate(self.passes)]
+        if not set(self.l2_tlbi) <= set(self.pauses):
+            raise ValueError(f"an L2 TLBI comes after a pause: passes {self.l2_tlbi} are not all in {self.pauses}")
+        flags = [PASS_KINDS[p] | (PASS_PAUSE if i in self.pauses else 0) | (PASS_L2_TLBI if i in self.l2_tlbi else 0)
+                 for i, p in enumerate(self.passes)]
         flags += [0] * (MAX_PASSES - len(flags))
         return MAGIC + struct.pack("<7Q4Q3Q", self.base, self.size, self.stride, ORDERS[self.order], self.vcpus,
                                    self.uart, len(self.passes), *flags, 0, 0, int(self.forever)) + bytes(8)
@@ -71,10 +79,15 @@ class HypervisorParams:
     report: int
     uart: int = 0x09000000
     hcr: int = GH_HCR
+    #: What L2 invalidates when L3 asks (KVMLAB_L2_TLBI): an L3 IPA range, one TLBI
+    #: IPAS2E1IS per `tlbi_step` bytes (the leaf size it had); 0: nothing.
+    tlbi_base: int = 0
+    tlbi_size: int = 0
+    tlbi_step: int = 0
 
     def pack(self) -> bytes:
-        body = GH_MAGIC + struct.pack("<7Q", self.vttbr, self.vtcr, self.hcr, self.entry, self.uart, self.stacks,
-                                      self.report)
+        body = GH_MAGIC + struct.pack("<10Q", self.vttbr, self.vtcr, self.hcr, self.entry, self.uart, self.stacks,
+                                      self.report, self.tlbi_base, self.tlbi_size, self.tlbi_step)
         return body + bytes(PARAMS_SIZE - len(body))
 
 

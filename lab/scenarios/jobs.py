@@ -10,7 +10,7 @@ from typing import Any
 from lab.builder import payload
 from lab.builder.cpio import CpioWriter
 from lab.core.paths import L2_IMAGE_DIR
-from lab.scenarios.l2 import GH_L3_CODE, GH_MEMORY, GH_STACKS, GH_TABLES, PROBE_CODE_IPA, UART, l3_ranges
+from lab.scenarios.l2 import GH_L3_CODE, GH_MEMORY, GH_STACKS, GH_TABLES, PROBE_CODE_IPA, UART, l3_ranges, tlbi_span
 from lab.scenarios.model import Scenario
 from lab.shared import contract, stage2
 
@@ -27,15 +27,20 @@ def buffer_kb(scenario: Scenario) -> int:
 
 #: In a nested scenario's run directory: L2's stage-2 tables for L3 (lab/shared/stage2.py).
 L2_TABLES = "l2-stage2.bin"
+#: ... and as l2_hypervisor.remap leaves them (written over the first at its pause).
+L2_TABLES_REMAPPED = "l2-stage2-remapped.bin"
 #: The VMID L2 gives L3.
 L3_VMID = 1
 
 
 def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
     el2 = None
-    if scenario.l2_hypervisor is not None:  # gh.bin in slot 0, touch.bin (L3) and L2's tables beside it
+    h = scenario.l2_hypervisor
+    if h is not None:  # gh.bin in slot 0, touch.bin (L3) and L2's tables beside it
+        remap = h.remap and contract.Blob(f"{run_guest}/{L2_TABLES_REMAPPED}", GH_TABLES)
         el2 = contract.GuestHypervisor(memory=GH_MEMORY, report=GH_STACKS, blobs=[
-            contract.Blob(f"{run_guest}/touch.bin", GH_L3_CODE), contract.Blob(f"{run_guest}/{L2_TABLES}", GH_TABLES)])
+            contract.Blob(f"{run_guest}/touch.bin", GH_L3_CODE), contract.Blob(f"{run_guest}/{L2_TABLES}", GH_TABLES)],
+            remap=remap or None, remap_at=f"pause {h.remap.at}" if h.remap else "")
     return contract.ProbeJob(
         vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART, el2=el2,
         payload=f"{run_guest}/{'gh.bin' if el2 else 'touch.bin'}", report=f"{run_guest}/probe.json",
@@ -54,21 +59,27 @@ def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,
         kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu)
 
 
-def l2_stage2(scenario: Scenario) -> stage2.Tables:
-    """The stage-2 tables L2 maps L3 with (the model checked that they can be built)."""
-    assert scenario.l2_hypervisor is not None
-    return stage2.Tables(l3_ranges(scenario.l2_hypervisor, scenario.memslots), PROBE_CODE_IPA + GH_TABLES)
+def l2_stage2(scenario: Scenario, remapped: bool = False) -> stage2.Tables:
+    """The stage-2 tables L2 maps L3 with, or (`remapped`) those its remap leaves, at the
+    same place (the model checked that both can be built)."""
+    h = scenario.l2_hypervisor
+    assert h is not None and (h.remap is not None or not remapped)
+    return stage2.Tables(l3_ranges(h.after_remap() if remapped else h, scenario.memslots), PROBE_CODE_IPA + GH_TABLES)
 
 
-def hypervisor_params(tables: stage2.Tables) -> payload.HypervisorParams:
+def hypervisor_params(scenario: Scenario, tables: stage2.Tables) -> payload.HypervisorParams:
+    h = scenario.l2_hypervisor
+    base, size, step = tlbi_span(h, scenario.memslots) if h is not None and h.remap is not None else (0, 0, 0)
     return payload.HypervisorParams(vttbr=tables.vttbr(L3_VMID), vtcr=stage2.VTCR, entry=PROBE_CODE_IPA + GH_L3_CODE,
-                                    stacks=PROBE_CODE_IPA + GH_STACKS, report=PROBE_CODE_IPA + GH_STACKS, uart=UART)
+                                    stacks=PROBE_CODE_IPA + GH_STACKS, report=PROBE_CODE_IPA + GH_STACKS, uart=UART,
+                                    tlbi_base=base, tlbi_size=size, tlbi_step=step)
 
 
 def touch_params(scenario: Scenario) -> payload.TouchParams:
-    g = scenario.guest
+    g, h = scenario.guest, scenario.l2_hypervisor
     return payload.TouchParams(base=g.base, size=g.size, stride=g.stride, order=g.order, vcpus=g.vcpus, uart=UART,
-                               passes=g.passes, pauses=g.pauses, forever=g.forever)
+                               passes=g.passes, pauses=g.pauses, forever=g.forever,
+                               l2_tlbi=[g.pauses[h.remap.at - 1]] if h is not None and h.remap is not None else [])
 
 
 def l2_initramfs(busybox: bytes, workload: str) -> bytes:

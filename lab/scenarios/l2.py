@@ -31,6 +31,17 @@ class L2Range:
 
 
 @dataclass
+class L2Remap:
+    """L2 changing its stage-2 under a running L3: at the guest's pause `at` (1 = its first)
+    the VMM rewrites L2's tables in place so that the `stage2` ranges have their new leaf
+    (each still maps its memslot at its own address), and when the guest resumes L3 asks L2
+    to invalidate what changed (gh.S: TLBI IPAS2E1IS for each old leaf of the span, then
+    VMALLE1IS), as a hypervisor must after changing a live stage-2."""
+    at: int
+    stage2: list[L2Range]
+
+
+@dataclass
 class L2Hypervisor:
     """A nested scenario (vmm: probe): the probe's payload is kvmlab's guest hypervisor at
     virtual EL2 (images/l2/gh.S), the guest runs as L3 under L2's stage-2, which maps every
@@ -38,40 +49,90 @@ class L2Hypervisor:
     range of it."""
     leaf: int = 2 * MiB
     stage2: list[L2Range] = field(default_factory=list)
+    remap: L2Remap | None = None
+
+    def after_remap(self) -> L2Hypervisor:
+        """L2's stage-2 as the remap leaves it: its ranges replace what they cover."""
+        assert self.remap is not None
+        new = self.remap.stage2
+        kept = [r for r in self.stage2 if not any(_overlap(r, n) for n in new)]
+        return L2Hypervisor(self.leaf, kept + new)
+
+
+def _overlap(a: L2Range, b: L2Range) -> bool:
+    return a.slot == b.slot and a.offset < b.offset + b.size and b.offset < a.offset + a.size
+
+
+def _ranges(c: Checker, raw: Any, key: str, memslots: list[Memslot]) -> list[L2Range]:
+    """A `stage2` list: ranges of memslots, each with its leaf (4K by default)."""
+    if not isinstance(raw or [], list):
+        c.fail(key, raw, "a list of ranges ({slot, offset, size, leaf})")
+    ranges = []
+    for i, item in enumerate(raw or []):
+        at = f"{key}[{i}]"
+        r = c.mapping(at, item, ("slot", "offset", "size", "leaf"))
+        slot = c.get(r, "slot", f"{at}.slot", v.integer(1, len(memslots)), 1)
+        mem = memslots[slot - 1]
+        size_of = stage2.LEAVES[c.get(r, "leaf", f"{at}.leaf", v.choice(tuple(stage2.LEAVES)), "4K")]
+        offset = c.get(r, "offset", f"{at}.offset", v.size(0, mem.size - size_of, size_of), 0)
+        size = c.get(r, "size", f"{at}.size", v.size(size_of, mem.size - offset, size_of), mem.size - offset)
+        ranges.append(L2Range(slot, offset, size, size_of))
+    return ranges
 
 
 
-def parse_l2_hypervisor(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot]) -> L2Hypervisor | None:
+def parse_l2_hypervisor(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot],
+                        pauses: int = 0) -> L2Hypervisor | None:
     raw = data.get("l2_hypervisor")
     if raw is None:
         return None
     if vmm != "probe":
         c.fail("l2_hypervisor", raw, "vmm: probe (the guest hypervisor is the probe VMM's payload)")
-    h = c.mapping("l2_hypervisor", raw, ("leaf", "stage2"))
+    h = c.mapping("l2_hypervisor", raw, ("leaf", "stage2", "remap"))
     leaf = stage2.LEAVES[c.get(h, "leaf", "l2_hypervisor.leaf", v.choice(tuple(stage2.LEAVES)), "2M")]
-    if not isinstance(h.get("stage2") or [], list):
-        c.fail("l2_hypervisor.stage2", h["stage2"], "a list of ranges ({slot, offset, size, leaf})")
-    ranges = []
-    for i, item in enumerate(h.get("stage2") or []):
-        key = f"l2_hypervisor.stage2[{i}]"
-        r = c.mapping(key, item, ("slot", "offset", "size", "leaf"))
-        slot = c.get(r, "slot", f"{key}.slot", v.integer(1, len(memslots)), 1)
-        mem = memslots[slot - 1]
-        size_of = stage2.LEAVES[c.get(r, "leaf", f"{key}.leaf", v.choice(tuple(stage2.LEAVES)), "4K")]
-        offset = c.get(r, "offset", f"{key}.offset", v.size(0, mem.size - size_of, size_of), 0)
-        size = c.get(r, "size", f"{key}.size", v.size(size_of, mem.size - offset, size_of), mem.size - offset)
-        ranges.append(L2Range(slot, offset, size, size_of))
-    hypervisor = L2Hypervisor(leaf, ranges)
-    try:
-        stage2.Tables(l3_ranges(hypervisor, memslots), PROBE_CODE_IPA + GH_TABLES)
-    except ValueError as exc:
-        c.fail("l2_hypervisor", raw, f"a stage-2 L2 can map: {exc}")
+    hypervisor = L2Hypervisor(leaf, _ranges(c, h.get("stage2"), "l2_hypervisor.stage2", memslots))
+    _buildable(c, "l2_hypervisor", raw, hypervisor, memslots)
+    if h.get("remap") is not None:
+        m = c.mapping("l2_hypervisor.remap", h["remap"], ("at", "stage2"))
+        at = m.get("at")
+        n = int(at[6:]) if isinstance(at, str) and at.startswith("pause ") and at[6:].isdigit() else 0
+        if not 1 <= n <= pauses:
+            c.fail("l2_hypervisor.remap.at", at, f"'pause N', N from 1 to {pauses} (the guest's pauses: guest.pauses)"
+                   if pauses else "'pause N' of a guest that pauses (guest.pauses)")
+        new = _ranges(c, m.get("stage2"), "l2_hypervisor.remap.stage2", memslots)
+        if not new:
+            c.fail("l2_hypervisor.remap.stage2", m.get("stage2"),
+                   "the ranges L2 maps anew ({slot, offset, size, leaf})")
+        for r in hypervisor.stage2:
+            if any(_overlap(r, x) for x in new) and not any(
+                    x.slot == r.slot and x.offset <= r.offset and r.offset + r.size <= x.offset + x.size for x in new):
+                c.fail("l2_hypervisor.remap.stage2", m.get("stage2"),
+                       "ranges that cover each l2_hypervisor.stage2 range they touch whole, or none of it")
+        hypervisor.remap = L2Remap(n, new)
+        _buildable(c, "l2_hypervisor.remap", h["remap"], hypervisor.after_remap(), memslots)
     return hypervisor
+
+
+def _buildable(c: Checker, key: str, raw: Any, h: L2Hypervisor, memslots: list[Memslot]) -> None:
+    try:
+        stage2.Tables(l3_ranges(h, memslots), PROBE_CODE_IPA + GH_TABLES)
+    except ValueError as exc:
+        c.fail(key, raw, f"a stage-2 L2 can map: {exc}")
 
 
 #: In a nested scenario's payload memslot: L3's code, the stacks' top (and the reports
 #: above it), L2's stage-2 tables (offsets; images/l2/gh.S has the rest of the layout).
 GH_L3_CODE, GH_STACKS, GH_TABLES = 64 * KiB, 192 * KiB, 1 * MiB
+
+
+def tlbi_span(h: L2Hypervisor, memslots: list[Memslot]) -> tuple[int, int, int]:
+    """What L2 invalidates after its remap: (first L3 IPA, size, step), the span of the
+    remapped ranges in steps of the smallest leaf L2 had there (one TLBI IPAS2E1IS each)."""
+    assert h.remap is not None
+    ipas = [(memslots[r.slot - 1].ipa + r.offset, memslots[r.slot - 1].ipa + r.offset + r.size) for r in h.remap.stage2]
+    lo, hi = min(a for a, _ in ipas), max(b for _, b in ipas)
+    step = min(r.leaf for r in l3_ranges(h, memslots) if r.ipa < hi and lo < r.ipa + r.size)
+    return lo, hi - lo, step
 
 
 def l3_ranges(h: L2Hypervisor, memslots: list[Memslot]) -> list[stage2.Range]:

@@ -151,6 +151,11 @@ class GuestHypervisor:
     blobs: list[Blob]
     #: where in slot 0 the guest hypervisor leaves its per-vCPU reports (gh.S's R_*)
     report: int
+    #: L2 remapping its stage-2 mid-run: at this action point ('pause N') the probe writes
+    #: `remap` (L2's tables as the remap leaves them) over the tables, before L3 resumes
+    #: and asks L2 to invalidate (gh.S: KVMLAB_L2_TLBI)
+    remap: Blob | None = None
+    remap_at: str = ""
 
 
 @record

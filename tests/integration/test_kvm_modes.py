@@ -38,16 +38,18 @@ def nested_lab(private_runtime):
 
 
 def test_nested_on_sid_comes_up_with_nv2(nested_lab):
-    assert "KVM      nested (NV2) mode, /dev/kvm present" in nested_lab
+    # lpa2=off on the nested lab's -cpu max: KVM's IPA limit (each shadow MMU's size) is 48 bits
+    assert "KVM      nested (NV2) mode, IPA limit 48 bits, /dev/kvm present" in nested_lab
     status = json.loads(kvmlab("status", "--name", "nv", "--json").stdout)
-    assert status["kvm_mode"] == "nested (NV2)"
+    assert status["kvm_mode"] == "nested (NV2)" and status["ipa_bits"] == 48
     cmdline = kvmlab("exec", "--name", "nv", "--", "cat", "/proc/cmdline").stdout.decode()
     assert "kvm-arm.mode=nested" in cmdline
 
 
 #: What CI can afford of the nested suite (the whole of it is `kvmlab test nested`): L2's
-#: 2M leaf over THP, and 2M and 4K leaves in one memslot (the test below has a 4K leaf alone).
-NESTED_SAMPLE = ["shadow-2m-over-thp", "shadow-mixed-leaves"]
+#: 2M leaf over THP, 2M and 4K leaves in one memslot (the test below has a 4K leaf alone),
+#: and L2 remapping 2M leaves as 4K mid-run with its TLBIs.
+NESTED_SAMPLE = ["shadow-2m-over-thp", "shadow-mixed-leaves", "shadow-l2-remap-2m-to-4k"]
 
 
 def test_the_shadow_stage2_follows_l2s_leaf(nested_lab, tmp_path):
@@ -62,7 +64,13 @@ def test_the_shadow_stage2_follows_l2s_leaf(nested_lab, tmp_path):
     check = next(c for c in verdict["checks"] if c["check"] == "l2_hypervisor")
     # L3 ran under L2 and powered off through it (one PSCI call), and L2 was handed no abort
     assert check["ok"] and check["counts"]["l3"] == 32 and check["counts"]["handed_back"] == 0
-    assert check["counts"]["l3_psci"] == 1
+    assert check["counts"]["l3_calls"] == 1
+    # the remap: L2's two TLBI IPAS2E1IS unmapped exactly the two remapped shadow blocks
+    remap = json.loads((Path(got["shadow-l2-remap-2m-to-4k"]["artefacts"]) / "verdict.json").read_text())
+    check = next(c for c in remap["checks"] if c["check"] == "l2_hypervisor")
+    assert check["counts"]["l2_tlbis"] == 2 and check["counts"]["handed_back"] == 0
+    phase1 = [r for r in remap["regions"] if r.get("phase") == 1] or remap["regions"]
+    assert sorted(r["faults"] for r in phase1 if r["faults"]) == [512, 512], phase1
 
 
 def test_an_expectation_that_ignores_l2s_leaf_fails(nested_lab, tmp_path):

@@ -13,7 +13,7 @@ from lab.analysis import nested
 from lab.builder import payload
 from lab.core.errors import UserError
 from lab.scenarios import jobs, l2, model
-from lab.shared import stage2
+from lab.shared import contract, stage2
 from lab.shared.units import GiB, KiB, MiB
 
 BASE = 0x1010_0000  # the tables' address in L2's IPA space
@@ -133,9 +133,59 @@ def test_nested_mistakes_are_one_line(change, where):
 def test_the_nested_evidence_names_the_three_counts_and_fails_an_abort_handed_back():
     quiet = [{"hvcs": 2, "s2_aborts": 0}, {"hvcs": 1, "s2_aborts": 0}]
     ok = nested.l2_check(quiet, l3_faults=8, all_faults=11)
-    assert ok["ok"] and ok["counts"] == {"l3": 8, "l2_own": 3, "handed_back": 0, "l3_psci": 3}
+    assert ok["ok"] and ok["counts"] == {"l3": 8, "l2_own": 3, "handed_back": 0, "l3_calls": 3, "l2_tlbis": 0}
     abort = [{"hvcs": 1, "s2_aborts": 1, "esr": 0x9200_0047, "far": 0x4080_0000, "hpfar": 0x4080_0000 >> 8}]
     bad = nested.l2_check(abort, 8, 8)
     assert not bad["ok"] and "handed back to L2: 1" in bad["text"] and "L3 IPA 0x40800000" in bad["text"]
     odd = nested.l2_check([{"unexpected": 9, "esr": 0}], 0, 0)
     assert not odd["ok"] and "vector 8" in odd["text"]
+
+
+def test_a_remap_that_l2_never_invalidated_fails():
+    """After the VMM rewrote L2's stage-2 at a pause, L2 must have done its TLBIs (gh.S)."""
+    done = nested.l2_check([{"hvcs": 2, "tlbis": 2}], 8, 8, remapped=True)
+    assert done["ok"] and "invalidated 2 leaves" in done["text"] and done["counts"]["l2_tlbis"] == 2
+    stale = nested.l2_check([{"hvcs": 1, "tlbis": 0}], 8, 8, remapped=True)
+    assert not stale["ok"] and "invalidated 0 leaves" in stale["text"]
+
+
+REMAP = {**NESTED, "guest": {"access": ["write", "write"], "pauses": [1]},
+         "l2_hypervisor": {"leaf": "2M", "remap": {"at": "pause 1", "stage2": [{"size": "4M", "leaf": "4K"}]}}}
+
+
+def test_a_remap_writes_new_tables_at_its_pause_and_l3_asks_l2_to_invalidate():
+    s = model.parse(REMAP, "x.yaml")
+    assert s.l2_hypervisor.remap == l2.L2Remap(1, [l2.L2Range(1, 0, 4 * MiB, 4 * KiB)])
+    before, after = jobs.l2_stage2(s), jobs.l2_stage2(s, remapped=True)
+    assert before.root == after.root  # rewritten in place
+    assert stage2.walk(before.image(), before.root, GiB + 4 * KiB)[1] == 2 * MiB
+    assert stage2.walk(after.image(), after.root, GiB + 4 * KiB)[1:2] == (4 * KiB,)
+    assert stage2.walk(after.image(), after.root, GiB + 4 * MiB)[1] == 2 * MiB  # the rest as it was
+    job = jobs.make_probe_job(s, "/run")
+    assert job.el2.remap == contract.Blob("/run/l2-stage2-remapped.bin", l2.GH_TABLES) and job.el2.remap_at == "pause 1"
+    params = jobs.hypervisor_params(s, before)
+    assert (params.tlbi_base, params.tlbi_size, params.tlbi_step) == (GiB, 4 * MiB, 2 * MiB)  # one TLBI per old leaf
+    flags = struct.unpack_from("<4Q", jobs.touch_params(s).pack(), 64)
+    assert flags[:2] == (payload.PASS_WRITE, payload.PASS_WRITE | payload.PASS_PAUSE | payload.PASS_L2_TLBI)
+    coalesce = model.parse({**REMAP, "l2_hypervisor": {
+        "stage2": [{"size": "4M", "leaf": "4K"}], "remap": {"at": "pause 1", "stage2": [{"size": "4M", "leaf": "2M"}]}}},
+        "x.yaml")
+    assert jobs.hypervisor_params(coalesce, jobs.l2_stage2(coalesce)).tlbi_step == 4 * KiB
+
+
+@pytest.mark.parametrize("remap, where", [
+    ({"at": "pause 2", "stage2": [{"size": "4M"}]}, "l2_hypervisor.remap.at: expected 'pause N', N from 1 to 1"),
+    ({"at": "start", "stage2": [{"size": "4M"}]}, "l2_hypervisor.remap.at: expected 'pause N'"),
+    ({"at": "pause 1"}, "l2_hypervisor.remap.stage2: expected the ranges L2 maps anew"),
+    ({"at": "pause 1", "stage2": [{"size": "3M", "leaf": "2M"}]}, "l2_hypervisor.remap.stage2[0].size"),
+    ({"at": "pause 1", "stage2": [{"size": "4M"}], "tlbi": True}, "l2_hypervisor.remap.tlbi: unknown key"),
+])
+def test_remap_mistakes_are_one_line(remap, where):
+    with pytest.raises(UserError) as info:
+        model.parse({**REMAP, "l2_hypervisor": {"leaf": "2M", "remap": remap}}, "configs/suites/nested/x.yaml")
+    assert where in info.value.message and "\n" not in info.value.message, info.value.message
+
+
+def test_a_remap_needs_a_guest_that_pauses():
+    with pytest.raises(UserError, match="a guest that pauses"):
+        model.parse({**REMAP, "guest": {}}, "x.yaml")

@@ -39,7 +39,7 @@ FR_RXFE, FR_TXFE = 0x10, 0x80
 TRACE_MARKER = "/sys/kernel/tracing/trace_marker"
 #: The guest hypervisor's per-vCPU report, in gh.S's order (R_*).
 L2_REPORT = ("hvcs", "s2_aborts", "esr", "far", "hpfar", "unexpected", "l3_pc", "l3_ctx", "psci_ret",
-             "entered")
+             "entered", "tlbis")
 
 
 def marker(text: str) -> None:
@@ -123,6 +123,15 @@ class Probe:
 
     # -- actions -------------------------------------------------------------------------
     def actions_at(self, point: str) -> None:
+        el2 = self.job.el2
+        if el2 is not None and el2.remap is not None and el2.remap_at == point:
+            # L2 remaps its stage-2: its new tables in place, before L3 resumes and asks L2
+            # to invalidate (gh.S, KVMLAB_L2_TLBI)
+            data = open(el2.remap.path, "rb").read()
+            if el2.remap.offset + len(data) > el2.memory:
+                raise ValueError(f"{el2.remap.path}: {len(data)} bytes do not fit the payload's memslot")
+            ctypes_memmove(self.code.addr + el2.remap.offset, data)
+            self.report["actions"].append({"at": point, "do": "l2_remap", "seconds": 0})
         for action in self.job.actions:
             if action.at == point:
                 started = time.monotonic()
