@@ -26,8 +26,12 @@
 // Anything else (any other vector or exception class) is recorded the same way and ends
 // the run. The report (per vCPU, 128 bytes at H_REPORT) is read by the probe at the end.
 //
-// Parameters: the 128-byte block at `params`, patched per scenario by the probe
-// (l1.probe), magic "KVMLABH1".
+// Two L3 guests (a scenario's l2_hypervisor.vmids: 2): the odd vCPUs run L3 under a
+// second stage-2, H_VTTBR2 (another VMID, a copy of the tables at another root), so that
+// L1's KVM keeps a shadow MMU for each (lookup_s2_mmu matches VTTBR and VTCR).
+//
+// Parameters: the 128-byte block at `params`, patched per scenario by the host
+// (lab/scenarios/jobs.py), magic "KVMLABH1".
 
     .arch   armv8.4-a
 
@@ -42,6 +46,7 @@
     .equ H_TLBI_BASE, 64     // what KVMLAB_L2_TLBI invalidates: an L3 IPA range ...
     .equ H_TLBI_SIZE, 72
     .equ H_TLBI_STEP, 80     // ... one TLBI IPAS2E1IS per step (0: nothing)
+    .equ H_VTTBR2,   88      // the odd vCPUs' stage-2 (another VMID, its own tables), 0: H_VTTBR
 
     .equ R_HVCS,       0     // L3's hvc calls
     .equ R_S2FAULTS,   8     // stage-2 aborts handed back to L2
@@ -91,7 +96,12 @@ el2_setup:
     ldr     x9, [x20, #H_VTCR]
     msr     vtcr_el2, x9
     ldr     x9, [x20, #H_VTTBR]
-    msr     vttbr_el2, x9
+    ldr     x10, [x20, #H_VTTBR2]
+    tst     x21, #1
+    csel    x9, x10, x9, ne             // an odd vCPU: the second L3 guest's stage-2 ...
+    cbnz    x9, 1f
+    ldr     x9, [x20, #H_VTTBR]         // ... if there is one
+1:  msr     vttbr_el2, x9
     mrs     x9, mpidr_el1
     msr     vmpidr_el2, x9
     ldr     x9, =SCTLR_EL1_RES1

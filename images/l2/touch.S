@@ -7,7 +7,7 @@
 //
 // Parameters: the 128-byte block at `params`, which the host patches per scenario
 // (lab/builder/payload.py keeps the layout). vCPU 0 starts the others with PSCI CPU_ON; vCPU i
-// takes the i-th share of the accesses. Between passes all vCPUs meet at a barrier; a pass
+// takes the i-th share of the accesses (or, with P_WHOLE, all of them). Between passes all vCPUs meet at a barrier; a pass
 // flagged PAUSE makes vCPU 0 print "kvmlab-touch: pause" on the PL011 and wait for a byte
 // on it (the VMM answers once it has done what the scenario asks at that point); a pass
 // also flagged L2_TLBI then makes it call hvc KVMLAB_L2_TLBI, asking the guest hypervisor
@@ -28,6 +28,7 @@
     .equ P_COUNTER,  96      // passes finished, summed over vCPUs
     .equ P_RELEASE,  104     // passes vCPU 0 has released
     .equ P_FOREVER,  112     // 1: repeat the passes until the VMM is killed
+    .equ P_WHOLE,    120     // 1: every vCPU touches the whole range (not its share)
 
     .equ PSCI_CPU_ON,     0xc4000003
     .equ PSCI_CPU_OFF,    0x84000002
@@ -67,6 +68,11 @@ common:
     add     x12, x21, #1
     mul     x11, x25, x12
     udiv    x27, x11, x10
+    ldr     x9, [x20, #P_WHOLE]
+    cbz     x9, 1f
+    mov     x26, #0                     // whole: [0, n) for every vCPU
+    mov     x27, x25
+1:
     ldr     x28, [x20, #P_UART]
     mov     x22, #0                     // passes done by this vCPU
 

@@ -8,6 +8,7 @@ its reasons in the reader's units ("64 MiB written: 32/32 regions mapped as 2 Mi
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,7 +192,9 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
                                    + ("" if ok else f" (expected {human_size(lo)}-{human_size(hi)})"))
     if probe and probe.get("l2") is not None:  # a nested run: what the guest hypervisor saw
         remapped = any(a.get("do") == "l2_remap" for a in probe.get("actions") or [])
-        verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults), remapped))
+        threads = Counter(f.tid for f in in_range)
+        verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults), remapped,
+                                              [threads[t] for t in sorted(threads)]))
         verdict.reasons.append(verdict.checks[-1]["text"])
     if probe and probe.get("shadow_s2"):  # and KVM's own dump of the shadow tables
         verdict.checks.append(ptdump.cross_check(probe["shadow_s2"], verdict.regions))

@@ -50,6 +50,8 @@ class TouchParams:
     forever: bool = False
     #: Passes whose pause is followed by hvc KVMLAB_L2_TLBI (nested, l2_hypervisor.remap).
     l2_tlbi: list[int] = field(default_factory=list)
+    #: Every vCPU touches the whole range, instead of its share of it.
+    whole: bool = False
 
     def pack(self) -> bytes:
         if not 1 <= len(self.passes) <= MAX_PASSES:
@@ -63,8 +65,8 @@ class TouchParams:
         flags = [PASS_KINDS[p] | (PASS_PAUSE if i in self.pauses else 0) | (PASS_L2_TLBI if i in self.l2_tlbi else 0)
                  for i, p in enumerate(self.passes)]
         flags += [0] * (MAX_PASSES - len(flags))
-        return MAGIC + struct.pack("<7Q4Q3Q", self.base, self.size, self.stride, ORDERS[self.order], self.vcpus,
-                                   self.uart, len(self.passes), *flags, 0, 0, int(self.forever)) + bytes(8)
+        return MAGIC + struct.pack("<7Q4Q4Q", self.base, self.size, self.stride, ORDERS[self.order], self.vcpus,
+                                   self.uart, len(self.passes), *flags, 0, 0, int(self.forever), int(self.whole))
 
 
 @dataclass
@@ -84,10 +86,12 @@ class HypervisorParams:
     tlbi_base: int = 0
     tlbi_size: int = 0
     tlbi_step: int = 0
+    #: A second stage-2 (another VMID and root) for the odd vCPUs: two L3 guests; 0: none.
+    vttbr2: int = 0
 
     def pack(self) -> bytes:
-        body = GH_MAGIC + struct.pack("<10Q", self.vttbr, self.vtcr, self.hcr, self.entry, self.uart, self.stacks,
-                                      self.report, self.tlbi_base, self.tlbi_size, self.tlbi_step)
+        body = GH_MAGIC + struct.pack("<11Q", self.vttbr, self.vtcr, self.hcr, self.entry, self.uart, self.stacks,
+                                      self.report, self.tlbi_base, self.tlbi_size, self.tlbi_step, self.vttbr2)
         return body + bytes(PARAMS_SIZE - len(body))
 
 

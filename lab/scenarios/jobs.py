@@ -10,7 +10,18 @@ from typing import Any
 from lab.builder import payload
 from lab.builder.cpio import CpioWriter
 from lab.core.paths import L2_IMAGE_DIR
-from lab.scenarios.l2 import GH_L3_CODE, GH_MEMORY, GH_STACKS, GH_TABLES, PROBE_CODE_IPA, UART, l3_ranges, tlbi_span
+from lab.scenarios.l2 import (
+    GH_L3_CODE,
+    GH_MEMORY,
+    GH_STACKS,
+    GH_TABLES,
+    GH_TABLES2,
+    GH_TABLES_MAX,
+    PROBE_CODE_IPA,
+    UART,
+    l3_ranges,
+    tlbi_span,
+)
 from lab.scenarios.model import Scenario
 from lab.shared import contract, stage2
 
@@ -29,6 +40,8 @@ def buffer_kb(scenario: Scenario) -> int:
 L2_TABLES = "l2-stage2.bin"
 #: ... and as l2_hypervisor.remap leaves them (written over the first at its pause).
 L2_TABLES_REMAPPED = "l2-stage2-remapped.bin"
+#: ... and the second L3 guest's copy (l2_hypervisor.vmids: 2).
+L2_TABLES_VMID2 = "l2-stage2-vmid2.bin"
 #: The VMID L2 gives L3.
 L3_VMID = 1
 
@@ -38,9 +51,12 @@ def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
     h = scenario.l2_hypervisor
     if h is not None:  # gh.bin in slot 0, touch.bin (L3) and L2's tables beside it
         remap = h.remap and contract.Blob(f"{run_guest}/{L2_TABLES_REMAPPED}", GH_TABLES)
-        el2 = contract.GuestHypervisor(memory=GH_MEMORY, report=GH_STACKS, blobs=[
-            contract.Blob(f"{run_guest}/touch.bin", GH_L3_CODE), contract.Blob(f"{run_guest}/{L2_TABLES}", GH_TABLES)],
-            remap=remap or None, remap_at=f"pause {h.remap.at}" if h.remap else "")
+        blobs = [contract.Blob(f"{run_guest}/touch.bin", GH_L3_CODE),
+                 contract.Blob(f"{run_guest}/{L2_TABLES}", GH_TABLES)]
+        if h.vmids == 2:
+            blobs.append(contract.Blob(f"{run_guest}/{L2_TABLES_VMID2}", GH_TABLES2))
+        el2 = contract.GuestHypervisor(memory=GH_MEMORY, report=GH_STACKS, blobs=blobs,
+                                       remap=remap or None, remap_at=f"pause {h.remap.at}" if h.remap else "")
     return contract.ProbeJob(
         vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART, el2=el2,
         payload=f"{run_guest}/{'gh.bin' if el2 else 'touch.bin'}", report=f"{run_guest}/probe.json",
@@ -59,26 +75,46 @@ def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,
         kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu)
 
 
-def l2_stage2(scenario: Scenario, remapped: bool = False) -> stage2.Tables:
+def l2_stage2(scenario: Scenario, remapped: bool = False, second: bool = False) -> stage2.Tables:
     """The stage-2 tables L2 maps L3 with, or (`remapped`) those its remap leaves, at the
-    same place (the model checked that both can be built)."""
+    same place, or (`second`) the second L3 guest's copy (the model checked that they can
+    be built)."""
     h = scenario.l2_hypervisor
     assert h is not None and (h.remap is not None or not remapped)
-    return stage2.Tables(l3_ranges(h.after_remap() if remapped else h, scenario.memslots), PROBE_CODE_IPA + GH_TABLES)
+    return stage2.Tables(l3_ranges(h.after_remap() if remapped else h, scenario.memslots),
+                         PROBE_CODE_IPA + (GH_TABLES2 if second else GH_TABLES), GH_TABLES_MAX)
 
 
-def hypervisor_params(scenario: Scenario, tables: stage2.Tables) -> payload.HypervisorParams:
+def hypervisor_params(scenario: Scenario, tables: stage2.Tables, vttbr2: int = 0) -> payload.HypervisorParams:
     h = scenario.l2_hypervisor
     base, size, step = tlbi_span(h, scenario.memslots) if h is not None and h.remap is not None else (0, 0, 0)
     return payload.HypervisorParams(vttbr=tables.vttbr(L3_VMID), vtcr=stage2.VTCR, entry=PROBE_CODE_IPA + GH_L3_CODE,
                                     stacks=PROBE_CODE_IPA + GH_STACKS, report=PROBE_CODE_IPA + GH_STACKS, uart=UART,
-                                    tlbi_base=base, tlbi_size=size, tlbi_step=step)
+                                    tlbi_base=base, tlbi_size=size, tlbi_step=step, vttbr2=vttbr2)
+
+
+def nested_files(scenario: Scenario, gh_blob: bytes, gh_offset: int) -> dict[str, bytes]:
+    """What a nested run adds to its run directory: gh.bin with its parameters, and L2's
+    stage-2 tables (as at the start, as the remap leaves them, the second guest's)."""
+    h = scenario.l2_hypervisor
+    assert h is not None
+    tables = l2_stage2(scenario)
+    files = {L2_TABLES: tables.image()}
+    if h.remap is not None:
+        files[L2_TABLES_REMAPPED] = l2_stage2(scenario, remapped=True).image()
+    vttbr2 = 0
+    if h.vmids == 2:
+        second = l2_stage2(scenario, second=True)
+        files[L2_TABLES_VMID2] = second.image()
+        vttbr2 = second.vttbr(L3_VMID + 1)
+    files["gh.bin"] = payload.patched(gh_blob, gh_offset, hypervisor_params(scenario, tables, vttbr2))
+    return files
 
 
 def touch_params(scenario: Scenario) -> payload.TouchParams:
     g, h = scenario.guest, scenario.l2_hypervisor
     return payload.TouchParams(base=g.base, size=g.size, stride=g.stride, order=g.order, vcpus=g.vcpus, uart=UART,
-                               passes=g.passes, pauses=g.pauses, forever=g.forever,
+                               passes=g.passes, pauses=g.pauses, forever=g.forever, whole=g.whole,
                                l2_tlbi=[g.pauses[h.remap.at - 1]] if h is not None and h.remap is not None else [])
 
 

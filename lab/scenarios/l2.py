@@ -50,6 +50,9 @@ class L2Hypervisor:
     leaf: int = 2 * MiB
     stage2: list[L2Range] = field(default_factory=list)
     remap: L2Remap | None = None
+    #: 2: two L3 guests, the odd vCPUs under a second stage-2 (VMID 2, the same ranges from
+    #: its own root), so that L1's KVM keeps two shadow MMUs at once
+    vmids: int = 1
 
     def after_remap(self) -> L2Hypervisor:
         """L2's stage-2 as the remap leaves it: its ranges replace what they cover."""
@@ -82,15 +85,22 @@ def _ranges(c: Checker, raw: Any, key: str, memslots: list[Memslot]) -> list[L2R
 
 
 def parse_l2_hypervisor(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot],
-                        pauses: int = 0) -> L2Hypervisor | None:
+                        guest: Any) -> L2Hypervisor | None:
+    """The `l2_hypervisor` key (`guest`: the scenario's Guest, for its pauses and vCPUs)."""
     raw = data.get("l2_hypervisor")
     if raw is None:
         return None
     if vmm != "probe":
         c.fail("l2_hypervisor", raw, "vmm: probe (the guest hypervisor is the probe VMM's payload)")
-    h = c.mapping("l2_hypervisor", raw, ("leaf", "stage2", "remap"))
+    h = c.mapping("l2_hypervisor", raw, ("leaf", "stage2", "remap", "vmids"))
+    pauses = len(guest.pauses)
     leaf = stage2.LEAVES[c.get(h, "leaf", "l2_hypervisor.leaf", v.choice(tuple(stage2.LEAVES)), "2M")]
-    hypervisor = L2Hypervisor(leaf, _ranges(c, h.get("stage2"), "l2_hypervisor.stage2", memslots))
+    hypervisor = L2Hypervisor(leaf, _ranges(c, h.get("stage2"), "l2_hypervisor.stage2", memslots),
+                              vmids=c.get(h, "vmids", "l2_hypervisor.vmids", v.integer(1, 2), 1))
+    if hypervisor.vmids == 2 and guest.vcpus < 2:
+        c.fail("l2_hypervisor.vmids", 2, "1, or 2 with guest.vcpus 2 or more (the odd vCPUs are the second L3 guest)")
+    if hypervisor.vmids == 2 and h.get("remap") is not None:
+        c.fail("l2_hypervisor.remap", h["remap"], "no remap with vmids: 2 (L2 invalidates one VMID)")
     _buildable(c, "l2_hypervisor", raw, hypervisor, memslots)
     if h.get("remap") is not None:
         m = c.mapping("l2_hypervisor.remap", h["remap"], ("at", "stage2"))
@@ -115,7 +125,7 @@ def parse_l2_hypervisor(c: Checker, data: dict[str, Any], vmm: str, memslots: li
 
 def _buildable(c: Checker, key: str, raw: Any, h: L2Hypervisor, memslots: list[Memslot]) -> None:
     try:
-        stage2.Tables(l3_ranges(h, memslots), PROBE_CODE_IPA + GH_TABLES)
+        stage2.Tables(l3_ranges(h, memslots), PROBE_CODE_IPA + GH_TABLES, GH_TABLES_MAX)
     except ValueError as exc:
         c.fail(key, raw, f"a stage-2 L2 can map: {exc}")
 
@@ -123,6 +133,8 @@ def _buildable(c: Checker, key: str, raw: Any, h: L2Hypervisor, memslots: list[M
 #: In a nested scenario's payload memslot: L3's code, the stacks' top (and the reports
 #: above it), L2's stage-2 tables (offsets; images/l2/gh.S has the rest of the layout).
 GH_L3_CODE, GH_STACKS, GH_TABLES = 64 * KiB, 192 * KiB, 1 * MiB
+#: The second L3 guest's copy of the tables (vmids: 2), and how many tables each may take.
+GH_TABLES2, GH_TABLES_MAX = 1536 * KiB, 128
 
 
 def tlbi_span(h: L2Hypervisor, memslots: list[Memslot]) -> tuple[int, int, int]:

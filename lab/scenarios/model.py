@@ -48,6 +48,8 @@ class Guest:
     order: str = "forward"
     vcpus: int = 1
     forever: bool = False
+    #: every vCPU touches the whole range (default: vCPU i its i-th share)
+    whole: bool = False
     #: linux: what L2's init does once booted (a shell command line)
     workload: str = ""
 
@@ -159,7 +161,7 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
         repeat=repeat, timeout=c.get(data, "timeout", "timeout", v.seconds(1, 3600), 60.0),
         kernels=c.get(data, "kernels", "kernels", _KERNELS),
         trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", v.integer(4, 4 * 1024 * 1024)), tags=list(tags),
-        l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, len(guest.pauses)))
+        l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, guest))
 
 
 def _l1(c: Checker, data: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +220,7 @@ def _qemu(c: Checker, data: dict[str, Any], vmm: str) -> dict[str, Any]:
 
 def _guest(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot], qemu_cfg: dict[str, Any]) -> Guest:
     g = c.mapping("guest", data.get("guest"), ("kind", "base", "size", "stride", "access", "pauses", "order",
-                                               "vcpus", "forever", "workload"))
+                                               "vcpus", "forever", "whole", "workload"))
     kind = c.get(g, "kind", "guest.kind", v.choice(GUESTS), "touch")
     if kind == "linux" and vmm != "qemu":
         c.fail("guest.kind", kind, "touch with the probe VMM (the L2 Linux guest runs under vmm: qemu)")
@@ -242,6 +244,7 @@ def _guest(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot], 
         order=c.get(g, "order", "guest.order", v.choice(ORDERS), "forward"),
         vcpus=c.get(g, "vcpus", "guest.vcpus", v.integer(1, 8), 1),
         forever=c.get(g, "forever", "guest.forever", v.boolean, False),
+        whole=c.get(g, "whole", "guest.whole", v.boolean, False),
         workload=c.get(g, "workload", "guest.workload", v.text(), ""),
     )
     inside = {"base": hex(guest.base), "size": guest.size}

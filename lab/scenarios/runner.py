@@ -33,12 +33,9 @@ from lab.machine.logs import read_from, tail
 from lab.machine.qemu import l0_version
 from lab.scenarios import RESULTS_FORMAT, staging
 from lab.scenarios.jobs import (
-    L2_TABLES,
-    L2_TABLES_REMAPPED,
-    hypervisor_params,
     l2_initramfs,
-    l2_stage2,
     make_probe_job,
+    nested_files,
     scenario_job,
     touch_params,
 )
@@ -179,12 +176,8 @@ class Runner:
             (where.host / "touch.bin").write_bytes(payload.patched(blob, offset, params))
             write_json(where.host / "probe-job.json", contract.encode(make_probe_job(scenario, where.guest)))
             if scenario.l2_hypervisor is not None:  # a nested scenario: touch.bin is L3, under gh.bin
-                tables = l2_stage2(scenario)
-                (where.host / L2_TABLES).write_bytes(tables.image())
-                if scenario.l2_hypervisor.remap is not None:
-                    (where.host / L2_TABLES_REMAPPED).write_bytes(l2_stage2(scenario, remapped=True).image())
-                blob, offset = tools.payload("gh.bin")
-                (where.host / "gh.bin").write_bytes(payload.patched(blob, offset, hypervisor_params(scenario, tables)))
+                for file, data in nested_files(scenario, *tools.payload("gh.bin")).items():
+                    (where.host / file).write_bytes(data)
         elif scenario.guest.kind == "linux":
             l2 = self._l2_files(scenario, where.host, where.guest)
             qemu = contract.QemuJob(**scenario.qemu, kernel=l2["kernel"], initrd=l2["initrd"], append=l2["append"],

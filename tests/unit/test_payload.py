@@ -15,19 +15,22 @@ def test_layout_matches_touch_s():
     offsets = {m.group(1): int(m.group(2)) for m in re.finditer(r"\.equ\s+(P_\w+),\s+(\d+)", source)}
     packed = payload.TouchParams(base=0x4000_0000, size=64 << 20, stride=8192, order="scattered", vcpus=3,
                                  uart=0x0900_0000, passes=["read", "write", "read-write"], pauses=[1],
-                                 forever=True).pack()
+                                 forever=True, l2_tlbi=[1], whole=True).pack()
     assert len(packed) == payload.PARAMS_SIZE
     u64 = lambda name: struct.unpack_from("<Q", packed, offsets[name])[0]  # noqa: E731
     assert packed[:8] == payload.MAGIC
     assert (u64("P_BASE"), u64("P_SIZE"), u64("P_STRIDE"), u64("P_ORDER"), u64("P_NCPUS")) == \
         (0x4000_0000, 64 << 20, 8192, 2, 3)
-    assert (u64("P_UART"), u64("P_NPASSES"), u64("P_FOREVER")) == (0x0900_0000, 3, 1)
+    assert (u64("P_UART"), u64("P_NPASSES"), u64("P_FOREVER"), u64("P_WHOLE")) == (0x0900_0000, 3, 1, 1)
     flags = struct.unpack_from("<4Q", packed, offsets["P_PASSES"])
-    assert flags == (0, payload.PASS_WRITE | payload.PASS_PAUSE, payload.PASS_WRITE | payload.PASS_READ_FIRST, 0)
+    assert flags == (0, payload.PASS_WRITE | payload.PASS_PAUSE | payload.PASS_L2_TLBI,
+                     payload.PASS_WRITE | payload.PASS_READ_FIRST, 0)
+    assert re.search(r"tbz\s+x14, #3,", source) and payload.PASS_L2_TLBI == 1 << 3  # touch.S tests bit 3
     assert u64("P_COUNTER") == 0 and u64("P_RELEASE") == 0
 
 
-@pytest.mark.parametrize("kwargs", [{"passes": []}, {"passes": ["write"] * 5}, {"vcpus": 9}, {"size": 0}])
+@pytest.mark.parametrize("kwargs", [{"passes": []}, {"passes": ["write"] * 5}, {"vcpus": 9}, {"size": 0},
+                                    {"passes": ["write", "write"], "pauses": [1], "l2_tlbi": [0]}])
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError):
         payload.TouchParams(**{"base": 0, "size": 4096, **kwargs}).pack()

@@ -70,12 +70,15 @@ def test_hypervisor_params_match_gh_s():
     source = (payload.SOURCE_DIR / "gh.S").read_text()
     offsets = {m.group(1): int(m.group(2)) for m in re.finditer(r"\.equ\s+(H_\w+),\s+(\d+)", source)}
     packed = payload.HypervisorParams(vttbr=1 << 48 | BASE, vtcr=stage2.VTCR, entry=0x1001_0000, stacks=0x1003_0000,
-                                      report=0x1003_0000).pack()
+                                      report=0x1003_0000, tlbi_base=GiB, tlbi_size=4 * MiB, tlbi_step=2 * MiB,
+                                      vttbr2=2 << 48 | BASE + 512 * KiB).pack()
     u64 = lambda name: struct.unpack_from("<Q", packed, offsets[name])[0]  # noqa: E731
     assert len(packed) == payload.PARAMS_SIZE and packed[:8] == payload.GH_MAGIC
     assert (u64("H_VTTBR"), u64("H_VTCR"), u64("H_ENTRY"), u64("H_UART"), u64("H_STACKS"), u64("H_REPORT")) == \
         (1 << 48 | BASE, stage2.VTCR, 0x1001_0000, 0x0900_0000, 0x1003_0000, 0x1003_0000)
     assert u64("H_HCR") == 1 | 1 << 31 | 1 << 34  # VM, RW, E2H
+    assert (u64("H_TLBI_BASE"), u64("H_TLBI_SIZE"), u64("H_TLBI_STEP"), u64("H_VTTBR2")) == \
+        (GiB, 4 * MiB, 2 * MiB, 2 << 48 | BASE + 512 * KiB)
     reports = {m.group(1): int(m.group(2)) for m in re.finditer(r"\.equ\s+(R_\w+),\s+(\d+)", source)}
     assert sorted(reports.values()) == [8 * i for i in range(len(reports))]  # u64s in order, no gap
     probe = ast.parse((payload.SOURCE_DIR.parent / "l1/python/l1/probe.py").read_text())
@@ -133,7 +136,8 @@ def test_nested_mistakes_are_one_line(change, where):
 def test_the_nested_evidence_names_the_three_counts_and_fails_an_abort_handed_back():
     quiet = [{"hvcs": 2, "s2_aborts": 0}, {"hvcs": 1, "s2_aborts": 0}]
     ok = nested.l2_check(quiet, l3_faults=8, all_faults=11)
-    assert ok["ok"] and ok["counts"] == {"l3": 8, "l2_own": 3, "handed_back": 0, "l3_calls": 3, "l2_tlbis": 0}
+    assert ok["ok"] and ok["counts"] == {"l3": 8, "l2_own": 3, "handed_back": 0, "l3_calls": 3, "l2_tlbis": 0,
+                                         "by_thread": []}
     abort = [{"hvcs": 1, "s2_aborts": 1, "esr": 0x9200_0047, "far": 0x4080_0000, "hpfar": 0x4080_0000 >> 8}]
     bad = nested.l2_check(abort, 8, 8)
     assert not bad["ok"] and "handed back to L2: 1" in bad["text"] and "L3 IPA 0x40800000" in bad["text"]
@@ -189,3 +193,36 @@ def test_remap_mistakes_are_one_line(remap, where):
 def test_a_remap_needs_a_guest_that_pauses():
     with pytest.raises(UserError, match="a guest that pauses"):
         model.parse({**REMAP, "guest": {}}, "x.yaml")
+
+
+TWO = {**NESTED, "l2_hypervisor": {"leaf": "2M", "vmids": 2}, "guest": {"vcpus": 2, "whole": True}}
+
+
+def test_two_l3_guests_get_two_roots_and_vmids_and_each_touches_the_whole_range():
+    s = model.parse(TWO, "x.yaml")
+    assert s.l2_hypervisor.vmids == 2 and s.guest.whole
+    job = jobs.make_probe_job(s, "/run")
+    assert ("/run/l2-stage2-vmid2.bin", l2.GH_TABLES2) in [(b.path, b.offset) for b in job.el2.blobs]
+    first, second = jobs.l2_stage2(s), jobs.l2_stage2(s, second=True)
+    assert first.image() != second.image() and second.root == l2.PROBE_CODE_IPA + l2.GH_TABLES2
+    for t in (first, second):  # the same translation from either root
+        assert stage2.walk(t.image(), t.root, GiB + 3 * MiB)[:2] == (GiB + 3 * MiB, 2 * MiB)
+    assert len(first.image()) <= l2.GH_TABLES2 - l2.GH_TABLES  # the first copy ends before the second
+    files = jobs.nested_files(s, bytes(256) + payload.GH_MAGIC + bytes(120), 256)
+    params = files["gh.bin"][256:256 + 128]
+    assert struct.unpack_from("<Q", params, 88)[0] == second.vttbr(2) and second.vttbr(2) >> 48 == 2
+    assert struct.unpack_from("<Q", params, 8)[0] >> 48 == 1
+    assert jobs.touch_params(s).pack()[120:128] == struct.pack("<Q", 1)
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"guest": {"vcpus": 1}}, "l2_hypervisor.vmids: expected 1, or 2 with guest.vcpus 2 or more"),
+    ({"l2_hypervisor": {"vmids": 3}}, "l2_hypervisor.vmids: expected an integer from 1 to 2"),
+    ({"guest": {"vcpus": 2, "pauses": [1], "access": ["write", "write"]},
+      "l2_hypervisor": {"vmids": 2, "remap": {"at": "pause 1", "stage2": [{"size": "2M"}]}}},
+     "l2_hypervisor.remap: expected no remap with vmids: 2"),
+])
+def test_two_vmid_mistakes_are_one_line(change, where):
+    with pytest.raises(UserError) as info:
+        model.parse({**TWO, **change}, "configs/suites/nested/x.yaml")
+    assert where in info.value.message and "\n" not in info.value.message, info.value.message
