@@ -18,6 +18,12 @@ import pytest
 # pytester runs inner pytest sessions: the kvm_lab plugin's own tests (tests/integration/test_plugin.py).
 pytest_plugins = ["pytester"]
 
+#: sid's kernel as the nested tests boot it: pinned, so that a new sid upload cannot change
+#: what they found unseen. Debian's archive keeps only sid's current kernel, so when sid
+#: moves on the fetch fails naming this version: move the pin (or set KVMLAB_TEST_SID) and
+#: re-measure the nested suite.
+SID = os.environ.get("KVMLAB_TEST_SID", "sid:7.2.13-1")
+
 # The tests send Ctrl-C (SIGINT) to the kvmlab they start. Started as a background job of a
 # non-interactive shell, pytest inherits SIGINT ignored, and so would every kvmlab it starts
 # (an ignored signal stays ignored across exec): with a Python handler here instead, the

@@ -85,19 +85,18 @@ def _ranges(c: Checker, raw: Any, key: str, memslots: list[Memslot]) -> list[L2R
 
 
 def parse_l2_hypervisor(c: Checker, data: dict[str, Any], vmm: str, memslots: list[Memslot],
-                        guest: Any) -> L2Hypervisor | None:
-    """The `l2_hypervisor` key (`guest`: the scenario's Guest, for its pauses and vCPUs)."""
+                        pauses: int = 0, vcpus: int = 1) -> L2Hypervisor | None:
+    """The `l2_hypervisor` key (`pauses`, `vcpus`: the guest's, for the remap and the VMIDs)."""
     raw = data.get("l2_hypervisor")
     if raw is None:
         return None
     if vmm != "probe":
         c.fail("l2_hypervisor", raw, "vmm: probe (the guest hypervisor is the probe VMM's payload)")
     h = c.mapping("l2_hypervisor", raw, ("leaf", "stage2", "remap", "vmids"))
-    pauses = len(guest.pauses)
     leaf = stage2.LEAVES[c.get(h, "leaf", "l2_hypervisor.leaf", v.choice(tuple(stage2.LEAVES)), "2M")]
     hypervisor = L2Hypervisor(leaf, _ranges(c, h.get("stage2"), "l2_hypervisor.stage2", memslots),
                               vmids=c.get(h, "vmids", "l2_hypervisor.vmids", v.integer(1, 2), 1))
-    if hypervisor.vmids == 2 and guest.vcpus < 2:
+    if hypervisor.vmids == 2 and vcpus < 2:
         c.fail("l2_hypervisor.vmids", 2, "1, or 2 with guest.vcpus 2 or more (the odd vCPUs are the second L3 guest)")
     if hypervisor.vmids == 2 and h.get("remap") is not None:
         c.fail("l2_hypervisor.remap", h["remap"], "no remap with vmids: 2 (L2 invalidates one VMID)")

@@ -161,7 +161,7 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
         repeat=repeat, timeout=c.get(data, "timeout", "timeout", v.seconds(1, 3600), 60.0),
         kernels=c.get(data, "kernels", "kernels", _KERNELS),
         trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", v.integer(4, 4 * 1024 * 1024)), tags=list(tags),
-        l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, guest))
+        l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, len(guest.pauses), guest.vcpus))
 
 
 def _l1(c: Checker, data: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import kvmlab, qemu_pids_in
+from tests.conftest import SID, kvmlab, qemu_pids_in
 
 pytestmark = pytest.mark.boot
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -28,7 +28,7 @@ def test_nested_on_a_kernel_older_than_6_16_is_refused_before_boot(private_runti
 
 @pytest.fixture(scope="module")
 def nested_lab(private_runtime):
-    up = kvmlab("up", "--name", "nv", "--nested", "--kernel", "sid")
+    up = kvmlab("up", "--name", "nv", "--nested", "--kernel", SID)
     try:
         assert up.returncode == 0, up.stderr.decode()
         yield up.stdout.decode()
