@@ -125,7 +125,8 @@ class _Writer:
                 continue
             label = m.get("label") or ""
             suffix = f"-{i}" if len(maps) > 1 else ""
-            title = f"{label + ': ' if label else ''}{len(regions)} regions of 2 MiB, faults per region"
+            counted = ", faults per region" if any(r.get("faults") for r in regions) else ""
+            title = f"{label + ': ' if label else ''}{len(regions)} regions of 2 MiB{counted}"
             fmap = self.figure(f"{slug}{suffix}-map.png", lambda p: figures.fault_map(regions, p, title))
             title = f"{label + ': ' if label else ''}fault kinds and levels"
             hist = self.figure(f"{slug}{suffix}-kinds.png", lambda p: figures.kinds_histogram(regions, p, title))

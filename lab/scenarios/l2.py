@@ -13,7 +13,7 @@ from lab.core import validate as v
 from lab.core.validate import Checker
 from lab.shared import stage2
 from lab.shared.contract import Memslot
-from lab.shared.units import KiB, MiB
+from lab.shared.units import GiB, KiB, MiB
 
 PROBE_CODE_IPA = 0x1000_0000
 #: A nested scenario's payload memslot: the guest hypervisor, L3's code, L2's stage-2 tables.
@@ -161,3 +161,24 @@ def l3_ranges(h: L2Hypervisor, memslots: list[Memslot]) -> list[stage2.Range]:
         if at < m.size:
             out.append(stage2.Range(m.ipa + at, m.size - at, m.ipa + at, h.leaf))
     return out
+
+
+#: L2's leaf size -> the fault map's colour for it (lab/results/figures.py).
+_LEAF_MAPPING = {4 * KiB: "page", 2 * MiB: "block", GiB: "block-1g"}
+
+
+def level_maps(h: L2Hypervisor, memslots: list[Memslot], shadow: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fault maps of a nested run, per level: L2's own stage-2 for L3 (its leaf in each
+    region the shadow maps show; after its remap too), then the shadow stage-2's maps (L1's
+    trace), labelled as such."""
+    starts = [r["start"] for r in (shadow[0]["regions"] if shadow else [])]
+    layouts = [("L2's stage-2 for L3 (its leaf per region)", h)]
+    if h.remap is not None:
+        layouts.append((f"L2's stage-2 after its remap at pause {h.remap.at}", h.after_remap()))
+    out = []
+    for label, layout in layouts:
+        ranges = l3_ranges(layout, memslots)
+        leaf = {s: next((r.leaf for r in ranges if r.ipa <= int(s, 16) < r.ipa + r.size), 0) for s in starts}
+        out.append({"label": label, "regions": [{"start": s, "mapping": _LEAF_MAPPING.get(leaf[s], "untouched"),
+                                                 "faults": 0} for s in starts]})
+    return out + [{**m, "label": "shadow stage-2" + (f", {m['label']}" if m.get("label") else "")} for m in shadow]

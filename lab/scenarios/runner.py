@@ -39,6 +39,7 @@ from lab.scenarios.jobs import (
     scenario_job,
     touch_params,
 )
+from lab.scenarios.l2 import level_maps
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult, counted
 from lab.scenarios.staging import GUEST_KVMLAB, REFUSED
@@ -311,6 +312,9 @@ class Runner:
                 faults = judged_faults(trace, result.get("l1_release", self.release))
                 maps = [{"label": f"phase {p}", "regions": region_records(phase_regions(scenario, faults, p))}
                         for p in phases]
+        if scenario.l2_hypervisor is not None and verdict.regions:  # the fault map per level
+            maps = level_maps(scenario.l2_hypervisor, scenario.memslots,
+                              maps or [{"label": "", "regions": region_records(verdict.regions)}])
         return self._finish(out, artefacts, started, verdict, maps)
 
     def _run_again(self, scenario: Scenario, tools: Tools) -> str:

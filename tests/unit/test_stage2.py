@@ -226,3 +226,16 @@ def test_two_vmid_mistakes_are_one_line(change, where):
     with pytest.raises(UserError) as info:
         model.parse({**TWO, **change}, "configs/suites/nested/x.yaml")
     assert where in info.value.message and "\n" not in info.value.message, info.value.message
+
+
+def test_the_fault_maps_of_a_nested_run_are_per_level():
+    s = model.parse(REMAP, "x.yaml")
+    shadow = [{"label": f"phase {p}", "regions": [{"start": hex(GiB + i * 2 * MiB), "mapping": "block", "faults": 1}
+                                                    for i in range(8)]} for p in (0, 1)]
+    maps = l2.level_maps(s.l2_hypervisor, s.memslots, shadow)
+    assert [m["label"] for m in maps] == ["L2's stage-2 for L3 (its leaf per region)",
+                                          "L2's stage-2 after its remap at pause 1",
+                                          "shadow stage-2, phase 0", "shadow stage-2, phase 1"]
+    assert [r["mapping"] for r in maps[0]["regions"]] == ["block"] * 8
+    assert [r["mapping"] for r in maps[1]["regions"]] == ["page"] * 2 + ["block"] * 6  # the first 4 MiB as 4K
+    assert maps[2]["regions"] == shadow[0]["regions"]
