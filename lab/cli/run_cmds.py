@@ -160,7 +160,8 @@ def report_command(progress: Progress, results_dirs, json_file, junit_file, html
 @click.option("-k", "keyword", metavar="KEYWORD", help="Only scenarios whose name contains KEYWORD (or matches it).")
 @click.option("--kvm-modes", "kvm_mode_list", metavar="M1,M2,...",
               help="Also a column per KVM mode (vhe, nvhe, protected, nested) for each kernel; "
-                   "a mode a kernel cannot give is a skipped column, with the reason.")
+                   "a mode a kernel cannot give is a skipped column, with the reason. Only nested "
+                   "scenarios (the nested suite): nested by default.")
 @click.option("--shard", metavar="K/N", help="Run share K of N of the scenarios on every kernel (as for test).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
@@ -199,6 +200,10 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
             raise UserError(f"--kvm-modes: {mode!r} is not a KVM mode; give some of {', '.join(KVM_MODES)}")
     if len(set(modes)) != len(modes):
         raise UserError(f"--kvm-modes {kvm_mode_list}: a mode is given twice")
+    if not modes and all(s.l2_hypervisor is not None for s in scenarios):
+        # Only nested scenarios (`kvmlab matrix ... nested`): each kernel's lab runs KVM's
+        # nested mode, as `kvmlab test nested` does; a kernel that cannot is a skipped column.
+        modes = ["nested"]
     columns = mx.plan(kernels, lambda kernel, lab_name: lab_config(config, kernel=kernel, name=lab_name), modes)
     jobs = jobs or max(1, min(len(columns), (os.cpu_count() or 2) // 2))
     label = "matrix-" + "-".join(Path(t).stem for t in targets or ["thp"])

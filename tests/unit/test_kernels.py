@@ -150,3 +150,26 @@ def test_kvm_modes_make_a_column_per_kernel_and_mode_with_its_own_lab():
     assert [c.label for c in plan(["trixie"], lambda k, n: load_config(None, {"lab.name": n}))] == ["trixie"]
     with pytest.raises(UserError, match="given twice"):
         plan(["trixie", "trixie"], lambda k, n: load_config(None, {"lab.name": n}), ["nvhe"])
+
+
+@pytest.mark.parametrize("targets, labels", [
+    (["nested"], ["trixie-nested", "sid-nested"]),  # only nested scenarios: nested labs
+    (["thp"], ["trixie", "sid"]),
+    (["--kvm-modes", "vhe", "nested"], ["trixie-vhe", "sid-vhe"]),  # the modes asked for
+])
+def test_a_matrix_of_nested_scenarios_brings_its_labs_up_nested(monkeypatch, targets, labels):
+    from click.testing import CliRunner
+
+    from lab.cli import main
+    from lab.orchestrate import matrix as mx
+
+    seen = []
+
+    def run(columns, *args, **kwargs):
+        seen.extend(c.label for c in columns)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(mx, "run", run)
+    result = CliRunner().invoke(main, ["-q", "matrix", "--kernels", "trixie,sid", *targets])
+    assert result.exit_code == 3, result.output
+    assert seen == labels
