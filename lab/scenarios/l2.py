@@ -28,6 +28,8 @@ class L2Range:
     offset: int
     size: int
     leaf: int
+    #: false: L2 maps the range read-only (S2AP 0b01); an L3 write there is L2's to handle
+    writable: bool = True
 
 
 @dataclass
@@ -73,13 +75,13 @@ def _ranges(c: Checker, raw: Any, key: str, memslots: list[Memslot]) -> list[L2R
     ranges = []
     for i, item in enumerate(raw or []):
         at = f"{key}[{i}]"
-        r = c.mapping(at, item, ("slot", "offset", "size", "leaf"))
+        r = c.mapping(at, item, ("slot", "offset", "size", "leaf", "writable"))
         slot = c.get(r, "slot", f"{at}.slot", v.integer(1, len(memslots)), 1)
         mem = memslots[slot - 1]
         size_of = stage2.LEAVES[c.get(r, "leaf", f"{at}.leaf", v.choice(tuple(stage2.LEAVES)), "4K")]
         offset = c.get(r, "offset", f"{at}.offset", v.size(0, mem.size - size_of, size_of), 0)
         size = c.get(r, "size", f"{at}.size", v.size(size_of, mem.size - offset, size_of), mem.size - offset)
-        ranges.append(L2Range(slot, offset, size, size_of))
+        ranges.append(L2Range(slot, offset, size, size_of, c.get(r, "writable", f"{at}.writable", v.boolean, True)))
     return ranges
 
 
@@ -156,7 +158,7 @@ def l3_ranges(h: L2Hypervisor, memslots: list[Memslot]) -> list[stage2.Range]:
         for r in sorted((r for r in h.stage2 if r.slot == m.slot), key=lambda r: r.offset):
             if r.offset > at:
                 out.append(stage2.Range(m.ipa + at, r.offset - at, m.ipa + at, h.leaf))
-            out.append(stage2.Range(m.ipa + r.offset, r.size, m.ipa + r.offset, r.leaf))
+            out.append(stage2.Range(m.ipa + r.offset, r.size, m.ipa + r.offset, r.leaf, r.writable))
             at = max(at, r.offset + r.size)
         if at < m.size:
             out.append(stage2.Range(m.ipa + at, m.size - at, m.ipa + at, h.leaf))

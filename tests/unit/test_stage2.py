@@ -239,3 +239,12 @@ def test_the_fault_maps_of_a_nested_run_are_per_level():
     assert [r["mapping"] for r in maps[0]["regions"]] == ["block"] * 8
     assert [r["mapping"] for r in maps[1]["regions"]] == ["page"] * 2 + ["block"] * 6  # the first 4 MiB as 4K
     assert maps[2]["regions"] == shadow[0]["regions"]
+
+
+def test_a_read_only_l2_range_is_mapped_with_s2ap_read():
+    s = model.parse({**NESTED, "l2_hypervisor": {"leaf": "2M", "stage2": [
+        {"slot": 1, "size": "4M", "leaf": "2M", "writable": False}]}}, "x.yaml")
+    tables = jobs.l2_stage2(s)
+    _, size, ro = stage2.walk(tables.image(), tables.root, GiB)
+    _, _, rw = stage2.walk(tables.image(), tables.root, GiB + 4 * MiB)
+    assert size == 2 * MiB and ro & (0b11 << 6) == stage2.S2AP_RO and rw & (0b11 << 6) == stage2.S2AP_RW
