@@ -69,8 +69,10 @@ def test_the_shadow_stage2_follows_l2s_leaf(nested_lab, tmp_path):
     remap = json.loads((Path(got["shadow-l2-remap-2m-to-4k"]["artefacts"]) / "verdict.json").read_text())
     check = next(c for c in remap["checks"] if c["check"] == "l2_hypervisor")
     assert check["counts"]["l2_tlbis"] == 2 and check["counts"]["handed_back"] == 0
-    phase1 = [r for r in remap["regions"] if r.get("phase") == 1] or remap["regions"]
-    assert sorted(r["faults"] for r in phase1 if r["faults"]) == [512, 512], phase1
+    maps = {m["label"]: m["regions"] for m in remap["maps"]}  # per level: L2's leaves, the shadow per phase
+    assert [r["mapping"] for r in maps["L2's stage-2 after its remap at pause 1"]] == ["page"] * 2 + ["block"] * 6
+    again = [r["faults"] for r in maps["shadow stage-2, phase 1"]]
+    assert all(512 <= n <= 514 for n in again[:2]) and again[2:] == [0] * 6, again  # the rest stays mapped
 
 
 def test_an_expectation_that_ignores_l2s_leaf_fails(nested_lab, tmp_path):
@@ -84,3 +86,17 @@ def test_an_expectation_that_ignores_l2s_leaf_fails(nested_lab, tmp_path):
     assert run.returncode == 1, run.stdout.decode()
     (only,) = json.loads((tmp_path / "r.json").read_text())["scenarios"]
     assert only["status"] == "fail" and only["counts"] == {"page": 2}, only
+
+
+def test_a_write_through_l2s_read_only_leaf_is_handed_back_to_l2_and_fails(nested_lab, tmp_path):
+    """L1's KVM forwards a permission fault that L2's own stage-2 causes to L2 (7.2's
+    kvm_s2_handle_perm_fault); gh.S counts it, and the verdict fails with its ESR and IPA."""
+    wrong = tmp_path / "write-read-only.yaml"
+    data = yaml.safe_load((ROOT / "configs/suites/nested/shadow-2m-read-only-leaf.yaml").read_text())
+    wrong.write_text(yaml.safe_dump({**data, "guest": {"access": "write"}}))
+    run = kvmlab("test", "--name", "nv", str(wrong), "--results", str(tmp_path / "r"), "--json", str(tmp_path / "r.json"))
+    assert run.returncode == 1, run.stdout.decode()
+    (only,) = json.loads((tmp_path / "r.json").read_text())["scenarios"]
+    check = next(c for c in only["checks"] if c["check"] == "l2_hypervisor")
+    assert only["status"] == "fail" and not check["ok"] and check["counts"]["handed_back"] == 1, check
+    assert "(write: permission L2)" in check["text"] and "L3 IPA 0x40000000" in check["text"], check["text"]
