@@ -83,12 +83,13 @@ def kernel_cmdline(config: LabConfig) -> str:
 #: Under kvm-arm.mode=nested, L1's KVM gives every shadow stage-2 the host's IPA limit
 #: (7.2's kvm_get_pa_bits() returns kvm_ipa_limit: "Fixed limit until we can configure
 #: ID_AA64MMFR0.PARange"), and each MMU-notifier invalidation (kvm_nested_s2_unmap), each
-#: dirty-log write-protect (kvm_nested_s2_wp) and each new shadow MMU's first use unmap or
-#: protect it whole, in 1 GiB steps (stage2_apply_range). `-cpu max` has FEAT_LPA2, so a 4K
-#: L1 kernel takes a 52-bit limit: 4M steps a shadow MMU, which under TCG stalled L1 for
-#: minutes (measured: one MADV_DONTNEED, four vCPUs, the exit_mmap race). Without LPA2,
-#: kvm_set_ipa_limit() caps it at 48 bits, 16 times fewer steps: those three then passed
-#: in 25-92 s. So a nested lab's `max` CPU gets lpa2=off unless qemu.cpu names lpa2.
+#: dirty-log write-protect (kvm_nested_s2_wp) and each TLBI VMALLS12E1 of the guest
+#: hypervisor (handle_vmalls12e1is) unmaps or protects it whole, in 1 GiB steps
+#: (stage2_apply_range). `-cpu max` has FEAT_LPA2, so a 4K L1 kernel takes a 52-bit limit:
+#: 4M steps a shadow MMU, which under TCG stalled L1 for minutes (measured: one
+#: MADV_DONTNEED, four vCPUs, the exit_mmap race). Without LPA2, kvm_set_ipa_limit() caps
+#: it at 48 bits, 16 times fewer steps: those three then passed in 14-92 s. So a nested
+#: lab's `max` CPU gets lpa2=off unless qemu.cpu names lpa2.
 NESTED_CPU_DEFAULTS = ("lpa2=off",)
 
 

@@ -50,13 +50,13 @@ def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
     el2 = None
     h = scenario.l2_hypervisor
     if h is not None:  # gh.bin in slot 0, touch.bin (L3) and L2's tables beside it
-        remap = h.remap and contract.Blob(f"{run_guest}/{L2_TABLES_REMAPPED}", GH_TABLES)
+        remap = contract.Blob(f"{run_guest}/{L2_TABLES_REMAPPED}", GH_TABLES) if h.remap else None
         blobs = [contract.Blob(f"{run_guest}/touch.bin", GH_L3_CODE),
                  contract.Blob(f"{run_guest}/{L2_TABLES}", GH_TABLES)]
         if h.vmids == 2:
             blobs.append(contract.Blob(f"{run_guest}/{L2_TABLES_VMID2}", GH_TABLES2))
         el2 = contract.GuestHypervisor(memory=GH_MEMORY, report=GH_STACKS, blobs=blobs,
-                                       remap=remap or None, remap_at=f"pause {h.remap.at}" if h.remap else "")
+                                       remap=remap, remap_at=f"pause {h.remap.at}" if h.remap else "")
     return contract.ProbeJob(
         vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART, el2=el2,
         payload=f"{run_guest}/{'gh.bin' if el2 else 'touch.bin'}", report=f"{run_guest}/probe.json",
