@@ -7,13 +7,13 @@
 //
 // Parameters: the 128-byte block at `params`, which the host patches per scenario
 // (lab/builder/payload.py keeps the layout). vCPU 0 starts the others with PSCI CPU_ON; vCPU i
-// takes the i-th share of the accesses (or, with P_WHOLE, all of them). Between passes all vCPUs meet at a barrier; a pass
-// flagged PAUSE makes vCPU 0 print "kvmlab-touch: pause" on the PL011 and wait for a byte
-// on it (the VMM answers once it has done what the scenario asks at that point); a pass
-// also flagged L2_TLBI then makes it call hvc KVMLAB_L2_TLBI, asking the guest hypervisor
-// above it (gh.S; only in a nested scenario) to invalidate the stage-2 the VMM rewrote at
-// that pause. At the
-// end vCPU 0 prints "kvmlab-touch: done" and calls PSCI SYSTEM_OFF; the others CPU_OFF.
+// takes the i-th share of the accesses (or, with P_WHOLE, all of them). Between passes all
+// vCPUs meet at a barrier; a pass flagged PAUSE makes vCPU 0 print "kvmlab-touch: pause" on
+// the PL011 and wait for a byte on it (the VMM answers once it has done what the scenario
+// asks at that point); a pass also flagged L2_TLBI then makes it call hvc KVMLAB_L2_TLBI,
+// asking the guest hypervisor above it (gh.S; only in a nested scenario) to invalidate the
+// stage-2 the VMM rewrote at that pause. At the end vCPU 0 prints "kvmlab-touch: done" and
+// calls PSCI SYSTEM_OFF; the others CPU_OFF.
 
     .equ P_MAGIC,    0
     .equ P_BASE,     8
