@@ -146,12 +146,36 @@ class Builder:
         if config.kernel_spec.kind == "image":
             raise UserError(f"--kernel {config.kernel_spec.text}: a kernel of your own has no Debian source "
                             "package; give its tree with --src")
+        return source.tree_of(self._source_entry(config))
+
+    def _source_entry(self, config: LabConfig) -> Entry:
+        from lab.builder import source
+
         kernel = self.kernel(config)
         inputs = source.inputs_for(kernel.manifest)
         what = f"{inputs['package']} {inputs['version']} (the source of {kernel.release})"
-        entry = self._entry("source", config.kernel_spec.label, inputs, what,
-                            lambda work, step: source.build(work, inputs, step))
-        return source.tree_of(entry)
+        return self._entry("source", config.kernel_spec.label, inputs, what,
+                           lambda work, step: source.build(work, inputs, step))
+
+    def selftests(self, config: LabConfig, src: Path | None, jobs: int) -> Entry:
+        """The KVM selftests built from `src`, or else from the Debian source of the kernel
+        `config` boots (lab/builder/selftests.py); cached by tree and toolchain."""
+        from lab.builder import selftests, source
+
+        if src is None:
+            entry = self._source_entry(config)
+            tree = source.tree_of(entry)
+            label = config.kernel_spec.label
+            identity: dict[str, Any] = {"package": entry.manifest["package"], "version": entry.manifest["version"],
+                                        "tarball_sha256": entry.manifest["tarball_sha256"]}
+        else:
+            tree = src.expanduser().resolve()
+            selftests.check_tree(tree)
+            label = "src-" + "".join(c if c.isalnum() or c in "._-" else "-" for c in tree.name)[:40]
+            identity = {"files": selftests.tree_digest(tree)}
+        inputs = selftests.inputs_for(tree, identity)
+        return self._entry("selftests", label, inputs, f"the KVM selftests of {tree}",
+                           lambda work, step: selftests.build(work, tree, jobs, step))
 
     def _image_kernel(self, spec: KernelSpec, config: LabConfig) -> KernelImage:
         """A user's Image (and modules): copied into the cache, keyed by their content."""
