@@ -14,6 +14,9 @@ class Status(str, Enum):
     SKIP = "skip"
     #: `kvmlab test --count N`: passed in some of the N runs, not all (fails the run)
     FLAKY = "flaky"
+    #: `kvmlab selftests`: failed as the kernel's known-results file says, for a cause the
+    #: run checked (reported, not a failure of the run)
+    XFAIL = "xfail"
 
     def __str__(self) -> str:
         return self.value
@@ -22,7 +25,7 @@ class Status(str, Enum):
         return format(self.value, spec)
 
 
-PASS, FAIL, ERROR, SKIP, FLAKY = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP, Status.FLAKY
+PASS, FAIL, ERROR, SKIP, FLAKY, XFAIL = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP, Status.FLAKY, Status.XFAIL
 #: What fails a run.
 BAD = (FAIL, FLAKY, ERROR)
 
@@ -31,8 +34,9 @@ def count(statuses: list[str]) -> dict[str, int]:
     """pass/fail/error/skip counts, and flaky only where `--count` found any (so a run
     without it reads as every run before --count did)."""
     counts = {k.value: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
-    if FLAKY in statuses:
-        counts[FLAKY.value] = statuses.count(FLAKY)
+    for extra in (FLAKY, XFAIL):
+        if extra in statuses:
+            counts[extra.value] = statuses.count(extra)
     return counts
 #: No measurement to compare: a kernel that skipped or errored says nothing about a change.
 NOT_MEASURED = (SKIP, ERROR)

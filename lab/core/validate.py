@@ -165,11 +165,12 @@ class Checker:
     mistake raises one UserError line naming the file, the key, the value and what is
     accepted."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str, fix: str = "fix the scenario file"):
         self.where = where
+        self.fix = fix
 
     def fail(self, key: str, value: Any, expected: str) -> None:
-        raise UserError(f"{self.where}: {key}: expected {expected}, got {value!r}; fix the scenario file")
+        raise UserError(f"{self.where}: {key}: expected {expected}, got {value!r}; {self.fix}")
 
     def mapping(self, key: str, value: Any, known: tuple[str, ...]) -> dict[str, Any]:
         if value is None:

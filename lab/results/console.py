@@ -13,12 +13,13 @@ from rich.markup import escape as rich_escape
 from rich.table import Column, Table
 
 from lab.core.progress import stamp
-from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP
+from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP, XFAIL
 from lab.results.load import flaky_words
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult
 
-STYLE: dict[str, str] = {PASS: "green", FAIL: "bold red", FLAKY: "bold magenta", ERROR: "bold red", SKIP: "yellow"}
+STYLE: dict[str, str] = {PASS: "green", FAIL: "bold red", FLAKY: "bold magenta", ERROR: "bold red", SKIP: "yellow",
+                         XFAIL: "cyan"}
 
 
 def _console() -> Console:
@@ -102,7 +103,7 @@ def print_matrix(matrix: dict[str, Any]) -> None:
                 cells.append("-")
                 continue
             text = cell["signature"] + MARK[cell["status"]]
-            style = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow"}.get(cell["status"], "")
+            style = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow", XFAIL: "cyan"}.get(cell["status"], "")
             cells.append(f"[{style}]{rich_escape(text)}[/]" if style else rich_escape(text))
         table.add_row("[bold magenta]≠[/]" if row["differs"] else "", row["name"], *cells)
     console.print(table)

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
-from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP
+from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP, XFAIL
 from lab.results import figures
 from lab.results.load import Matrix, Run, flaky_words
 
 MARKER = ".kvmlab-report"
-STATUS: dict[str, str] = {PASS: "PASS", FAIL: "FAIL", FLAKY: "FLAKY", ERROR: "ERROR", SKIP: "SKIP"}
+STATUS: dict[str, str] = {PASS: "PASS", FAIL: "FAIL", FLAKY: "FLAKY", ERROR: "ERROR", SKIP: "SKIP",
+                          XFAIL: "XFAIL"}
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1180px; padding: 0 1em; color: #212121; }

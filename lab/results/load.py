@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
-from lab.core.status import BAD, FLAKY, count
+from lab.core.status import BAD, FLAKY, XFAIL, count
 
 #: Files of a scenario's directory that reports link to, in this order.
 LINKED = ("l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json", "job.json")
@@ -23,7 +23,10 @@ LINKED = ("l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.j
 
 def flaky_words(counts: dict[str, int]) -> str:
     """"N flaky, " when `kvmlab test --count` found any (older results have no such count)."""
-    return f"{counts.get(FLAKY, 0)} flaky, " if counts.get(FLAKY) else ""
+    words = f"{counts.get(FLAKY, 0)} flaky, " if counts.get(FLAKY) else ""
+    if counts.get(XFAIL):  # `kvmlab selftests`: failures its known-results file expects
+        words += f"{counts[XFAIL]} known failure{'s' if counts[XFAIL] != 1 else ''}, "
+    return words
 
 
 @dataclass

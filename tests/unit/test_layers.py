@@ -18,7 +18,7 @@ LAYERS = [
     ["lab.config"],
     ["lab.builder"],
     ["lab.machine"],
-    ["lab.scenarios"],
+    ["lab.scenarios", "lab.selftests"],
     ["lab.results"],
     ["lab.orchestrate"],
     ["lab.cli", "lab.pytest_plugin"],
