@@ -91,7 +91,9 @@ def parse(text: str) -> Tap:
             continue  # a nested KTAP subtest's line
         line = raw.rstrip()
         if _ASSERT.match(line) and not tap.assertion:
-            tap.assertion = [s.strip() for s in lines[i:i + 4] if s.strip()]
+            # its file:line and condition, then "pid=... errno=..." and the message; the
+            # library's attempt at a backtrace (addr2line, absent in L1) is noise
+            tap.assertion = [s.strip() for s in lines[i:i + 6] if s.strip() and "addr2line" not in s][:4]
             continue
         m = _VERSION.match(line)
         if m:

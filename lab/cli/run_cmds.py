@@ -163,17 +163,21 @@ def report_command(progress: Progress, results_dirs, json_file, junit_file, html
                    "a mode a kernel cannot give is a skipped column, with the reason. Only nested "
                    "scenarios (the nested suite): nested by default.")
 @click.option("--shard", metavar="K/N", help="Run share K of N of the scenarios on every kernel (as for test).")
+@click.option("--selftests", "selftests", is_flag=True, help="Run the KVM selftests (kvmlab selftests' default "
+              "selection, TARGETS naming tests) on every kernel instead of a suite, each against its known results.")
+@click.option("--trace", is_flag=True, help="With --selftests: record and judge stage-2 faults, as selftests --trace.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @output_options
 @click.pass_obj
-def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_mode_list, shard, jobs, config,
-           results, json_file, junit_file, html_dir, markdown_file) -> None:
+def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_mode_list, shard, selftests, trace,
+           jobs, config, results, json_file, junit_file, html_dir, markdown_file) -> None:
     """Run a suite (default: thp) on several kernels; show the mappings side by side.
 
     \b
     kvmlab matrix --kernels bullseye,bookworm,trixie,sid thp
+    kvmlab matrix --kernels bookworm,trixie,sid --selftests --trace
     Rows where kernels map differently are marked; RESULTS/matrix.json has it all.
     Exit status: 0 every kernel's suite passed, 1 otherwise, 2 bad input.
     """
@@ -187,12 +191,17 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
     kernels = [k.strip() for k in (kernel_list or "").split(",") if k.strip()] + list(kernel_opts)
     if not kernels:
         raise UserError("matrix: give the kernels, e.g. --kernels bullseye,bookworm,trixie,sid")
-    scenarios = suites.resolve(list(targets), keyword)
     check_outputs(json_file, junit_file, html_dir, markdown_file)
-    scenarios, shard_record = sharded(scenarios, shard)
-    if not scenarios:
-        click.echo(f"--shard {shard}: this share is empty; nothing to run")
-        return
+    work = None
+    if selftests:
+        if shard:
+            raise UserError("--shard is for scenarios; --selftests runs the selection on every kernel")
+        work, scenarios, shard_record = _selftests_work(list(targets), keyword, trace, config), [], None
+    else:
+        scenarios, shard_record = sharded(suites.resolve(list(targets), keyword), shard)
+        if not scenarios:
+            click.echo(f"--shard {shard}: this share is empty; nothing to run")
+            return
     lab_config(config)  # the config file itself is checked once, before any kernel
     modes = [m.strip() for m in (kvm_mode_list or "").split(",") if m.strip()]
     for mode in modes:
@@ -200,20 +209,33 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
             raise UserError(f"--kvm-modes: {mode!r} is not a KVM mode; give some of {', '.join(KVM_MODES)}")
     if len(set(modes)) != len(modes):
         raise UserError(f"--kvm-modes {kvm_mode_list}: a mode is given twice")
-    if not modes and all(s.l2_hypervisor is not None for s in scenarios):
+    if not modes and scenarios and all(s.l2_hypervisor is not None for s in scenarios):
         # Only nested scenarios (`kvmlab matrix ... nested`): each kernel's lab runs KVM's
         # nested mode, as `kvmlab test nested` does; a kernel that cannot is a skipped column.
         modes = ["nested"]
     columns = mx.plan(kernels, lambda kernel, lab_name: lab_config(config, kernel=kernel, name=lab_name), modes)
     jobs = jobs or max(1, min(len(columns), (os.cpu_count() or 2) // 2))
-    label = "matrix-" + "-".join(Path(t).stem for t in targets or ["thp"])
+    label = "matrix-" + ("selftests" if selftests else "-".join(Path(t).stem for t in targets or ["thp"]))
     out = results_dir(results, label[:40])
-    click.echo(f"Running {len(scenarios)} scenarios on {len(columns)} kernels ({', '.join(c.label for c in columns)}), "
+    what = "the KVM selftests" if selftests else f"{len(scenarios)} scenarios"
+    click.echo(f"Running {what} on {len(columns)} kernels ({', '.join(c.label for c in columns)}), "
                f"{jobs} lab{'s' if jobs > 1 else ''} at a time; results in {out}")
-    result = mx.run(columns, scenarios, list(targets), out, jobs, progress, click.echo, shard_record)
+    result = mx.run(columns, scenarios, ["selftests"] if selftests else list(targets), out, jobs, progress, click.echo,
+                    shard_record, work)
     report.print_matrix(result)
     write_outputs(out, json_file, junit_file, html_dir, markdown_file, progress)
     sys.exit(0 if result["passed"] else 1)
+
+
+def _selftests_work(tests: list[str], keyword: str | None, trace: bool, config: str | None):
+    """What `matrix --selftests` runs on each kernel's lab: the selection, as `kvmlab selftests`."""
+    from lab.selftests import run as st
+    from lab.selftests.selection import load_selection
+
+    runs = st.plan(load_selection(), tests, keyword, None, False)
+    if not runs:
+        raise UserError(f"no selftest matches {' '.join(tests) or keyword!r}; `kvmlab selftests --list` shows them")
+    return lambda lab, out, on_result: st.run_on_lab(lab, runs, out, trace, config_file=config, on_result=on_result)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -50,9 +50,7 @@ def selftests(progress: Progress, tests, src, keyword, backings, trace, timeout,
     """
     import dataclasses
 
-    from lab.builder.build import Builder
     from lab.results import console as report
-    from lab.scenarios.runner import Runner
     from lab.scenarios.suite import results_dir
     from lab.selftests import run as st
     from lab.selftests import selection as sel
@@ -82,32 +80,12 @@ def selftests(progress: Progress, tests, src, keyword, backings, trace, timeout,
             lab.up(cfg)
             if keep_up:
                 lab.keep_running()
-        state = lab.state() or {}
-        # the kernel the lab runs, which may not be this config's (a lab brought up earlier)
-        running_cfg = lab_config(config, name=cfg.name, kernel=state.get("config", {}).get("lab", {}).get("kernel"))
-        label = state.get("kernel", {}).get("label") or running_cfg.kernel_spec.label
-        build = Builder(progress=progress).selftests(running_cfg, Path(src) if src else None, jobs=_jobs())
-        known_results = sel.load_known(label, Path(known) if known else None)
-        config_file = Path(state.get("kernel", {}).get("image", "/nonexistent")).parent / "config"
-        facts = st.l1_facts(lab, config_file)
         out = results_dir(results, "selftests")
-        click.echo(f"Running {len(runs)} selftest run{'s' if len(runs) != 1 else ''} "
-                   f"({len({r.test.name for r in runs})} tests) on lab '{lab.name}' "
-                   f"({state.get('ready', {}).get('release', '?')}){', traced' if trace else ''}; built "
-                   f"{len(build.manifest['tests'])} tests from {build.manifest['inputs']['tree']}; known results: "
-                   f"{known_results.path or f'none for {label} (every test is expected to pass)'}; results in {out}")
-        runner = Runner(lab, out, targets=["selftests"])
-        summary = st.SelftestRunner(lab, build, out, known_results, facts, trace, runner,
-                                    report.result_printer(len(runs))).run(runs)
+        summary = st.run_on_lab(lab, runs, out, trace, Path(src) if src else None, Path(known) if known else None,
+                                config, progress, report.result_printer(len(runs)), click.echo)
         report.print_table(summary, verbose)
     write_outputs(summary["results_dir"], json_file, junit_file, html_dir, markdown_file, progress)
     sys.exit(0 if summary["passed"] else 1)
-
-
-def _jobs() -> int:
-    import os
-
-    return max(1, os.cpu_count() or 1)
 
 
 def _print_list(selection, runs, known) -> None:

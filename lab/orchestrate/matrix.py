@@ -106,8 +106,14 @@ def plan(kernels: list[str], base_config: Callable[[str, str], LabConfig],
     return columns
 
 
+#: What runs on each kernel's lab instead of scenarios (`--selftests`): (lab, its results
+#: directory, on_result) -> the summary.
+Work = Callable[[Lab, Path, Callable[[ScenarioResult], None]], dict[str, Any]]
+
+
 def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[str], out: Path, jobs: int,
-        progress: Progress, echo: Callable[[str], None], shard: dict[str, Any] | None = None) -> dict[str, Any]:
+        progress: Progress, echo: Callable[[str], None], shard: dict[str, Any] | None = None,
+        work: Work | None = None) -> dict[str, Any]:
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     busy = [c.config.name for c in columns if Lab(c.config.name).is_up()]
@@ -136,8 +142,11 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
             def on_result(r: ScenarioResult) -> None:
                 say(f"[{column.label}] {r.status.upper():<5} {r.name}  {r.observed}  ({r.seconds:.1f} s)")
 
-            column.summary = Runner(lab, out / column.label, on_result=on_result,
-                                    targets=targets, shard=shard).run(scenarios)
+            if work is not None:
+                column.summary = work(lab, out / column.label, on_result)
+            else:
+                column.summary = Runner(lab, out / column.label, on_result=on_result,
+                                        targets=targets, shard=shard).run(scenarios)
         except KvmModeUnavailable as exc:
             column.skipped = exc.message
             say(f"[{column.label}] SKIP {exc.message}")

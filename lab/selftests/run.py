@@ -15,6 +15,7 @@ binaries reach L1 through the share once per build, into L1's RAM.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -134,17 +135,67 @@ def cause_holds(known: Known, facts: L1Facts, output: str) -> tuple[bool, str]:
     return found is not None, f"output: {found!r}" if found else "no output line matches"
 
 
-def memory_window(test: Test, output: str) -> tuple[int, int] | None:
-    """[start, end) of the test's guest memory, as the test printed it."""
+def memory_windows(test: Test, output: str) -> list[tuple[int, int]]:
+    """[start, end) of the test's guest memory, as the test printed it: once per VM it made
+    (a test run in every guest mode prints one per mode; VMs of the same IPA size reuse a
+    range), distinct and in order."""
+    found: set[tuple[int, int]] = set()
     if test.memory == "memstress":
-        m = _MEMSTRESS.search(output)
-        return (int(m.group(1), 16), int(m.group(2), 16)) if m else None
-    if test.memory == "page_table":
-        off, size = _PT_OFFSET.search(output), _PT_SIZE.search(output)
-        if off and size:
-            start = int(off.group(1), 16)
-            return start, start + int(size.group(1), 16)
-    return None
+        found = {(int(m.group(1), 16), int(m.group(2), 16)) for m in _MEMSTRESS.finditer(output)}
+    elif test.memory == "page_table":
+        offsets = [int(m.group(1), 16) for m in _PT_OFFSET.finditer(output)]
+        sizes = [int(m.group(1), 16) for m in _PT_SIZE.finditer(output)]
+        found = {(lo, lo + size) for lo, size in zip(offsets, sizes)}
+    return sorted(found)
+
+
+def run_on_lab(lab: Lab, runs: list[Planned], results: Path, trace: bool = False, src: Path | None = None,
+               known_file: Path | None = None, config_file: str | None = None, progress: Any = None,
+               on_result: Callable[[ScenarioResult], None] | None = None,
+               echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The selftests built for the kernel `lab` runs (from `src`, or Debian's source of
+    it), run on it into `results`, judged against that kernel's known results. Returns
+    the summary (also RESULTS/summary.json)."""
+    from lab.builder.build import Builder
+    from lab.config import load_config
+    from lab.selftests.selection import load_known
+
+    state = lab.require_up()
+    # the kernel the lab runs, which may not be this config's (a lab brought up earlier)
+    cfg = load_config(config_file, {"lab.name": lab.name, "lab.kernel": state["config"]["lab"]["kernel"]})
+    label = state.get("kernel", {}).get("label") or cfg.kernel_spec.label
+    build = Builder(progress=progress).selftests(cfg, src, jobs=max(1, os.cpu_count() or 1))
+    known = load_known(label, known_file)
+    facts = l1_facts(lab, Path(state.get("kernel", {}).get("image", "/nonexistent")).parent / "config")
+    if echo is not None:
+        echo(f"Running {len(runs)} selftest run{'s' if len(runs) != 1 else ''} ({len({r.test.name for r in runs})} "
+             f"tests) on lab '{lab.name}' ({state.get('ready', {}).get('release', '?')}){', traced' if trace else ''}; "
+             f"built {len(build.manifest['tests'])} tests from {build.manifest['inputs']['tree']}; known results: "
+             f"{known.path or f'none for {label} (every test is expected to pass)'}; results in {results}")
+    runner = Runner(lab, results, targets=["selftests"])
+    return SelftestRunner(lab, build, results, known, facts, trace, runner, on_result).run(runs)
+
+
+def against_known(observed: str, known: Known, results: KnownResults, facts: L1Facts, output: str,
+                  reasons: list[str]) -> str:
+    """The run's status, judged against the kernel's known result for it (reasons grow):
+    as known is PASS, SKIP or XFAIL (an expected failure, whose cause was checked); a
+    known cause found untrue, a regression, or a known non-pass that now differs, FAIL."""
+    label = results.kernel
+    if known.cause is not None:
+        holds, found = cause_holds(known, facts, output)
+        if not holds:
+            reasons.append(f"the known cause on {label} is untrue here: {known.cause.describe()}; found: {found}")
+            return FAIL
+        reasons.append(f"known to {known.status} on {label}: {known.cause.describe()}; checked: {found}")
+    if observed == known.status:
+        return XFAIL if observed == FAIL else observed
+    if known.status == PASS:
+        reasons.append(f"REGRESSION: known to pass on {label}")
+    else:
+        reasons.append(f"known to {known.status} on {label} ({results.path}), but it did {observed}: "
+                       "the known-results file is out of date")
+    return FAIL
 
 
 class SelftestRunner:
@@ -240,7 +291,7 @@ class SelftestRunner:
         outcome = ktap.judge(output, vmm.get("exit_code"), vmm.get("signal"),
                              test.timeout if vmm.get("timeout") else None)
         reasons = [f"{outcome.status.upper()}: {outcome.reason}"]
-        status = self._against_known(outcome.status, known, output, reasons)
+        status = against_known(outcome.status, known, self.known, self.facts, output, reasons)
         extra: dict[str, Any] = {}
         if self.trace and "trace" in result:
             trace_status, extra = self._judge_trace(planned, result, artefacts, output, reasons, out)
@@ -266,23 +317,6 @@ class SelftestRunner:
                                     l1=contract.L1Settings(hugepages=hugepages),
                                     trace=contract.Trace(events=events, optional=[], buffer_kb=test.trace_kb))
 
-    def _against_known(self, observed: str, known: Known, output: str, reasons: list[str]) -> str:
-        label = self.known.kernel
-        if known.cause is not None:
-            holds, found = cause_holds(known, self.facts, output)
-            if not holds:
-                reasons.append(f"the known cause on {label} is untrue here: {known.cause.describe()}; found: {found}")
-                return FAIL
-            reasons.append(f"known to {known.status} on {label}: {known.cause.describe()}; checked: {found}")
-        if observed == known.status:
-            return XFAIL if observed == FAIL else observed
-        if known.status == PASS:
-            reasons.append(f"REGRESSION: known to pass on {label}")
-        else:
-            reasons.append(f"known to {known.status} on {label} ({self.known.path}), but it did {observed}: "
-                           "the known-results file is out of date")
-        return FAIL
-
     def _judge_trace(self, planned: Planned, result: dict[str, Any], artefacts: Path, output: str,
                      reasons: list[str], out: ScenarioResult) -> tuple[str, dict[str, Any]]:
         trace = tracefile.load(artefacts, result["trace"])
@@ -291,20 +325,21 @@ class SelftestRunner:
         if not trace.complete:
             reasons.append("trace incomplete: " + "; ".join(trace.problems))
             status = FAIL
-        window = memory_window(planned.test, output)
+        windows = memory_windows(planned.test, output)
         expected = planned.test.expect.get(planned.backing or "")
-        if window is None:
+        if not windows:
             if expected:
                 reasons.append(f"the test printed no guest memory range ({planned.test.memory}), so its mapping "
                                f"cannot be judged against {expected}")
                 return FAIL, {}
             return status, {"observed": f"{len(trace.faults)} faults"}
-        lo, hi = window
-        regions = mapping.infer(trace.faults, mapping.Touched(lo, hi - lo), (lo, hi))
+        regions: dict[int, mapping.Region] = {}
+        for lo, hi in windows:
+            regions.update(mapping.infer(trace.faults, mapping.Touched(lo, hi - lo), (lo, hi)))
         faulted = {s: r for s, r in regions.items() if r.faults}
         out.counts = dict(mapping.summary(faulted))
-        observed = f"test memory [{lo:#x}, {hi:#x}): {mapping.describe(faulted)}"
-        reasons.append(observed)
+        spans = ", ".join(f"[{lo:#x}, {hi:#x})" for lo, hi in windows[:3]) + (" ..." if len(windows) > 3 else "")
+        reasons.append(f"test memory {spans}: {mapping.describe(faulted)}")
         if expected:
             # "block?": one fault on the only page of the test's memory in that region (its
             # first or last region, when the memory is not 2 MiB-aligned): it says nothing
