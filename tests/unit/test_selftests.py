@@ -149,3 +149,10 @@ def test_memory_windows_from_recorded_output():
     pt = "Guest physical test memory offset: 0xffffbff000000\nTesting memory size(aligned): 0x1000000\n"
     assert st.memory_windows(selection.tests["kvm_page_table_test"], pt) == [(0xffffbff000000, 0xffffc00000000)]
     assert st.memory_windows(selection.tests["kvm_page_table_test"], "nothing printed") == []
+
+
+def test_memory_windows_of_a_510_memstress_test_come_from_its_arguments():
+    """perf_test_util before 5.17 printed the start only: the size is -b times -v."""
+    test = sel.Test("demand_paging_test", args=["-b", "32M", "-v", "2"], memory="memstress")
+    text = "guest physical test memory offset: 0xffbfe00000\n"
+    assert st.memory_windows(test, text) == [(0xffbfe00000, 0xffbfe00000 + (64 << 20))]
