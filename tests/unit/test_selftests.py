@@ -9,11 +9,12 @@ import pytest
 
 from lab.core.errors import UserError
 from lab.core.status import FAIL, PASS, SKIP, XFAIL
+from lab.selftests import judge
 from lab.selftests import run as st
 from lab.selftests import selection as sel
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "selftests"
-FACTS = st.L1Facts(features={"fp", "asimd", "sve", "atomics"}, mem_mib=1969,
+FACTS = judge.L1Facts(features={"fp", "asimd", "sve", "atomics"}, mem_mib=1969,
                    config={"CONFIG_KVM": "y", "CONFIG_IDLE_PAGE_TRACKING": "n"}, config_source="config")
 
 
@@ -113,13 +114,13 @@ def test_a_cause_is_checked_against_l1(tmp_path, cause, holds):
 
     known = sel.load_known("k", write(tmp_path, yaml.safe_dump({"tests": {"t": {"status": "skip", "cause": cause}}})))
     output = (DATA / "aarch32_id_regs.log").read_text()
-    assert st.cause_holds(known.of("t", None), FACTS, output)[0] is holds
+    assert judge.cause_holds(known.of("t", None), FACTS, output)[0] is holds
 
 
 def judged(known: sel.Known, observed: str, output: str = "") -> tuple[str, list[str]]:
     reasons: list[str] = []
     results = sel.KnownResults(Path("known/k.yaml"), "k")
-    return st.against_known(observed, known, results, FACTS, output, reasons), reasons
+    return judge.against_known(observed, known, results, FACTS, output, reasons), reasons
 
 
 def test_judged_against_the_known_results():
@@ -143,16 +144,16 @@ def test_memory_windows_from_recorded_output():
     reuse theirs: 4 distinct (IPA sizes 52, 48, 40, 36), each 32 MiB and 2 MiB-aligned (memstress aligns to the THP)."""
     selection = sel.load_selection()
     text = (DATA / "demand_paging_test-anonymous_thp.log").read_text()
-    windows = st.memory_windows(selection.tests["demand_paging_test"], text)
+    windows = judge.memory_windows(selection.tests["demand_paging_test"], text)
     assert len(windows) == 4 and windows[-1] == (0xffffffde00000, 0xfffffffe00000)
     assert all(lo % (2 << 20) == 0 and hi - lo == 32 << 20 for lo, hi in windows)
     pt = "Guest physical test memory offset: 0xffffbff000000\nTesting memory size(aligned): 0x1000000\n"
-    assert st.memory_windows(selection.tests["kvm_page_table_test"], pt) == [(0xffffbff000000, 0xffffc00000000)]
-    assert st.memory_windows(selection.tests["kvm_page_table_test"], "nothing printed") == []
+    assert judge.memory_windows(selection.tests["kvm_page_table_test"], pt) == [(0xffffbff000000, 0xffffc00000000)]
+    assert judge.memory_windows(selection.tests["kvm_page_table_test"], "nothing printed") == []
 
 
 def test_memory_windows_of_a_510_memstress_test_come_from_its_arguments():
     """perf_test_util before 5.17 printed the start only: the size is -b times -v."""
     test = sel.Test("demand_paging_test", args=["-b", "32M", "-v", "2"], memory="memstress")
     text = "guest physical test memory offset: 0xffbfe00000\n"
-    assert st.memory_windows(test, text) == [(0xffbfe00000, 0xffbfe00000 + (64 << 20))]
+    assert judge.memory_windows(test, text) == [(0xffbfe00000, 0xffbfe00000 + (64 << 20))]
