@@ -60,7 +60,8 @@ def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
         counts = s.get("counts") or {}
         blocks = counts.get("block", 0) + counts.get("block-1g", 0)
         pages = counts.get("page", 0) + counts.get("split", 0)
-        table.add_row(s["name"], s["expected"], s["observed"] or "-", str(s["faults"]),
+        table.add_row(rich_escape(s["name"]), rich_escape(s["expected"]), rich_escape(s["observed"] or "-"),
+                      str(s["faults"]),
                       f"{blocks}/{pages}" if counts else "-",
                       f"[{STYLE[s['status']]}]{s['status'].upper()}[/]", f"{s['seconds']:.1f}")
     console.print(table)
@@ -84,7 +85,7 @@ def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
                   f"in {summary['seconds']:.1f} s; results: {summary['results_dir']}", soft_wrap=True)
 
 
-MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: ""}
+MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: "", XFAIL: " (known)"}
 
 
 def print_matrix(matrix: dict[str, Any]) -> None:
@@ -105,7 +106,7 @@ def print_matrix(matrix: dict[str, Any]) -> None:
             text = cell["signature"] + MARK[cell["status"]]
             style = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow", XFAIL: "cyan"}.get(cell["status"], "")
             cells.append(f"[{style}]{rich_escape(text)}[/]" if style else rich_escape(text))
-        table.add_row("[bold magenta]≠[/]" if row["differs"] else "", row["name"], *cells)
+        table.add_row("[bold magenta]≠[/]" if row["differs"] else "", rich_escape(row["name"]), *cells)
     console.print(table)
     for k in kernels:
         if k["error"]:
@@ -113,7 +114,7 @@ def print_matrix(matrix: dict[str, Any]) -> None:
         if k.get("skipped"):
             console.print(f"[yellow]{k['label']}[/]: skipped: {rich_escape(k['skipped'])}", soft_wrap=True)
     console.print(f"{len(matrix['differing'])} of {len(matrix['scenarios'])} scenarios differ between kernels"
-                  + (f" ({', '.join(matrix['differing'])})" if matrix["differing"] else "")
+                  + (f" ({rich_escape(', '.join(matrix['differing']))})" if matrix["differing"] else "")
                   + f"; {matrix['seconds']:.0f} s with -j{matrix['jobs']}; results: {matrix['results_dir']}",
                   soft_wrap=True)
 

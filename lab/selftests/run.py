@@ -270,7 +270,7 @@ class SelftestRunner:
                 reasons.append(f"the test printed no guest memory range ({planned.test.memory}), so its mapping "
                                f"cannot be judged against {expected}")
                 return FAIL, {}
-            return status, {"observed": f"{len(trace.faults)} faults"}
+            return status, {}  # its fault count is in `faults`; the observed cell compares across kernels
         regions: dict[int, mapping.Region] = {}
         for lo, hi in windows:
             # only the 2 MiB regions wholly inside the range: at an edge that is not

@@ -157,3 +157,8 @@ def test_memory_windows_of_a_510_memstress_test_come_from_its_arguments():
     test = sel.Test("demand_paging_test", args=["-b", "32M", "-v", "2"], memory="memstress")
     text = "guest physical test memory offset: 0xffbfe00000\n"
     assert judge.memory_windows(test, text) == [(0xffbfe00000, 0xffbfe00000 + (64 << 20))]
+
+
+def test_a_pinned_debian_kernel_takes_its_suites_known_results():
+    assert sel.load_known("sid-7.2.13-1").path == sel.known_path("sid")
+    assert sel.load_known("image-Image-abc").path is None
