@@ -90,7 +90,7 @@ def merge_runs(runs: list[Run]) -> Run:
                "seconds": round(max(float(r.summary.get("seconds", 0)) for r in runs), 2),
                "results_dir": ", ".join(str(r.path) for r in runs)}
     summary.pop("shard", None)
-    return Run(first.path, summary, scenarios, homes)
+    return Run(first.path, summary, scenarios, homes, {k: v for r in runs for k, v in r.dirs.items()})
 
 
 def _order(runs: list[Run], present: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -18,7 +18,8 @@ from lab.core.errors import UserError
 from lab.core.status import BAD, FLAKY, XFAIL, count
 
 #: Files of a scenario's directory that reports link to, in this order.
-LINKED = ("l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json", "job.json")
+LINKED = ("command.log", "l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json",
+          "job.json")
 
 
 def flaky_words(counts: dict[str, int]) -> str:
@@ -37,6 +38,9 @@ class Run:
     scenarios: list[dict[str, Any]] = field(default_factory=list)
     #: a merged run (`kvmlab report DIR...`): the directory each scenario's artefacts are in
     homes: dict[str, Path] = field(default_factory=dict)
+    #: a run whose directory is not named as it is ("demand_paging_test[anonymous]" ->
+    #: "demand_paging_test-anonymous", `kvmlab selftests`)
+    dirs: dict[str, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -57,7 +61,7 @@ class Run:
         return self.homes.get(name, self.path)
 
     def scenario_dir(self, name: str) -> Path:
-        return self.home(name) / name
+        return self.home(name) / self.dirs.get(name, name)
 
     def trace_files(self, name: str) -> list[Path]:
         """The raw per-CPU traces of a scenario (one set per run directory)."""
@@ -101,7 +105,12 @@ def load_run(path: Path) -> Run:
     run = Run(path, summary)
     for entry in summary["scenarios"]:
         scenario = dict(entry)
-        verdict_file = path / entry["name"] / "verdict.json"
+        # only the last part of the stored path, and only if it is there: the directory
+        # may have moved, and its files are not trusted to point elsewhere
+        stored = Path(str(entry.get("artefacts") or "")).name
+        if stored and stored != entry["name"] and stored not in (".", "..") and (path / stored).is_dir():
+            run.dirs[entry["name"]] = stored
+        verdict_file = run.scenario_dir(entry["name"]) / "verdict.json"
         if verdict_file.is_file():
             verdict = _read_json(verdict_file)
             scenario["regions"] = verdict.get("regions", [])

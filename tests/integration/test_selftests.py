@@ -65,10 +65,14 @@ def test_the_results_read_back_as_a_report(selftests, tmp_path):
     _, summary, results, out = selftests
     cases = ET.parse(out / "junit.xml").getroot().iter("testcase")
     assert len(list(cases)) == len(summary["scenarios"])
-    again = kvmlab("report", str(results), "--markdown", str(tmp_path / "r.md"))
+    again = kvmlab("report", str(results), "--markdown", str(tmp_path / "r.md"), "--html", str(tmp_path / "html"))
     assert again.returncode == 0, again.stdout.decode()[-2000:]
     text = (tmp_path / "r.md").read_text()
     assert "demand_paging_test[anonymous_thp]" in text and "known failure" in text
+    # the fault map of each traced run's memory, and its output linked
+    page = (tmp_path / "html/index.html").read_text()
+    assert len(list((tmp_path / "html/figures").glob("demand_paging_test_*map.png"))) == 3, page[:500]
+    assert "demand_paging_test-anonymous_thp/command.log" in page
 
 
 def test_a_planted_failure_is_caught(kvm_lab, tmp_path):
