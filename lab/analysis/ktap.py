@@ -9,6 +9,8 @@ The selftests speak in two ways (tools/testing/selftests/kselftest.h):
   reason" as a directive; "Bail out!" ends the run early. Nested KTAP subtests are
   indented; only the top level is judged here.
 
+A test that refuses its arguments (getopt's "invalid option -- 's'": an older tree's
+test without an option the selection gives) did not run, whatever its exit status.
 A test that is cut off (a signal, a timeout, a crash in the middle) leaves a plan with
 fewer results than it promised: the cases it never reported are missing, and that fails
 it even if the exit status was 0. A "not ok" without a SKIP or TODO directive fails it
@@ -31,6 +33,9 @@ _DIRECTIVE = re.compile(r"^(SKIP|TODO|XFAIL)\b\s*(.*)$", re.I)
 _BAIL = re.compile(r"^Bail out!\s*(.*)$")
 _TOTALS = re.compile(r"^# Totals: pass:(\d+) fail:(\d+) xfail:(\d+) xpass:(\d+) skip:(\d+) error:(\d+)")
 _ASSERT = re.compile(r"^==== Test Assertion Failure ====")
+#: getopt refusing an argument: the test printed its usage and did not run (some older
+#: tests then exit 0, or 4)
+_REFUSED = re.compile(r"(?:invalid option|unrecognized option|option requires an argument) -- .*$", re.M)
 #: What a test prints when it skips for a missing feature (__TEST_REQUIRE, ksft_exit_skip).
 _SKIP_LINE = re.compile(r"(?:^|\s)(?:skipping test|SKIP)\b[:\s-]*(.*)$", re.I)
 SIGNALS = {1: "SIGHUP", 2: "SIGINT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE",
@@ -143,6 +148,10 @@ def judge(output: str, exit_code: int | None, signal: int | None = None, timeout
     if exit_code is None:
         return Outcome(FAIL, "no exit status (the runner in L1 lost it)", tap)
     failed = [c for c in tap.cases if c.status == FAIL]
+    refused = _REFUSED.search(output) if not tap.cases else None
+    if refused:
+        return Outcome(FAIL, f"it refused its arguments ({refused.group(0).strip()}) and did not run "
+                             f"(exit {exit_code})", tap)
     if tap.bail_out is not None:
         return Outcome(FAIL, f"bailed out: {tap.bail_out}", tap)
     if exit_code == KSFT_SKIP:

@@ -113,3 +113,12 @@ def test_any_other_exit_status_fails(code):
 def test_exit_4_without_a_reason_still_says_something():
     out = ktap.judge("", 4)
     assert out.status == SKIP and out.reason == "exit 4 (KSFT_SKIP), no reason printed"
+
+
+def test_a_test_that_refused_its_arguments_did_not_run():
+    """5.10's demand_paging_test has no -s: it printed its usage and exited 0 (recorded)."""
+    text = "/run/kvmlab/selftests-x/demand_paging_test: invalid option -- 's'\n\nusage: demand_paging_test [-h]\n"
+    out = ktap.judge(text, 0)
+    assert out.status == FAIL
+    assert out.reason == "it refused its arguments (invalid option -- 's') and did not run (exit 0)"
+    assert ktap.judge("arch_timer: invalid option -- 'e'\nUsage: ...\n", 4).status == FAIL
