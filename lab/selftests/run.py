@@ -229,7 +229,8 @@ class SelftestRunner:
         outcome = ktap.judge(output, vmm.get("exit_code"), vmm.get("signal"),
                              test.timeout if vmm.get("timeout") else None)
         reasons = [f"{outcome.status.upper()}: {outcome.reason}"]
-        status = against_known(outcome.status, known, self.known, self.facts, output, reasons)
+        # an `output` cause may name the judge's own words too ("ran past its timeout")
+        status = against_known(outcome.status, known, self.known, self.facts, output + "\n" + outcome.reason, reasons)
         extra: dict[str, Any] = {}
         if self.trace and "trace" in result:
             trace_status, extra = self._judge_trace(planned, result, artefacts, output, reasons, out)

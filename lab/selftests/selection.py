@@ -81,7 +81,7 @@ class Cause:
         what = {"kconfig": f"{self.value} is off in the kernel's config",
                 "cpu_lacks": f"L1's CPU lacks {self.value} (/proc/cpuinfo)",
                 "memory": f"L1 has less than {self.value} MiB of memory",
-                "output": f"its output says {self.value!r}"}[self.kind]
+                "output": f"its output (or its verdict) says {self.value!r}"}[self.kind]
         return what + (f" ({self.why})" if self.why else "")
 
 
