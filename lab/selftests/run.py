@@ -15,6 +15,7 @@ binaries reach L1 through the share once per build, into L1's RAM.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -212,8 +213,6 @@ class SelftestRunner:
             out.reasons = [f"running it in L1 failed: {l1.error}"]
             return self._finish(out, artefacts, started, {})
         try:
-            import json
-
             result = json.loads((artefacts / "result.json").read_text())
         except (OSError, ValueError):
             out.reasons = [f"L1 left no result: {l1.output.strip()[-300:]}"]
@@ -232,7 +231,9 @@ class SelftestRunner:
         # an `output` cause may name the judge's own words too ("ran past its timeout")
         status = against_known(outcome.status, known, self.known, self.facts, output + "\n" + outcome.reason, reasons)
         extra: dict[str, Any] = {}
-        if self.trace and "trace" in result:
+        # the mapping of a test's memory is judged when the test ran through (one that
+        # failed or skipped may never have touched it)
+        if self.trace and "trace" in result and outcome.status == PASS:
             trace_status, extra = self._judge_trace(planned, result, artefacts, output, reasons, out)
             if trace_status == FAIL and status in (PASS, XFAIL):
                 status = FAIL
