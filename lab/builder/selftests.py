@@ -86,7 +86,7 @@ def inputs_for(tree: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 def build(work: Path, tree: Path, jobs: int, step) -> dict[str, Any]:
     """Headers, then the selftests, then bin/: Store.build's builder. A failure raises
-    with the log kept (see failed_log)."""
+    with the log kept (keep_log)."""
     log_path = work / "build.log"
     started = time.monotonic()
     cross = {"ARCH": "arm64", "CROSS_COMPILE": CROSS}
