@@ -49,13 +49,15 @@ def test_the_default_selection_meets_trixies_known_results(selftests):
 
 def test_the_traced_mapping_of_each_tests_memory(selftests):
     """demand_paging_test writes 32 MiB: pages when the library madvises NOHUGEPAGE, 16
-    blocks with THP or hugetlb; the dirty-log tests split their blocks into pages."""
+    blocks with THP or hugetlb; the dirty-log tests split their blocks into pages.
+    Measured in CI's fresh root on 2026-12-04 (trixie 6.12.117)."""
     _, summary, _, _ = selftests
     runs = {s["name"]: s for s in summary["scenarios"]}
     assert runs["demand_paging_test[anonymous_thp]"]["counts"] == {"block": 16}
     assert runs["demand_paging_test[anonymous_hugetlb_2mb]"]["counts"] == {"block": 16}
-    assert runs["demand_paging_test[anonymous]"]["counts"].get("page", 0) >= 16
-    assert set(runs["demand_paging_test[anonymous]"]["counts"]) <= {"page", "block?"}
+    # anonymous memory is placed 4 KiB-aligned: 17 regions spanned, 15 whole (the two at
+    # the edges hold a few of its pages and are not judged)
+    assert runs["demand_paging_test[anonymous]"]["counts"] == {"page": 15}
     for name in ("dirty_log_perf_test", "kvm_page_table_test"):
         assert runs[f"{name}[anonymous_thp]"]["counts"] == {"split": 8}, runs[f"{name}[anonymous_thp]"]
         assert runs[f"{name}[anonymous_hugetlb_2mb]"]["counts"] == {"split": 8}
