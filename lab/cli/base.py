@@ -129,3 +129,18 @@ def lab_config(config: str | None, **overrides) -> LabConfig:
 def default_name(name: str | None) -> str:
     return name or load_config().name
 
+
+
+def bring_up(lab, cfg: LabConfig, kernel: str | None, keep_up: bool) -> None:
+    """For a command that runs on a lab (`test`, `selftests`): the running one, unless
+    --kernel names another kernel than it runs, else one brought up now (and left up
+    with --keep-up; otherwise the Lab context takes it down)."""
+    if lab.is_up() and kernel:
+        running = (lab.state() or {}).get("config", {}).get("lab", {}).get("kernel")
+        if running != cfg.kernel:
+            raise UserError(f"--kernel {kernel}: lab {cfg.name!r} is already up with {running}; "
+                            f"`kvmlab down --name {cfg.name}` first, or pick another --name")
+    if not lab.is_up():
+        lab.up(cfg)
+        if keep_up:
+            lab.keep_running()

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from lab.cli.base import (
+    bring_up,
     check_outputs,
     default_name,
     kernel_options,
@@ -79,15 +80,7 @@ def test(progress: Progress, targets, keyword, list_only, count, shard, config, 
         cfg = lab_config(config, name=name, kernel=kernel or (NESTED_KERNEL if default else None), modules=modules,
                          kvm_mode="nested")
     with Lab(cfg.name, progress) as lab:  # a lab this command brings up goes down with it
-        if lab.is_up() and kernel:
-            running = (lab.state() or {}).get("config", {}).get("lab", {}).get("kernel")
-            if running != cfg.kernel:
-                raise UserError(f"--kernel {kernel}: lab {cfg.name!r} is already up with {running}; "
-                                f"`kvmlab down --name {cfg.name}` first, or pick another --name")
-        if not lab.is_up():
-            lab.up(cfg)
-            if keep_up:
-                lab.keep_running()
+        bring_up(lab, cfg, kernel, keep_up)
         helpers, started = pool.helper_labs(cfg, min(jobs, len(scenarios)), progress)
         out = suite.results_dir(results, suite.label_of(targets))
         report.print_start(lab.name, (lab.state() or {}).get("ready", {}).get("release", "?"), len(scenarios), out)

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from lab.cli.base import check_outputs, kernel_options, lab_config, main, name_option, output_options, write_outputs
+from lab.cli.base import (
+    bring_up,
+    check_outputs,
+    kernel_options,
+    lab_config,
+    main,
+    name_option,
+    output_options,
+    write_outputs,
+)
 from lab.core.errors import UserError
 from lab.core.progress import Progress
 from lab.machine.lab import Lab
@@ -71,15 +80,7 @@ def selftests(progress: Progress, tests, src, keyword, backings, trace, timeout,
     if not runs:
         raise UserError(f"no selftest matches {' '.join(tests) or keyword!r}; `kvmlab selftests --list` shows them")
     with Lab(cfg.name, progress) as lab:
-        if lab.is_up() and kernel:
-            running = (lab.state() or {}).get("config", {}).get("lab", {}).get("kernel")
-            if running != cfg.kernel:
-                raise UserError(f"--kernel {kernel}: lab {cfg.name!r} is already up with {running}; "
-                                f"`kvmlab down --name {cfg.name}` first, or pick another --name")
-        if not lab.is_up():
-            lab.up(cfg)
-            if keep_up:
-                lab.keep_running()
+        bring_up(lab, cfg, kernel, keep_up)
         out = results_dir(results, "selftests")
         summary = st.run_on_lab(lab, runs, out, trace, Path(src) if src else None, Path(known) if known else None,
                                 config, progress, report.result_printer(len(runs)), click.echo)
