@@ -17,7 +17,7 @@ from lab.analysis.crash import Crash
 from lab.analysis.expect import Judged
 from lab.analysis.mapping import LABELS, Fault, Region, Touched
 from lab.analysis.trace import Trace
-from lab.core.status import ERROR, FAIL, PASS, SKIP, Status
+from lab.core.status import ERROR, FAIL, NA, PASS, SKIP, Status
 from lab.core.versions import versions_match
 from lab.shared.units import human_size
 
@@ -106,12 +106,14 @@ def check_regions(scenario: Judged, faults: list[Fault], release: str,
 
 def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trace | None,
              probe: dict[str, Any] | None, crashes: list[Crash], l0: str = "") -> Verdict:
+    if result.get("na"):  # L1 found the kernel without a feature the scenario is about
+        return Verdict(NA, "", [result["na"]])
     if result.get("skip"):
         return Verdict(SKIP, "", [result["skip"]])
     if result.get("error"):
         return Verdict(ERROR, "", [f"in L1: {result['error']}"])
     if scenario.kernels and not versions_match(scenario.kernels, release):
-        return Verdict(SKIP, "", [f"needs a kernel {scenario.kernels}, L1 runs {release}"])
+        return Verdict(NA, "", [f"applies to kernels {scenario.kernels}; L1 runs {release}"])
     if scenario.repeat > 1:
         return _stress(scenario, result.get("repeat") or {}, crashes)
     verdict = Verdict(PASS)

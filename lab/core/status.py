@@ -17,6 +17,10 @@ class Status(str, Enum):
     #: `kvmlab selftests`: failed as the kernel's known-results file says, for a cause the
     #: run checked (reported, not a failure of the run)
     XFAIL = "xfail"
+    #: the scenario does not apply to this kernel: its `kernels:` condition, or a feature
+    #: the kernel lacks (mTHP, MADV_COLLAPSE...). Counted apart from skips, which are for
+    #: a lab that lacked a resource (memory, a KVM mode) the scenario needs.
+    NA = "n/a"
 
     def __str__(self) -> str:
         return self.value
@@ -25,7 +29,8 @@ class Status(str, Enum):
         return format(self.value, spec)
 
 
-PASS, FAIL, ERROR, SKIP, FLAKY, XFAIL = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP, Status.FLAKY, Status.XFAIL
+PASS, FAIL, ERROR, SKIP, FLAKY, XFAIL, NA = (Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP, Status.FLAKY,
+                                            Status.XFAIL, Status.NA)
 #: What fails a run.
 BAD = (FAIL, FLAKY, ERROR)
 
@@ -34,9 +39,9 @@ def count(statuses: list[str]) -> dict[str, int]:
     """pass/fail/error/skip counts, and flaky only where `--count` found any (so a run
     without it reads as every run before --count did)."""
     counts = {k.value: statuses.count(k) for k in (PASS, FAIL, ERROR, SKIP)}
-    for extra in (FLAKY, XFAIL):
+    for extra in (FLAKY, XFAIL, NA):
         if extra in statuses:
             counts[extra.value] = statuses.count(extra)
     return counts
 #: No measurement to compare: a kernel that skipped or errored says nothing about a change.
-NOT_MEASURED = (SKIP, ERROR)
+NOT_MEASURED = (SKIP, ERROR, NA)

@@ -13,13 +13,13 @@ from rich.markup import escape as rich_escape
 from rich.table import Column, Table
 
 from lab.core.progress import stamp
-from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP, XFAIL
+from lab.core.status import ERROR, FAIL, FLAKY, NA, PASS, SKIP, XFAIL
 from lab.results.load import flaky_words
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult
 
 STYLE: dict[str, str] = {PASS: "green", FAIL: "bold red", FLAKY: "bold magenta", ERROR: "bold red", SKIP: "yellow",
-                         XFAIL: "cyan"}
+                         XFAIL: "cyan", NA: "dim"}
 
 
 def _console() -> Console:
@@ -85,7 +85,8 @@ def print_table(summary: dict[str, Any], verbose: bool = False) -> None:
                   f"in {summary['seconds']:.1f} s; results: {summary['results_dir']}", soft_wrap=True)
 
 
-MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: "", XFAIL: " (known)"}
+MARK = {PASS: "", FAIL: " ✗", SKIP: "", ERROR: "", XFAIL: " (known)", NA: ""}
+CELL_STYLE = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow", XFAIL: "cyan", NA: "dim"}
 
 
 def print_matrix(matrix: dict[str, Any]) -> None:
@@ -104,7 +105,7 @@ def print_matrix(matrix: dict[str, Any]) -> None:
                 cells.append("-")
                 continue
             text = cell["signature"] + MARK[cell["status"]]
-            style = {FAIL: "bold red", ERROR: "bold red", SKIP: "yellow", XFAIL: "cyan"}.get(cell["status"], "")
+            style = CELL_STYLE.get(cell["status"], "")
             cells.append(f"[{style}]{rich_escape(text)}[/]" if style else rich_escape(text))
         table.add_row("[bold magenta]≠[/]" if row["differs"] else "", rich_escape(row["name"]), *cells)
     console.print(table)

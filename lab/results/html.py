@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
-from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP, XFAIL
+from lab.core.status import ERROR, FAIL, FLAKY, NA, PASS, SKIP, XFAIL
 from lab.results import figures
 from lab.results.load import Matrix, Run, flaky_words
 
 MARKER = ".kvmlab-report"
 STATUS: dict[str, str] = {PASS: "PASS", FAIL: "FAIL", FLAKY: "FLAKY", ERROR: "ERROR", SKIP: "SKIP",
-                          XFAIL: "XFAIL"}
+                          XFAIL: "XFAIL", NA: "N/A"}
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1180px; padding: 0 1em; color: #212121; }
@@ -39,6 +39,7 @@ table { border-collapse: collapse; margin: .6em 0 1.2em; } th, td { padding: .25
 .badge { display: inline-block; padding: .05em .5em; border-radius: .3em; font-weight: 600; font-size: .85em;
   color: #fff; }
 .pass { background: #2e7d32; } .fail, .error { background: #c62828; } .skip { background: #f9a825; color: #212121; }
+.na { background: #9e9e9e; }
 .differs { color: #8e24aa; font-weight: 700; }
 section.scenario { border: 1px solid #e0e0e0; border-left: 6px solid #9e9e9e; border-radius: .4em; padding: .8em 1em;
   margin: 1em 0; } section.scenario.s-pass { border-left-color: #2e7d32; }
@@ -50,7 +51,7 @@ ul.checks li::before { content: attr(data-mark) " "; font-weight: 700; }
 ul.checks li.ok::before { color: #2e7d32; } ul.checks li.bad::before { color: #c62828; }
 .links a { margin-right: 1em; } td.cell-pass { background: #e8f5e9; }
 td.cell-fail, td.cell-error { background: #ffebee; }
-td.cell-skip { background: #fff8e1; }
+td.cell-skip { background: #fff8e1; } td.cell-na { color: #757575; }
 """
 
 # Counts the pictures the browser could decode; the browser test reads the attributes.
@@ -73,7 +74,12 @@ def _page(title: str, body: str) -> str:
 
 
 def _badge(status: str) -> str:
-    return f"<span class=\"badge {e(status)}\">{STATUS.get(status, e(status))}</span>"
+    return f"<span class=\"badge {_css(status)}\">{STATUS.get(status, e(status))}</span>"
+
+
+def _css(status: str) -> str:
+    """A status as a CSS class name ("n/a" -> "na")."""
+    return e(status.replace("/", ""))
 
 
 def _slug(name: str) -> str:
@@ -101,7 +107,7 @@ class _Writer:
     def scenario(self, run: Run, s: dict[str, Any]) -> str:
         name = s["name"]
         slug = _slug(name)
-        parts = [f"<section class=\"scenario s-{e(s['status'])}\" id=\"scenario-{e(slug)}\" "
+        parts = [f"<section class=\"scenario s-{_css(s['status'])}\" id=\"scenario-{e(slug)}\" "
                  f"data-scenario=\"{e(name)}\" data-status=\"{e(s['status'])}\">",
                  f"<h2>{_badge(s['status'])} {e(name)}</h2>",
                  f"<p>{e(s.get('description', ''))}</p>",
@@ -137,7 +143,7 @@ class _Writer:
                     figs.append(f"<img src=\"{e(src)}\" alt=\"{e(name)}: {alt}{which}\">")
         if figs:
             parts.append("<div class=\"figures\">" + "".join(figs) + "</div>")
-        elif s["status"] != SKIP:
+        elif s["status"] not in (SKIP, NA):
             parts.append("<p class=\"meta\">No fault map: this scenario recorded no per-region mapping.</p>")
         links = [_link(p, self.final, str(p.relative_to(run.home(name)))) for p in run.artefacts(name)]
         if links:
@@ -193,7 +199,7 @@ class _Writer:
                     cells.append("<td>-</td>")
                     continue
                 href = f"{_slug(k['label'])}/index.html#scenario-{_slug(row['name'])}"
-                cells.append(f"<td class=\"cell-{e(cell['status'])}\" data-kernel=\"{e(k['label'])}\" "
+                cells.append(f"<td class=\"cell-{_css(cell['status'])}\" data-kernel=\"{e(k['label'])}\" "
                              f"title=\"{e('; '.join(cell.get('reasons') or []))}\"><a href=\"{e(href)}\">"
                              f"{e(cell.get('signature') or STATUS.get(cell['status'], ''))}</a></td>")
             mark = "<span class=\"differs\">&ne;</span>" if row.get("differs") else ""

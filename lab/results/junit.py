@@ -15,7 +15,7 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from lab.core.status import ERROR, FAIL, FLAKY, SKIP, XFAIL
+from lab.core.status import ERROR, FAIL, FLAKY, NA, SKIP, XFAIL
 from lab.results.load import Matrix, Run
 from lab.shared.files import replacing
 
@@ -44,8 +44,8 @@ def _case(run: Run, scenario: dict, classname: str) -> ET.Element:
                                 type=f"kvmlab.{status}")
         element.text = "\n".join(reasons + [f"{'ok ' if c.get('ok') else 'NOT'} {c.get('text', '')}"
                                             for c in scenario.get("checks", [])])
-    elif status in (SKIP, XFAIL):  # a known failure: reported, not a failure of the run
-        ET.SubElement(case, "skipped", message=("known failure: " if status == XFAIL else "")
+    elif status in (SKIP, XFAIL, NA):  # a known failure: reported, not a failure of the run
+        ET.SubElement(case, "skipped", message={XFAIL: "known failure: ", NA: "n/a: "}.get(status, "")
                       + (reasons[0] if reasons else status))
     out = [f"expected: {scenario.get('expected', '')}", f"observed: {scenario.get('observed') or '-'}",
            f"faults: {scenario.get('faults', 0)}"]
@@ -60,7 +60,7 @@ def suite_element(run: Run, index: int = 0) -> ET.Element:
     counts = run.counts
     suite = ET.Element("testsuite", name=_suite_name(run), tests=str(len(run.scenarios)),
                        failures=str(counts["fail"] + counts.get("flaky", 0)), errors=str(counts["error"]),
-                       skipped=str(counts["skip"] + counts.get("xfail", 0)),
+                       skipped=str(counts["skip"] + counts.get("xfail", 0) + counts.get("n/a", 0)),
                        time=f"{s.get('seconds', 0):.3f}", id=str(index), hostname=socket.gethostname())
     started = s.get("started", "")
     if started:

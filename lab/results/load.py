@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UserError
-from lab.core.status import BAD, FLAKY, XFAIL, count
+from lab.core.status import BAD, FLAKY, NA, XFAIL, count
 
 #: Files of a scenario's directory that reports link to, in this order.
 LINKED = ("command.log", "l1.log", "l2-console.log", "l1-runner.out", "verdict.json", "result.json", "probe.json",
@@ -27,6 +27,8 @@ def flaky_words(counts: dict[str, int]) -> str:
     words = f"{counts.get(FLAKY, 0)} flaky, " if counts.get(FLAKY) else ""
     if counts.get(XFAIL):  # `kvmlab selftests`: failures its known-results file expects
         words += f"{counts[XFAIL]} known failure{'s' if counts[XFAIL] != 1 else ''}, "
+    if counts.get(NA):  # scenarios that do not apply to this kernel
+        words += f"{counts[NA]} n/a, "
     return words
 
 

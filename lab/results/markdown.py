@@ -3,11 +3,11 @@ the workflow run's page) or a pull-request comment."""
 
 from __future__ import annotations
 
-from lab.core.status import BAD, ERROR, FAIL, FLAKY, PASS, SKIP, XFAIL
+from lab.core.status import BAD, ERROR, FAIL, FLAKY, NA, PASS, SKIP, XFAIL
 from lab.results.load import Matrix, Run, flaky_words
 
 ICON: dict[str, str] = {PASS: "✅ pass", FAIL: "❌ fail", FLAKY: "🎲 flaky", ERROR: "💥 error", SKIP: "⏭️ skip",
-                       XFAIL: "🔶 known failure"}
+                       XFAIL: "🔶 known failure", NA: "➖ n/a"}
 
 
 def _cell(text: str) -> str:

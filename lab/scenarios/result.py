@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.core.status import ERROR, FAIL, FLAKY, PASS, SKIP
+from lab.core.status import ERROR, FAIL, FLAKY, NA, PASS, SKIP
 
 
 @dataclass
@@ -36,7 +36,7 @@ def counted(runs: list[ScenarioResult], artefacts: str) -> ScenarioResult:
     first = runs[0]
     statuses = [r.status for r in runs]
     passed = statuses.count(PASS)
-    if passed == len(runs) or statuses.count(SKIP) == len(runs):
+    if passed == len(runs) or statuses.count(SKIP) == len(runs) or statuses.count(NA) == len(runs):
         status = statuses[0]
     elif passed:
         status = FLAKY

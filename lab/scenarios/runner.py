@@ -26,7 +26,8 @@ from lab.analysis.mapping import describe
 from lab.analysis.verdict import Verdict, evaluate, judged_faults, phase_regions, region_records
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
-from lab.core.status import BAD, ERROR, FAIL, PASS, SKIP, count
+from lab.core.status import BAD, ERROR, FAIL, NA, PASS, SKIP, count
+from lab.core.versions import versions_match
 from lab.machine.boot import KVM_MODE_REPORTS, ipa_limit
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, tail
@@ -279,9 +280,14 @@ class Runner:
                              source=_source_name(scenario.path))
         if scenario.compare_thp:
             return self._compare(scenario, tools, out, started)
-        if scenario.l2_hypervisor is not None and self.summary["kvm_mode"] not in KVM_MODE_REPORTS["nested"]:
-            out.status, out.reasons = SKIP, ["a nested scenario needs a lab whose KVM runs guest hypervisors (kvmlab "
-                                             f"up --nested --kernel sid); this one's is {self.summary['kvm_mode']}"]
+        not_run = None  # not run at all: it would say nothing about this kernel, or this lab
+        if scenario.kernels and self.release and not versions_match(scenario.kernels, self.release):
+            not_run = NA, f"applies to kernels {scenario.kernels}; L1 runs {self.release}"
+        elif scenario.l2_hypervisor is not None and self.summary["kvm_mode"] not in KVM_MODE_REPORTS["nested"]:
+            not_run = SKIP, ("a nested scenario needs a lab whose KVM runs guest hypervisors (kvmlab up --nested "
+                             f"--kernel sid); this one's is {self.summary['kvm_mode']}")
+        if not_run:
+            out.status, out.reasons = not_run[0], [not_run[1]]
             (self.results / scenario.name).mkdir(parents=True, exist_ok=True)
             return self._finish(out, self.results / scenario.name, started)
         run = self.execute(scenario, tools, scenario.name)

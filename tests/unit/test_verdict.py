@@ -8,7 +8,7 @@ import yaml
 from lab.analysis import trace as tracefile
 from lab.analysis.crash import scan
 from lab.analysis.verdict import evaluate
-from lab.core.status import ERROR, FAIL, PASS, SKIP
+from lab.core.status import ERROR, FAIL, NA, PASS, SKIP, count
 from lab.scenarios import model
 
 TRACES = Path(__file__).parent.parent / "data" / "traces"
@@ -57,6 +57,18 @@ def test_kernel_conditions_pick_the_expectation():
     scenario, result, trace = recorded("anon-thp-always", per_kernel)
     assert evaluate(scenario, RELEASE, result, trace, None, []).status == PASS
     assert evaluate(scenario, "5.10.0-32-arm64", result, trace, None, []).status == FAIL
+
+
+def test_a_scenario_for_other_kernels_or_a_missing_feature_is_na_not_a_skip():
+    scenario, result, trace = recorded("anon-thp-always", lambda d: (d.update(kernels=">=6.8"), d["expect"].pop("smaps")))
+    v = evaluate(scenario, "6.1.0-40-arm64", result, trace, None, [])
+    assert v.status == NA and v.reasons == ["applies to kernels >=6.8; L1 runs 6.1.0-40-arm64"]
+    assert evaluate(scenario, RELEASE, result, trace, None, []).status == PASS
+    v = evaluate(scenario, RELEASE, {**result, "na": "this kernel has no multi-size THP controls"}, trace, None, [])
+    assert v.status == NA and v.reasons == ["this kernel has no multi-size THP controls"]
+    v = evaluate(scenario, RELEASE, {**result, "skip": "L1 could reserve only 0 of 1"}, trace, None, [])
+    assert v.status == SKIP
+    assert count([PASS, NA, SKIP, NA]) == {"pass": 1, "fail": 0, "error": 0, "skip": 1, "n/a": 2}
 
 
 def test_l0_qemu_conditions_pick_the_expectation():
