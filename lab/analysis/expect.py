@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from lab.shared.actions import Action
+
 
 @dataclass
 class RegionExpectation:
@@ -24,7 +26,9 @@ class RegionExpectation:
 
     def describe(self) -> str:
         text = self.mapping or "any"
-        if self.faults:
+        if self.faults == (0, 0):
+            text = "no fault"
+        elif self.faults:
             lo, hi = self.faults
             text += f" ({lo if lo == hi else f'{lo}-{hi}'}/region)"
         if self.phase is not None:
@@ -51,6 +55,9 @@ class Judged(Protocol):
     name: str
     regions: list[RegionExpectation]
     total_faults: tuple[int, int] | None
+    folios: dict[int, tuple[int, int]]
+    #: the VMM actions (lab.shared.actions.Action: `do`, `at`)
+    actions: list[Action]
     fault_ratio: float | None
     compare_thp: list[str]
     clean_log: bool

@@ -31,6 +31,8 @@ class Trace:
     entries: int = 0
     #: when each recorded invalidation of the VMM's mm began (ts)
     unmaps: list[int] = field(default_factory=list)
+    #: each of them as (ts, first host address, end): what the MMU notifier unmapped
+    invalidations: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -74,7 +76,7 @@ def load(run_dir: Path, info: dict[str, Any] | None = None) -> Trace:
 def from_events(events: list[Event], problems: list[str] | None = None, entries: int = 0) -> Trace:
     """Faults numbered by phase: "kvmlab: phase N" markers (written by the probe VMM at
     each pause, after its actions) start phase N."""
-    faults, markers, unmaps = [], [], []
+    faults, markers, unmaps, invalidations = [], [], [], []
     phase = 0
     for e in events:
         if e.name == "print":
@@ -88,4 +90,5 @@ def from_events(events: list[Event], problems: list[str] | None = None, entries:
                                 e.pid))
         elif e.name == UNMAP_EVENT:
             unmaps.append(e.ts)
-    return Trace(events, faults, markers, list(problems or []), entries, unmaps)
+            invalidations.append((e.ts, int(e.fields.get("start", 0)), int(e.fields.get("end", 0))))
+    return Trace(events, faults, markers, list(problems or []), entries, unmaps, invalidations)

@@ -12,11 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.analysis import mapping, nested, ptdump, retry
+from lab.analysis import invalidation, mapping, nested, ptdump, retry
 from lab.analysis.crash import Crash
 from lab.analysis.expect import Judged
 from lab.analysis.mapping import LABELS, Fault, Region, Touched
-from lab.analysis.trace import Trace
+from lab.analysis.trace import UNMAP_EVENT, Trace
 from lab.core.status import ERROR, FAIL, NA, PASS, SKIP, Status
 from lab.core.versions import versions_match
 from lab.shared.units import human_size
@@ -80,7 +80,9 @@ def check_regions(scenario: Judged, faults: list[Fault], release: str,
         ok_regions = [r for r in regions.values() if exp.mapping is None or r.mapping == exp.mapping]
         if exp.faults:
             ok_regions = [r for r in ok_regions if exp.faults[0] <= r.counted <= exp.faults[1]]
-        ok = total > 0 and len(ok_regions) == total
+        # faults [0, 0]: no region may fault here (what compaction must leave alone)
+        none_wanted = exp.faults is not None and exp.faults[0] == 0
+        ok = (total > 0 or none_wanted) and len(ok_regions) == total
         what = f"{human_size(size)} at {start:#x}: " if exp.start is not None else ""
         what += f"phase {exp.phase}: " if exp.phase is not None else ""
         label = LABELS.get(exp.mapping or "", "any mapping")
@@ -91,17 +93,30 @@ def check_regions(scenario: Judged, faults: list[Fault], release: str,
                 f" ({counts[0]}-{counts[-1]} faults each)"
         how = ("mapped as " + label) if exp.mapping else "within bounds"
         text = f"{what}{len(ok_regions)}/{total} regions {how}{each}"
+        if total == 0 and none_wanted:
+            text = f"{what}no region faulted"
         retried = sum(r.retried for r in ok_regions)
         if retried:
             text += f" (+{retried} retried after an mm invalidation, not counted)"
         if not ok:
             bad = [r for r in regions.values() if r not in ok_regions][:3]
             text += "; not: " + ", ".join(f"{r.start:#x} {r.mapping} ({r.evidence()})" for r in bad)
-            if total == 0:
+            if total == 0 and not none_wanted:
                 text += "; the guest touched no region in this range"
         checks.append({"check": "regions", "expected": exp.describe(), "ok": ok, "text": text,
                        "observed": mapping.describe(regions)})
     return checks, shown
+
+
+def folio_check(expected: dict[int, tuple[int, int]], seen: dict[str, int] | None) -> dict[str, Any]:
+    """Memslot 1's memory by folio size at the end, against the scenario's `folios`."""
+    if seen is None:
+        return {"check": "folios", "ok": False, "text": "VMM folios: not measured (L1 gave no /proc/kpageflags)"}
+    bad = [f"{human_size(size)}: {seen.get(str(size), 0)}, expected {lo if lo == hi else f'{lo}-{hi}'}"
+           for size, (lo, hi) in sorted(expected.items()) if not lo <= seen.get(str(size), 0) <= hi]
+    have = ", ".join(f"{n} × {human_size(int(size))}" for size, n in sorted(seen.items(), key=lambda kv: int(kv[0])))
+    text = f"VMM folios: {have or 'none present'}" + (f" (not as expected: {'; '.join(bad)})" if bad else "")
+    return {"check": "folios", "ok": not bad, "text": text}
 
 
 def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trace | None,
@@ -192,6 +207,16 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
                                    "text": f"{key} {human_size(value) if value else '0'}"})
             verdict.reasons.append(f"VMM smaps {key}: {human_size(value) if value else '0'}"
                                    + ("" if ok else f" (expected {human_size(lo)}-{human_size(hi)})"))
+    pauses: dict[int, list[str]] = {}
+    for action in scenario.actions:
+        if action.at.startswith("pause "):
+            pauses.setdefault(int(action.at.split()[1]), []).append(action.do)
+    if trace is not None and probe and pauses:  # the evidence of what each action invalidated
+        recorded = f"kvm:{UNMAP_EVENT}" in ((result.get("trace") or {}).get("events") or [])
+        verdict.reasons += invalidation.describe(trace, probe, pauses, recorded)
+    if scenario.folios:
+        verdict.checks.append(folio_check(scenario.folios, ((probe or {}).get("folios") or {}).get("1")))
+        verdict.reasons.append(verdict.checks[-1]["text"])
     if probe and probe.get("l2") is not None:  # a nested run: what the guest hypervisor saw
         remapped = any(a.get("do") == "l2_remap" for a in probe.get("actions") or [])
         threads = Counter(f.tid for f in in_range)

@@ -18,6 +18,7 @@ from lab.core import validate as v
 from lab.core.errors import UserError
 from lab.core.validate import Bad, Checker, parse_bytes
 from lab.core.versions import versions_match
+from lab.scenarios import expectations
 from lab.scenarios.l2 import GH_MEMORY, PROBE_CODE_IPA, L2Hypervisor, parse_l2_hypervisor
 from lab.shared import contract
 from lab.shared.contract import BACKINGS, Action, ContractError, Memslot
@@ -25,16 +26,20 @@ from lab.shared.units import GiB, KiB, MiB, short_size
 
 __all__ = ["Guest", "Memslot", "RegionExpectation", "Scenario", "load", "parse", "parse_bytes"]
 
-MAPPINGS = ("block", "page", "split", "block-1g")
 PASSES = ("read", "write", "read-write")
 ORDERS = ("forward", "backward", "scattered")
 GUESTS = ("touch", "linux")
 THP = ("always", "madvise", "never")
 DEFRAG = ("always", "defer", "defer+madvise", "madvise", "never")
 SHMEM_THP = ("always", "within_size", "advise", "never", "deny", "force")
+#: multi-size THP, per folio size: anonymous memory (hugepages-SIZEkB/enabled) and shmem
+#: (hugepages-SIZEkB/shmem_enabled)
+MTHP = ("always", "inherit", "madvise", "never")
+SHMEM_MTHP = ("always", "inherit", "within_size", "advise", "never")
+#: the folio sizes of a 4 KiB-page kernel: order 1 (shmem only, 6.12) or 2 up to PMD size
+MTHP_SIZES = tuple(f"{k}K" for k in (8, 16, 32, 64, 128, 256, 512)) + ("1M", "2M")
 QEMU_BACKENDS = ("ram", "memfd", "file")
 QEMU_RAM_BASE = 0x4000_0000
-SMAPS_KEYS = ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Rss", "Private_Hugetlb", "Shared_Hugetlb")
 
 
 @dataclass
@@ -69,6 +74,9 @@ class Scenario:
     total_faults: tuple[int, int] | None = None
     #: (kernel versions or None for all, {smaps key: (lo, hi) bytes}), in file order.
     smaps: list[tuple[str | None, dict[str, tuple[int, int]]]] = field(default_factory=list)
+    #: {folio size in bytes: (lo, hi) count} of memslot 1's memory at the end (the probe
+    #: reads its page table and /proc/kpageflags)
+    folios: dict[int, tuple[int, int]] = field(default_factory=dict)
     fault_ratio: float | None = None  # linux + compare_thp: faults(2nd) / faults(1st) at least this
     compare_thp: list[str] = field(default_factory=list)
     clean_log: bool = True
@@ -117,7 +125,6 @@ class Scenario:
 TOP_KEYS = ("name", "description", "vmm", "l1", "memslots", "qemu", "guest", "actions", "expect", "kill_after",
             "repeat", "timeout", "kernels", "trace", "compare_thp", "tags", "l2_hypervisor")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_KERNELS, _QEMU_VERSIONS = v.version_condition("kernel"), v.version_condition("QEMU")
 
 
 def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
@@ -134,7 +141,7 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     qemu_cfg = _qemu(c, data, vmm)
     guest = _guest(c, data, vmm, memslots, qemu_cfg)
     actions = _actions(c, data, vmm, memslots, guest)
-    e = c.mapping("expect", data.get("expect"), ("regions", "faults", "smaps", "fault_ratio", "clean_log"))
+    e = c.mapping("expect", data.get("expect"), ("regions", "faults", "smaps", "folios", "fault_ratio", "clean_log"))
     compare = data.get("compare_thp") or []
     if compare and (not isinstance(compare, list) or len(compare) != 2 or any(x not in THP for x in compare)):
         c.fail("compare_thp", compare, "two L1 THP modes, e.g. [always, never]")
@@ -154,25 +161,31 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
     description = c.get(data, "description", "description", v.text(), "")
     return Scenario(
         name=name, description=" ".join(description.split()), path=path, vmm=vmm, l1=_l1(c, data),
-        memslots=memslots, qemu=qemu_cfg, guest=guest, actions=actions, regions=_regions(c, e),
-        total_faults=c.get(e, "faults", "expect.faults", v.bounds), smaps=_smaps(c, e), fault_ratio=ratio,
+        memslots=memslots, qemu=qemu_cfg, guest=guest, actions=actions, regions=expectations.regions(c, e),
+        total_faults=c.get(e, "faults", "expect.faults", v.bounds), smaps=expectations.smaps(c, e), fault_ratio=ratio,
+        folios=expectations.folios(c, e, vmm),
         compare_thp=list(compare), clean_log=c.get(e, "clean_log", "expect.clean_log", v.boolean, True),
         kill_after=kill[0] if kill else None, kill_after_max=kill[1] if kill and kill[1] != kill[0] else None,
         repeat=repeat, timeout=c.get(data, "timeout", "timeout", v.seconds(1, 3600), 60.0),
-        kernels=c.get(data, "kernels", "kernels", _KERNELS),
+        kernels=c.get(data, "kernels", "kernels", expectations.KERNELS),
         trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", v.integer(4, 4 * 1024 * 1024)), tags=list(tags),
         l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, len(guest.pauses), guest.vcpus))
 
 
 def _l1(c: Checker, data: dict[str, Any]) -> dict[str, Any]:
-    l1 = c.mapping("l1", data.get("l1"), ("thp", "defrag", "shmem_thp", "hugepages", "khugepaged"))
+    l1 = c.mapping("l1", data.get("l1"), ("thp", "defrag", "shmem_thp", "hugepages", "khugepaged", "mthp",
+                                          "shmem_mthp"))
     hugepages = c.mapping("l1.hugepages", l1.get("hugepages"), ("64K", "2M", "32M", "1G"))
+    mthp = {key: c.mapping(f"l1.{key}", l1.get(key), MTHP_SIZES) for key in ("mthp", "shmem_mthp")}
     return {"thp": c.get(l1, "thp", "l1.thp", v.choice(THP)),
             "defrag": c.get(l1, "defrag", "l1.defrag", v.choice(DEFRAG)),
             "shmem_thp": c.get(l1, "shmem_thp", "l1.shmem_thp", v.choice(SHMEM_THP)),
             "khugepaged": c.get(l1, "khugepaged", "l1.khugepaged", v.boolean, False),
             "hugepages": {str(parse_bytes(k) // KiB): c.get(hugepages, k, f"l1.hugepages.{k}", v.integer(0, 4096))
-                          for k in hugepages}}
+                          for k in hugepages},
+            **{key: {str(parse_bytes(k) // KiB): c.get({k: "" if mode is None else mode}, k, f"l1.{key}.{k}",
+                                                       v.choice(MTHP if key == "mthp" else SHMEM_MTHP))
+                     for k, mode in sizes.items()} for key, sizes in mthp.items()}}
 
 
 def _memslots(c: Checker, data: dict[str, Any], vmm: str) -> list[Memslot]:
@@ -317,48 +330,6 @@ def _sizes(c: Checker, values: dict[str, Any], key: str) -> None:
     for size_key in contract.SIZE_KEYS:
         if size_key in values:
             values[size_key] = c.get(values, size_key, f"{key}.{size_key}", parse_bytes)
-
-
-def _regions(c: Checker, e: dict[str, Any]) -> list[RegionExpectation]:
-    regions = []
-    for i, raw in enumerate(e.get("regions") or []):
-        key = f"expect.regions[{i}]"
-        r = c.mapping(key, raw, ("mapping", "range", "phase", "faults", "kernels", "qemu"))
-        rng = r.get("range")
-        start = size = None
-        if rng is not None:
-            if not isinstance(rng, list) or len(rng) != 2:
-                c.fail(f"{key}.range", rng, "[start IPA, size], e.g. [1G, 64M]")
-            try:
-                start, size = parse_bytes(rng[0]), parse_bytes(rng[1])
-            except Bad:
-                c.fail(f"{key}.range", rng, "[start IPA, size], e.g. [1G, 64M]")
-        regions.append(RegionExpectation(
-            mapping=c.get(r, "mapping", f"{key}.mapping", v.choice(MAPPINGS)), start=start, size=size,
-            phase=c.get(r, "phase", f"{key}.phase", v.integer(0, 4)),
-            faults=c.get(r, "faults", f"{key}.faults", v.bounds),
-            kernels=c.get(r, "kernels", f"{key}.kernels", _KERNELS),
-            qemu=c.get(r, "qemu", f"{key}.qemu", _QEMU_VERSIONS)))
-    return regions
-
-
-def _smaps(c: Checker, e: dict[str, Any]) -> list[tuple[str | None, dict[str, tuple[int, int]]]]:
-    smaps = []
-    raw_smaps = e.get("smaps")
-    blocks = raw_smaps if isinstance(raw_smaps, list) else [raw_smaps] if raw_smaps is not None else []
-    for i, block in enumerate(blocks):
-        key = "expect.smaps" + (f"[{i}]" if isinstance(raw_smaps, list) else "")
-        values = {}
-        for k, value in c.mapping(key, block, SMAPS_KEYS + ("kernels",)).items():
-            if k != "kernels":
-                values[k] = c.get({k: value}, k, f"{key}.{k}", _byte_bounds)
-        smaps.append((c.get(block or {}, "kernels", f"{key}.kernels", _KERNELS), values))
-    return smaps
-
-
-def _byte_bounds(value: Any) -> tuple[int, int]:
-    lo, hi = (parse_bytes(x) for x in (value if isinstance(value, list) and len(value) == 2 else [value, value]))
-    return lo, hi
 
 
 def _pauses(value: Any, passes: int) -> list[int]:

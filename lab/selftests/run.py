@@ -220,8 +220,8 @@ class SelftestRunner:
         if result.get("error"):
             out.reasons = [f"L1's runner failed: {result['error']}"]
             return self._finish(out, artefacts, started, {})
-        if result.get("skip"):
-            out.status, out.reasons = SKIP, [result["skip"]]
+        if result.get("skip") or result.get("na"):  # a huge page size L1 lacks, or could not reserve
+            out.status, out.reasons = SKIP, [result.get("na") or result["skip"]]
             return self._finish(out, artefacts, started, {})
         output = (artefacts / "command.log").read_text(errors="replace") if (artefacts / "command.log").exists() else ""
         vmm = result.get("vmm") or {}

@@ -46,6 +46,15 @@ ACTIONS: dict[str, ActionSpec] = {
                         doc="map the memslot's memfd again at `offset` (4K by default) and touch it"),
     "smaps": ActionSpec(("probe",), ("label",), doc="record /proc/self/smaps for every memslot"),
     "sleep": ActionSpec(("probe", "qemu"), ("seconds",), doc="wait (1 s by default)"),
+    "collapse": ActionSpec(("probe",), _RANGE,
+                           doc="MADV_COLLAPSE (6.1+): the range's 4 KiB pages collapsed into huge pages now"),
+    "khugepaged": ActionSpec(("probe",), ("seconds",),
+                             doc="khugepaged made to scan without pause until it has been twice through every mm "
+                                 "(at most `seconds`, 60 by default); its settings then put back"),
+    "compact": ActionSpec(("probe",), (), doc="every zone of L1 compacted (/proc/sys/vm/compact_memory)"),
+    "split": ActionSpec(("probe",), _RANGE,
+                        doc="split_huge_pages (debugfs) on the range: its huge pages split, still mapped "
+                            "(before 5.13: every THP of L1)"),
     "churn": ActionSpec(("probe",), _RANGE + ("op", "ops", "advice", "prot"),
                         doc="a thread repeating `op` (or each of `ops` in turn) while the vCPUs run"),
     "segfault": ActionSpec(("probe",), (), doc="the probe dereferences NULL: a planted VMM crash, to see its evidence"),
@@ -89,7 +98,7 @@ class Action:
     op: str | None = None
     ops: list[Op] = field(default_factory=list)
     label: str = "at"
-    #: sleep: 1 s when not given; dirty_rate: 10 s
+    #: sleep: 1 s when not given; dirty_rate: 10 s; khugepaged: 60 s at most
     seconds: float | None = None
     bandwidth: int = 4 * MiB
 

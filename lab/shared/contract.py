@@ -90,6 +90,10 @@ class L1Settings:
     khugepaged: bool = False
     #: huge pages to reserve: {size in KiB as text: count}
     hugepages: dict[str, int] = field(default_factory=dict)
+    #: multi-size THP (6.8+): {folio size in KiB as text: mode} for anonymous memory
+    #: (transparent_hugepage/hugepages-SIZEkB/enabled) and for shmem (.../shmem_enabled, 6.11+)
+    mthp: dict[str, str] = field(default_factory=dict)
+    shmem_mthp: dict[str, str] = field(default_factory=dict)
 
 
 @record
@@ -215,6 +219,8 @@ class Result(TypedDict, total=False):
     l1: dict[str, Any]
     l1_release: str
     skip: str
+    #: the kernel lacks a feature the scenario is about (mTHP controls, a huge page size)
+    na: str
     vmm: VmmOutcome
     repeat: dict[str, Any]
     trace: dict[str, Any]
@@ -241,6 +247,10 @@ class ProbeReport(TypedDict, total=False):
     efault_retries: int
     system_event: Any
     error: str | None
+    #: each memslot's memory at the end by folio size: {slot: {bytes: count}} (l1/mm.py)
+    folios: dict[str, dict[str, int]]
+    #: what the mm actions (collapse, khugepaged, compact, split) did, in order
+    mm: list[dict[str, Any]]
     #: a nested run: the guest hypervisor's counts per vCPU (l1.probe.L2_REPORT)
     l2: list[dict[str, int]]
     #: a nested run on a kernel with CONFIG_PTDUMP_STAGE2_DEBUGFS: KVM's dump of each

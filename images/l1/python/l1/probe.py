@@ -31,7 +31,7 @@ from typing import Any, Iterator
 from lab.shared.contract import Action, Op, ProbeJob, ProbeReport, decode
 from lab.shared.files import write_json
 
-from . import kvm
+from . import kvm, mm
 
 UART_DR, UART_FR = 0x00, 0x18
 FR_RXFE, FR_TXFE = 0x10, 0x80
@@ -173,8 +173,24 @@ class Probe:
             self.report["alias"] = {"addr": addr, "smaps": smaps_for(addr)}
         elif what == "churn":
             threading.Thread(target=self.churn, args=(action, mem), daemon=True).start()
+        elif what in ("collapse", "khugepaged", "compact", "split"):
+            self.mm_action(action, mem)
         else:
             raise ValueError(f"action {what!r} is not one the probe does")
+
+    def mm_action(self, action: Action, mem: kvm.Memory) -> None:
+        """L1's mm at work on the VM's memory (l1/mm.py); what it did kept in probe.json."""
+        what = action.do
+        if what == "khugepaged":
+            record = mm.khugepaged(action.seconds if action.seconds is not None else 60)
+        elif what == "compact":
+            record = mm.compact()
+        else:
+            record = {"pieces": []}
+            for addr, length in ranges(action.as_op(), mem):
+                done = (mm.collapse if what == "collapse" else mm.split)(addr, length)
+                record["pieces"].append({"addr": addr, "length": length, **done})
+        self.report.setdefault("mm", []).append({"at": action.at, "do": what, **record})
 
     def fork_child(self, action: Action, mem: kvm.Memory) -> None:
         """A child process changes its own copy of the mapping; it stays alive (holding
@@ -211,6 +227,13 @@ class Probe:
 
     def smaps(self) -> dict[str, Any]:
         return {str(slot): smaps_for(mem.addr) for slot, mem in self.memory.items()}
+
+    def folios(self) -> dict[str, dict[str, int]]:
+        """Each memslot's memory by folio size (l1/mm.py), where L1 lets us read it."""
+        try:
+            return {str(slot): mm.folios(mem.addr, mem.size) for slot, mem in self.memory.items()}
+        except OSError:
+            return {}
 
     def l2_reports(self) -> list[dict[str, int]]:
         """What the guest hypervisor counted per vCPU (images/l2/gh.S, R_*: 128 bytes each)."""
@@ -292,6 +315,7 @@ class Probe:
         if self.error is None:
             self.actions_at("end")
         self.report["smaps"]["end"] = self.smaps()
+        self.report["folios"] = self.folios()
         if self.job.el2 is not None:
             self.report["l2"] = self.l2_reports()
             dumps = shadow_dumps(self.vm.fd)

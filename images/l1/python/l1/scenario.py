@@ -68,12 +68,22 @@ class Settings:
         self.saved.clear()
 
 
-def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], str | None]:
-    """Returns (what L1 now has, a reason to skip or None)."""
+def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """Returns (what L1 now has, None or why the scenario cannot run: ("na", the feature
+    this kernel lacks) or ("skip", the resource L1 lacks))."""
     thp = f"{MM}/transparent_hugepage"
     for value, path in ((spec.thp, "enabled"), (spec.defrag, "defrag"), (spec.shmem_thp, "shmem_enabled")):
         if value:
             settings.set(f"{thp}/{path}", value)
+    mthp: dict[str, str] = {}
+    for sizes, name, what in ((spec.mthp, "enabled", "multi-size THP (6.8+)"),
+                              (spec.shmem_mthp, "shmem_enabled", "multi-size shmem THP (6.11+)")):
+        for size_kb, mode in sizes.items():
+            path = f"{thp}/hugepages-{size_kb}kB/{name}"
+            if not os.path.exists(path):
+                return {}, ("na", f"this kernel has no {what} control for {size_kb} KiB folios ({path})")
+            settings.set(path, mode)
+            mthp[f"{size_kb}kB/{name}"] = read_setting(path)
     if not spec.khugepaged:
         # khugepaged parked: a collapse mid-scenario remaps stage 2 and changes smaps at
         # random (seen: read-then-write's split pages collapsed back, AnonHugePages 14 MiB).
@@ -85,21 +95,21 @@ def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], str 
     if os.path.exists("/proc/sys/vm/compact_memory"):
         write_setting("/proc/sys/vm/compact_memory", "1")
     have: dict[str, Any] = {"thp": read_setting(f"{thp}/enabled"), "defrag": read_setting(f"{thp}/defrag"),
-            "shmem_thp": read_setting(f"{thp}/shmem_enabled"), "hugepages": {}}
+            "shmem_thp": read_setting(f"{thp}/shmem_enabled"), "hugepages": {}, **({"mthp": mthp} if mthp else {})}
     for size_kb, count in spec.hugepages.items():
         path = f"{MM}/hugepages/hugepages-{size_kb}kB/nr_hugepages"
         if not os.path.exists(path):
-            return have, f"this kernel has no {size_kb} KiB huge pages"
+            return have, ("na", f"this kernel has no {size_kb} KiB huge pages")
         try:
             settings.set(path, count)
         except OSError as exc:
             # EINVAL: pages above the buddy allocator's largest order need CONTIG_ALLOC.
-            return have, (f"this kernel cannot reserve {size_kb} KiB huge pages at run time ({exc.strerror}; "
+            return have, ("na", f"this kernel cannot reserve {size_kb} KiB huge pages at run time ({exc.strerror}; "
                           "it needs CONFIG_CONTIG_ALLOC, e.g. through CONFIG_CMA)")
         got = int(read_setting(path))
         have["hugepages"][size_kb] = got
         if got < int(count):
-            return have, (f"L1 could reserve only {got} of {count} huge pages of {size_kb} KiB "
+            return have, ("skip", f"L1 could reserve only {got} of {count} huge pages of {size_kb} KiB "
                           "(memory too fragmented or too small)")
     return have, None
 
@@ -309,10 +319,10 @@ def main(argv: list[str]) -> int:
     try:
         with open(job_path) as f:
             job = decode(ScenarioJob, json.load(f))
-        result["l1"], skip = apply_l1(job.l1, settings)
+        result["l1"], cannot = apply_l1(job.l1, settings)
         result["l1_release"] = open("/proc/sys/kernel/osrelease").read().strip()
-        if skip:
-            result["skip"] = skip
+        if cannot:
+            result[cannot[0]] = cannot[1]  # type: ignore[literal-required]  # "na" or "skip"
             return 0
         if job.repeat > 1:
             result["repeat"] = stress(job, out_dir)

@@ -56,6 +56,23 @@ def _has(event: str) -> bool:
     return ":" in event and os.path.isdir(os.path.join(TRACING, "events", *event.split(":", 1)))
 
 
+#: the kernel threads that change a process's memory on their own
+MM_THREADS = ("khugepaged", "kcompactd", "kswapd")
+
+
+def mm_threads() -> list[str]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().startswith(MM_THREADS):
+                        pids.append(pid)
+            except OSError:
+                pass
+    return pids
+
+
 class Capture:
     def __init__(self, events: list[str], buffer_kb: int, follow_pid: int | None = None,
                  optional: list[str] | None = None):
@@ -76,7 +93,9 @@ class Capture:
             write("buffer_size_kb", str(self.buffer_kb))
         if self.follow_pid is not None:
             write("options/event-fork", "1")
-            write("set_event_pid", str(self.follow_pid))
+            # and the mm's own threads: khugepaged's collapse, kcompactd's migration and
+            # kswapd's reclaim unmap the VM's memory in their context, not the VMM's
+            write("set_event_pid", " ".join([str(self.follow_pid)] + mm_threads()))
         else:
             write("set_event_pid", "")
         for event in self.events:

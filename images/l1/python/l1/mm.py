@@ -1,0 +1,147 @@
+"""What L1's memory management does to a running VM's memory, on a scenario's cue: the
+probe's `collapse`, `khugepaged`, `compact` and `split` actions (lab/shared/actions.py).
+
+Each returns a small record of what it did and what L1 counted (vmstat, khugepaged's
+counters), which the probe keeps in probe.json beside the action: a verdict that finds
+no block after a collapse can then say whether the collapse happened at all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from . import kvm
+
+THP = "/sys/kernel/mm/transparent_hugepage"
+KHUGEPAGED = f"{THP}/khugepaged"
+COMPACT = "/proc/sys/vm/compact_memory"
+#: debugfs (mounted by L1's initramfs). From 5.13 it takes "PID,START,END"; before, only
+#: "1": every THP of the system is split.
+SPLIT = "/sys/kernel/debug/split_huge_pages"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _write(path: str, value: Any) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def vmstat(*prefixes: str) -> dict[str, int]:
+    out = {}
+    with open("/proc/vmstat") as f:
+        for line in f:
+            key, value = line.split()
+            if key.startswith(prefixes):
+                out[key] = int(value)
+    return out
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def collapse(addr: int, length: int) -> dict[str, Any]:
+    """MADV_COLLAPSE (6.1+): the range's pages collapsed into huge pages now, by this
+    thread, whatever khugepaged's settings. Raises OSError (EINVAL before 6.1; EAGAIN or
+    ENOMEM when a huge page could not be made) with the kernel's word for it."""
+    before = vmstat("thp_")
+    kvm.madvise(addr, length, "collapse")
+    return {"vmstat": _delta(before, vmstat("thp_"))}
+
+
+def khugepaged(wait: float) -> dict[str, Any]:
+    """khugepaged made to scan at once and without pause until it has been twice through
+    every mm it tracks (so this VMM's ranges were scanned after the call), or `wait`
+    seconds; its settings then put back as they were (parked, unless the scenario let it
+    run). The range must be eligible: THP "always", or MADV_HUGEPAGE under "madvise"."""
+    knobs = {"pages_to_scan": 65536, "alloc_sleep_millisecs": 0, "scan_sleep_millisecs": 0}
+    saved = {name: _read(f"{KHUGEPAGED}/{name}") for name in knobs}
+    counters = ("full_scans", "pages_collapsed")
+    before = {name: int(_read(f"{KHUGEPAGED}/{name}")) for name in counters}
+    thp = vmstat("thp_collapse")
+    started = time.monotonic()
+    try:
+        for name, value in knobs.items():  # scan_sleep last: writing it wakes khugepaged
+            _write(f"{KHUGEPAGED}/{name}", value)
+        while int(_read(f"{KHUGEPAGED}/full_scans")) < before["full_scans"] + 2:
+            if time.monotonic() - started > wait:
+                raise TimeoutError(f"khugepaged did not finish two full scans within {wait:g} s")
+            time.sleep(0.05)
+    finally:
+        for name in knobs:
+            _write(f"{KHUGEPAGED}/{name}", saved[name])
+    after = {name: int(_read(f"{KHUGEPAGED}/{name}")) for name in counters}
+    return {"seconds": round(time.monotonic() - started, 3), "vmstat": _delta(thp, vmstat("thp_collapse")),
+            **{name: after[name] - before[name] for name in counters}}
+
+
+def compact() -> dict[str, Any]:
+    """Every zone of L1 compacted (/proc/sys/vm/compact_memory), synchronously."""
+    before = vmstat("compact_", "thp_migration", "pgmigrate")
+    _write(COMPACT, 1)
+    return {"vmstat": _delta(before, vmstat("compact_", "thp_migration", "pgmigrate"))}
+
+
+def split(addr: int, length: int) -> dict[str, Any]:
+    """The huge pages of this process's range split into 4 KiB pages (still mapped, by
+    PTEs) through debugfs; before 5.13, every THP in L1. Raises OSError where debugfs has
+    no split_huge_pages (a kernel without CONFIG_DEBUG_FS or THP)."""
+    before = vmstat("thp_split")
+    how = "range"
+    try:
+        _write(SPLIT, f"{os.getpid()},{addr:#x},{addr + length:#x}")
+    except OSError as exc:
+        if exc.errno != 22:  # EINVAL: a kernel before 5.13, which only splits them all
+            raise
+        _write(SPLIT, 1)
+        how = "every THP in L1 (this kernel's split_huge_pages takes no range)"
+    return {"how": how, "vmstat": _delta(before, vmstat("thp_split"))}
+
+
+#: /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
+KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 15, 16
+PFN_MASK, PRESENT = (1 << 55) - 1, 1 << 63
+
+
+def folios(addr: int, length: int) -> dict[str, int]:
+    """What backs the range, as {folio size in bytes (text): how many}: from this process's
+    page table (/proc/self/pagemap, root: real PFNs) and each page's compound flags
+    (/proc/kpageflags). A folio that starts before the range or ends after it is counted
+    by the part inside; pages not present are left out. The VMM side's ground truth for
+    mTHP, collapse and split (smaps shows only PMD-mapped THPs)."""
+    import struct
+
+    pages = length // kvm.PAGE
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(addr // kvm.PAGE * 8)
+        entries = struct.unpack(f"<{pages}Q", f.read(pages * 8))
+    counts: dict[str, int] = {}
+    run = last = 0
+
+    def close() -> None:
+        if run:
+            key = str(run * kvm.PAGE)
+            counts[key] = counts.get(key, 0) + 1
+
+    with open("/proc/kpageflags", "rb") as kf:
+        for entry in entries:
+            if not entry & PRESENT:
+                close()
+                run = 0
+                continue
+            pfn = entry & PFN_MASK
+            kf.seek(pfn * 8)
+            flags = int.from_bytes(kf.read(8), "little")
+            if flags >> KPF_COMPOUND_TAIL & 1 and run and pfn == last + 1:  # the same folio, on
+                run, last = run + 1, pfn
+                continue
+            close()
+            run, last = 1, pfn
+    close()
+    return counts
