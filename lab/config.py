@@ -106,6 +106,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "modules": _modules,
         "cpus": v.integer(1, 16),
         "memory": _memory,
+        "hugepages_1g": v.integer(0, 16),
         "thp": v.choice(THP_MODES),
         "kvm_mode": v.choice(KVM_MODES),
         "boot_timeout": v.seconds(5, 3600),
@@ -148,6 +149,20 @@ class LabConfig:
     #: Restore L1 from a saved ready state (made by the first such `up`) instead of booting.
     snapshot: bool = False
     kvm_mode: str = "vhe"
+    #: 1 GiB huge pages L1 reserves at boot, in memory QEMU adds to `memory_mib`
+    hugepages_1g: int = 0
+
+    @property
+    def machine_mib(self) -> int:
+        """The memory QEMU gives L1: `memory` for L1's own use, plus the 1 GiB pages."""
+        return self.memory_mib + 1024 * self.hugepages_1g
+
+    @property
+    def memory_words(self) -> str:
+        """"2048 MiB" or "2048 MiB + 1 GiB page reserved at boot"."""
+        pages = self.hugepages_1g
+        return f"{self.memory_mib} MiB" + (f" + {pages} GiB page{'s' if pages != 1 else ''} reserved at boot"
+                                           if pages else "")
     #: Files the values came from, for messages.
     sources: list[str] = field(default_factory=list)
 
@@ -162,7 +177,7 @@ class LabConfig:
     def as_dict(self) -> dict[str, Any]:
         return {
             "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
-                    "memory": f"{self.memory_mib}M", "thp": self.thp, "kvm_mode": self.kvm_mode,
+                    "memory": f"{self.memory_mib}M", "hugepages_1g": self.hugepages_1g, "thp": self.thp, "kvm_mode": self.kvm_mode,
                     "boot_timeout": self.boot_timeout, "gdb": self.gdb, "snapshot": self.snapshot},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
                      "extra_args": self.qemu_extra_args},
@@ -248,5 +263,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],
         extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],
         updates=clean["images.updates"], snapshot=clean["lab.snapshot"], kvm_mode=clean["lab.kvm_mode"],
+        hugepages_1g=clean["lab.hugepages_1g"],
         sources=sources,
     )

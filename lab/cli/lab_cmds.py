@@ -49,7 +49,7 @@ def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, kvm
         ("KVM", f"{info.kvm_mode} mode, " + (f"IPA limit {bits} bits, " if (bits := ipa_limit(info.kvm_log)) else "")
          + f"/dev/kvm {'present' if info.kvm_device else 'MISSING'}"),
         ("THP", info.thp),
-        ("L1", f"{cfg.cpus} vCPUs, {cfg.memory_mib} MiB"),
+        ("L1", f"{cfg.cpus} vCPUs, {cfg.memory_words}"),
         ("L0", state.get("qemu_version", "?")),
     ]
     lacks = l0_lacks(state.get("qemu_version", ""))

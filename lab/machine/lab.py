@@ -170,7 +170,7 @@ class Lab:
         started = time.monotonic()
         state = self._state_record(config, launch)
         what = (f"Restoring L1 from its snapshot ({kernel.label}, {snap.key[:12]})" if launch.restoring and snap else
-                f"Booting L1 ({kernel.label}, {config.cpus} CPUs, {config.memory_mib} MiB, THP {config.thp})")
+                f"Booting L1 ({kernel.label}, {config.cpus} CPUs, {config.memory_words}, THP {config.thp})")
         with self.progress.step(what) as step:
             pid = l0.start()
             # Remembered per binary; the first time, asked while L1 boots.

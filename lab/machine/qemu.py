@@ -73,6 +73,8 @@ class LabPaths:
 
 def kernel_cmdline(config: LabConfig) -> str:
     parts = ["console=ttyAMA0", "panic=-1", f"transparent_hugepage={config.thp}"]
+    if config.hugepages_1g:  # gigantic pages: only at boot can L1 count on 1 GiB of contiguous memory
+        parts.append(f"hugepagesz=1G hugepages={config.hugepages_1g}")
     if config.kvm_mode != "vhe":
         parts.append(f"kvm-arm.mode={config.kvm_mode}")
     if config.append:
@@ -116,7 +118,7 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         "-M", "virt,virtualization=on,gic-version=3",
         "-cpu", l0_cpu(config),
         "-smp", str(config.cpus),
-        "-m", f"{config.memory_mib}M",
+        "-m", f"{config.machine_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(kernel),
         "-initrd", str(paths.initrd),

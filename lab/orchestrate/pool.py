@@ -37,7 +37,7 @@ def helper_labs(cfg: LabConfig, jobs: int, progress: Progress) -> tuple[list[Cal
     and the list they add the labs they started to (for the caller to stop)."""
     if jobs <= 1:
         return [], []
-    labs, why = lab_capacity(cfg.memory_mib, jobs)
+    labs, why = lab_capacity(cfg.machine_mib, jobs)
     if labs < jobs:
         progress.note(f"-j {jobs}: {labs} lab{'s' if labs > 1 else ''} at a time ({why})")
     started: list[Lab] = []

@@ -67,7 +67,8 @@ def suite_element(run: Run, index: int = 0) -> ET.Element:
         # "2026-11-24T17:39:05+0000" -> the xs:dateTime part; a "+0000" offset is not one
         suite.set("timestamp", started[:19])
     props = ET.SubElement(suite, "properties")
-    for key in ("lab", "kernel", "release", "kvm_mode", "qemu_version", "l1_cpus", "l1_memory", "l1_thp_at_boot"):
+    for key in ("lab", "kernel", "release", "kvm_mode", "qemu_version", "l1_cpus", "l1_memory", "l1_hugepages_1g",
+                "l1_thp_at_boot"):
         if s.get(key) not in (None, ""):
             ET.SubElement(props, "property", name=key, value=str(s[key]))
     classname = "kvmlab." + ".".join(t.replace(".", "_") for t in (s.get("targets") or ["thp"])) \

@@ -79,7 +79,7 @@ class Runner:
             "kvm_mode": state.get("ready", {}).get("kvm_mode"),
             "kvm_ipa_bits": ipa_limit(state.get("ready", {}).get("kvm_log") or []),
             "qemu_version": state.get("qemu_version"),
-            "l1_cpus": state["config"]["lab"]["cpus"], "l1_memory": state["config"]["lab"]["memory"],
+            **{f"l1_{k}": state["config"]["lab"].get(k, 0) for k in ("cpus", "memory", "hugepages_1g")},
             "l1_thp_at_boot": state.get("ready", {}).get("thp"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "targets": list(targets or ["thp"]), "results_dir": str(results), "scenarios": [],
         }

@@ -21,9 +21,20 @@ def test_l1_gets_el2_gicv3_and_the_configured_cpu():
     assert value_after(cmd, "-M") == ["virt,virtualization=on,gic-version=3"]
     assert value_after(cmd, "-cpu") == ["max,pauth-impdef=on"]
     assert value_after(cmd, "-smp") == ["3"]
-    assert value_after(cmd, "-m") == ["1024M"]
+    assert value_after(cmd, "-m") == ["2048M"]  # 1 GiB for L1, and the default's 1 GiB page
     assert value_after(cmd, "-kernel") == ["/cache/Image"]
     assert "-no-reboot" in cmd and "-nodefaults" in cmd
+
+
+def test_the_default_lab_reserves_a_1g_page_at_boot_in_memory_of_its_own():
+    config, _, cmd = command()
+    assert config.hugepages_1g == 1 and config.memory_mib == 2048
+    assert value_after(cmd, "-m") == ["3072M"]
+    assert "hugepagesz=1G hugepages=1" in kernel_cmdline(config)
+    config, _, cmd = command(**{"lab.hugepages_1g": 0, "lab.memory": "2G"})
+    assert value_after(cmd, "-m") == ["2048M"] and "hugepagesz" not in kernel_cmdline(config)
+    assert config.memory_words == "2048 MiB"
+    assert command(**{"lab.hugepages_1g": 2})[0].memory_words == "2048 MiB + 2 GiB pages reserved at boot"
 
 
 def test_a_nested_lab_on_max_gets_lpa2_off_unless_the_cpu_names_lpa2():
@@ -40,7 +51,8 @@ def test_a_nested_lab_on_max_gets_lpa2_off_unless_the_cpu_names_lpa2():
 def test_thp_mode_and_extra_append_reach_the_kernel_command_line():
     config, _, cmd = command(**{"lab.thp": "never"})
     config.append = "loglevel=4"
-    assert kernel_cmdline(config) == "console=ttyAMA0 panic=-1 transparent_hugepage=never loglevel=4"
+    assert kernel_cmdline(config) == ("console=ttyAMA0 panic=-1 transparent_hugepage=never hugepagesz=1G hugepages=1 "
+                                      "loglevel=4")
     assert "transparent_hugepage=never" in value_after(cmd, "-append")[0]
 
 
