@@ -177,7 +177,8 @@ class LabConfig:
     def as_dict(self) -> dict[str, Any]:
         return {
             "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
-                    "memory": f"{self.memory_mib}M", "hugepages_1g": self.hugepages_1g, "thp": self.thp, "kvm_mode": self.kvm_mode,
+                    "memory": f"{self.memory_mib}M", "hugepages_1g": self.hugepages_1g, "thp": self.thp,
+                    "kvm_mode": self.kvm_mode,
                     "boot_timeout": self.boot_timeout, "gdb": self.gdb, "snapshot": self.snapshot},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
                      "extra_args": self.qemu_extra_args},
