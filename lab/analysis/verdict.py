@@ -127,6 +127,8 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         return Verdict(SKIP, "", [result["skip"]])
     if result.get("error"):
         return Verdict(ERROR, "", [f"in L1: {result['error']}"])
+    if (probe or {}).get("na"):  # the probe found L1's KVM without what the scenario needs
+        return Verdict(NA, "", [(probe or {})["na"]])
     if scenario.kernels and not versions_match(scenario.kernels, release):
         return Verdict(NA, "", [f"applies to kernels {scenario.kernels}; L1 runs {release}"])
     if scenario.repeat > 1:

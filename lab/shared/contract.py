@@ -49,8 +49,9 @@ class Backing:
     vm_mem_backing_src_type)."""
 
     name: str
-    #: anonymous (MAP_PRIVATE), shmem (MAP_SHARED anonymous), memfd, hugetlb (MAP_HUGETLB)
-    kind: Literal["anonymous", "shmem", "memfd", "hugetlb"]
+    #: anonymous (MAP_PRIVATE), shmem (MAP_SHARED anonymous), memfd, hugetlb (MAP_HUGETLB),
+    #: guest_memfd (KVM_CREATE_GUEST_MEMFD, mmapped shared: 6.18+ for ordinary arm64 VMs)
+    kind: Literal["anonymous", "shmem", "memfd", "hugetlb", "guest_memfd"]
     #: the madvise() given to the whole mapping, if any
     advice: str | None = None
     #: the huge page size of a hugetlb backing (ipa, size and offset are multiples of it)
@@ -69,6 +70,7 @@ BACKINGS: dict[str, Backing] = {b.name: b for b in (
     Backing("hugetlb_2m", "hugetlb", huge=2 * MiB),
     Backing("hugetlb_32m", "hugetlb", huge=32 * MiB),
     Backing("hugetlb_1g", "hugetlb", huge=GiB),
+    Backing("guest_memfd", "guest_memfd"),
 )}
 
 VMMS = ("probe", "qemu")
@@ -247,6 +249,8 @@ class ProbeReport(TypedDict, total=False):
     efault_retries: int
     system_event: Any
     error: str | None
+    #: the kernel's KVM lacks what the scenario needs (guest_memfd): nothing ran
+    na: str
     #: each memslot's memory at the end by folio size: {slot: {bytes: count}} (l1/mm.py)
     folios: dict[str, dict[str, int]]
     #: what the mm actions (collapse, khugepaged, compact, split) did, in order

@@ -87,3 +87,14 @@ def test_unmaps_between_pause_and_phase_markers_are_the_actions():
     assert lines == ["pause 1 (split): the MMU notifier unmapped 4 MiB of memslot 1 in 3 ranges",
                      "pause 2 (compact): the MMU notifier unmapped nothing of memslot 1"]
     assert invalidation.describe(trace, {"memslots": [SLOT]}, {1: ["split"]}, recorded=False) == []
+
+
+def test_a_probe_that_found_no_guest_memfd_makes_the_scenario_na():
+    from lab.analysis.verdict import evaluate
+    from lab.core.status import NA
+
+    s = scenario(memslots=[{"ipa": "1G", "size": "16M", "backing": "guest_memfd"}],
+                 expect={"regions": [{"mapping": "page"}]})
+    why = "this kernel's KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0)"
+    v = evaluate(s, "6.12.117+deb13-arm64", {"vmm": {"exit_code": 0}}, None, {"na": why, "error": None}, [])
+    assert v.status == NA and v.reasons == [why]

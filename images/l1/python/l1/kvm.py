@@ -37,6 +37,19 @@ class UserspaceMemoryRegion(ctypes.Structure):
                 ("memory_size", ctypes.c_uint64), ("userspace_addr", ctypes.c_uint64)]
 
 
+class UserspaceMemoryRegion2(ctypes.Structure):
+    """KVM_SET_USER_MEMORY_REGION2 (6.8+): a memslot that may be backed by a guest_memfd."""
+
+    _fields_ = [("slot", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("guest_phys_addr", ctypes.c_uint64),
+                ("memory_size", ctypes.c_uint64), ("userspace_addr", ctypes.c_uint64),
+                ("guest_memfd_offset", ctypes.c_uint64), ("guest_memfd", ctypes.c_uint32),
+                ("pad1", ctypes.c_uint32), ("pad2", ctypes.c_uint64 * 14)]
+
+
+class CreateGuestMemfd(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("reserved", ctypes.c_uint64 * 6)]
+
+
 class VcpuInit(ctypes.Structure):
     _fields_ = [("target", ctypes.c_uint32), ("features", ctypes.c_uint32 * 7)]
 
@@ -71,12 +84,19 @@ KVM_GET_VCPU_MMAP_SIZE = _io(0x04)
 KVM_CREATE_VCPU = _io(0x41)
 KVM_GET_DIRTY_LOG = _iow(0x42, ctypes.sizeof(DirtyLog))
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(UserspaceMemoryRegion))
+KVM_SET_USER_MEMORY_REGION2 = _iow(0x49, ctypes.sizeof(UserspaceMemoryRegion2))
+KVM_CREATE_GUEST_MEMFD = _iowr(0xD4, ctypes.sizeof(CreateGuestMemfd))
 KVM_RUN = _io(0x80)
 KVM_SET_ONE_REG = _iow(0xAC, ctypes.sizeof(OneReg))
 KVM_ARM_VCPU_INIT = _iow(0xAE, ctypes.sizeof(VcpuInit))
 KVM_ARM_PREFERRED_TARGET = _ior(0xAF, ctypes.sizeof(VcpuInit))
 
 KVM_MEM_LOG_DIRTY_PAGES = 1
+KVM_MEM_GUEST_MEMFD = 1 << 2
+KVM_CAP_GUEST_MEMFD = 234
+#: guest_memfd the VMM can mmap, its memory shared (not private) from creation: what a
+#: memslot of an ordinary arm64 VM needs (kvm_arch_prepare_memory_region: gmem-only)
+GUEST_MEMFD_FLAG_MMAP, GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 0, 1 << 1
 KVM_ARM_VCPU_POWER_OFF = 0
 KVM_ARM_VCPU_PSCI_0_2 = 2
 KVM_ARM_VCPU_HAS_EL2 = 7
@@ -141,11 +161,16 @@ def mprotect(addr: int, size: int, prot: int) -> None:
     _check(libc.mprotect(addr, size, prot), "mprotect")
 
 
+class Unsupported(RuntimeError):
+    """This kernel's KVM lacks what the scenario is about: the scenario is n/a here."""
+
+
 class Memory:
     """One memslot's host memory: `size` bytes of `backing` at an address `offset` bytes
-    past a boundary of `align` (the block size, or the huge page size if larger)."""
+    past a boundary of `align` (the block size, or the huge page size if larger). A
+    guest_memfd backing is made by the VM it is for (`vm`)."""
 
-    def __init__(self, backing: str, size: int, offset: int = 0, align: int = 2 * MiB):
+    def __init__(self, backing: str, size: int, offset: int = 0, align: int = 2 * MiB, vm: "VM | None" = None):
         if backing not in BACKINGS:
             raise ValueError(f"unknown backing {backing!r}; known: {', '.join(BACKINGS)}")
         spec = BACKINGS[backing]
@@ -165,6 +190,11 @@ class Memory:
         elif kind == "memfd":
             self.fd = os.memfd_create(f"kvmlab-{backing}", os.MFD_CLOEXEC)
             os.ftruncate(self.fd, size)
+            flags = MAP_SHARED
+        elif kind == "guest_memfd":
+            if vm is None:
+                raise ValueError("a guest_memfd backing is made by its VM")
+            self.fd = vm.create_guest_memfd(size)
             flags = MAP_SHARED
         else:  # hugetlb: the page size is in the mmap flags
             flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (huge.bit_length() - 1) << MAP_HUGE_SHIFT
@@ -210,6 +240,7 @@ class VM:
         self.fd = ioctl(self.kvm, KVM_CREATE_VM, 0)
         self.run_size = ioctl(self.kvm, KVM_GET_VCPU_MMAP_SIZE, 0)
         self.slots: dict[int, UserspaceMemoryRegion] = {}
+        self.gmem: dict[int, int] = {}
         self.vgic = -1
 
     def create_vgic_v3(self) -> None:
@@ -224,14 +255,33 @@ class VM:
                   DeviceAttr(0, KVM_DEV_ARM_VGIC_GRP_ADDR, kind, ctypes.addressof(holder)))
         ioctl(self.vgic, KVM_SET_DEVICE_ATTR, DeviceAttr(0, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, 0))
 
-    def set_memslot(self, slot: int, ipa: int, size: int, addr: int, dirty_log: bool = False) -> None:
-        region = UserspaceMemoryRegion(slot, KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0, ipa, size, addr)
-        ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, region)
-        self.slots[slot] = region
+    def create_guest_memfd(self, size: int) -> int:
+        """A guest_memfd of `size` bytes the VMM can mmap (KVM_CREATE_GUEST_MEMFD)."""
+        if ioctl(self.kvm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD) <= 0:
+            raise Unsupported("this kernel's KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0)")
+        args = CreateGuestMemfd(size, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
+        try:
+            return ioctl(self.fd, KVM_CREATE_GUEST_MEMFD, args)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # the flags: guest_memfd without mmap (6.8 to 6.17)
+                raise Unsupported("this kernel's guest_memfd cannot be mmapped (GUEST_MEMFD_FLAG_MMAP refused), "
+                                  "which an ordinary arm64 VM's memslot needs") from None
+            raise
+
+    def set_memslot(self, slot: int, ipa: int, size: int, addr: int, dirty_log: bool = False,
+                    gmem_fd: int = -1) -> None:
+        flags = KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0
+        if gmem_fd >= 0:
+            ioctl(self.fd, KVM_SET_USER_MEMORY_REGION2,
+                  UserspaceMemoryRegion2(slot, flags | KVM_MEM_GUEST_MEMFD, ipa, size, addr, 0, gmem_fd))
+        else:
+            ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, UserspaceMemoryRegion(slot, flags, ipa, size, addr))
+        self.slots[slot] = UserspaceMemoryRegion(slot, flags, ipa, size, addr)
+        self.gmem[slot] = gmem_fd
 
     def set_dirty_log(self, slot: int, on: bool) -> None:
         old = self.slots[slot]
-        self.set_memslot(slot, old.guest_phys_addr, old.memory_size, old.userspace_addr, on)
+        self.set_memslot(slot, old.guest_phys_addr, old.memory_size, old.userspace_addr, on, self.gmem[slot])
 
     def dirty_pages(self, slot: int) -> int:
         """KVM_GET_DIRTY_LOG: pages written since logging started (or since the last call)."""
