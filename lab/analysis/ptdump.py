@@ -63,9 +63,10 @@ def regions(leaves: list[Leaves]) -> dict[int, set[int]]:
     return out
 
 
-def cross_check(dumps: dict[str, str], inferred: dict[int, Region]) -> dict[str, object]:
+def cross_check(dumps: dict[str, str], inferred: dict[int, Region], what: str = "") -> dict[str, object]:
     """A verdict check: every touched region the dumps map has the leaf size the faults
-    gave it. Regions the dumps no longer map are counted, not judged."""
+    gave it. Regions the dumps no longer map are counted, not judged. `what` names the
+    table (default: the shadow MMUs of a nested run)."""
     seen: dict[int, set[int]] = {}
     for text in dumps.values():
         for start, sizes in regions(parse(text)).items():
@@ -82,8 +83,8 @@ def cross_check(dumps: dict[str, str], inferred: dict[int, Region]) -> dict[str,
         want = PAGES if region.mapping == SPLIT else region.mapping
         (agree if shown == want else differ).append((start, shown, region.mapping))
     ok = not differ
-    text = (f"debugfs shadow stage-2 ({len(dumps)} MMU{'s' if len(dumps) != 1 else ''}): "
-            f"{len(agree)} region{'s' if len(agree) != 1 else ''} as the faults say")
+    what = what or f"debugfs shadow stage-2 ({len(dumps)} MMU{'s' if len(dumps) != 1 else ''})"
+    text = f"{what}: {len(agree)} region{'s' if len(agree) != 1 else ''} as the faults say"
     if absent:
         text += f", {len(absent)} no longer mapped"
     if differ:

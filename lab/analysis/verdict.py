@@ -59,6 +59,18 @@ def phase_regions(scenario: Judged, faults: list[Fault], phase: int) -> dict[int
             if touched.pages_in(a, mapping.REGION)}
 
 
+def last_mapping(scenario: Judged, faults: list[Fault]) -> dict[int, Region]:
+    """Each touched region as the last phase that faulted in it mapped it: what a dump of
+    the table at the end must show (a region that a later phase did not touch again keeps
+    the mapping of the one before)."""
+    out: dict[int, Region] = {}
+    for phase in sorted({f.phase for f in faults}, reverse=True):
+        for start, region in phase_regions(scenario, faults, phase).items():
+            if start not in out and region.mapping != mapping.NONE:
+                out[start] = region
+    return out
+
+
 def check_regions(scenario: Judged, faults: list[Fault], release: str,
                   l0: str = "") -> tuple[list[dict[str, Any]], dict[int, Region]]:
     """One check per region expectation: those whose `kernels` condition L1 meets, and whose
@@ -224,6 +236,10 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         threads = Counter(f.tid for f in in_range)
         verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults), remapped,
                                               [threads[t] for t in sorted(threads)]))
+        verdict.reasons.append(verdict.checks[-1]["text"])
+    if probe and probe.get("stage2") and trace is not None:  # KVM's own dump of the VM's table, at the end
+        verdict.checks.append(ptdump.cross_check({"stage2_page_tables": probe["stage2"]},
+                                                 last_mapping(scenario, faults), "debugfs stage-2"))
         verdict.reasons.append(verdict.checks[-1]["text"])
     if probe and probe.get("shadow_s2"):  # and KVM's own dump of the shadow tables
         verdict.checks.append(ptdump.cross_check(probe["shadow_s2"], verdict.regions))

@@ -257,6 +257,8 @@ class ProbeReport(TypedDict, total=False):
     mm: list[dict[str, Any]]
     #: a nested run: the guest hypervisor's counts per vCPU (l1.probe.L2_REPORT)
     l2: list[dict[str, int]]
+    #: a kernel with CONFIG_PTDUMP_STAGE2_DEBUGFS: KVM's dump of the VM's stage-2 at the end
+    stage2: str
     #: a nested run on a kernel with CONFIG_PTDUMP_STAGE2_DEBUGFS: KVM's dump of each
     #: shadow MMU at the end, by debugfs file name (lab/analysis/ptdump.py)
     shadow_s2: dict[str, str]

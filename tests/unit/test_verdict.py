@@ -222,3 +222,15 @@ def test_a_crashed_vmm_says_how_far_it_got():
     assert v.status == ERROR
     assert v.reasons[0] == ("the VMM failed: died of signal 11 (SIGSEGV) after 0.34 s, after 20 stage-2 faults "
                             "(the last in phase 1)")
+
+
+def test_kvms_own_stage2_dump_is_checked_against_the_last_phase_of_each_region():
+    scenario, result, trace = recorded("dirty-log-after-blocks")
+    pages = "0x0000000040000000-0x0000000041000000          16M 3   R W px ux AF\n"
+    blocks = "0x0000000040000000-0x0000000041000000          16M 2   R W px ux AF BLK\n"
+    v = evaluate(scenario, RELEASE, result, trace, {"stage2": pages}, [])
+    assert v.status == PASS, v.reasons  # blocks in phase 0, pages after the split: pages at the end
+    assert "debugfs stage-2: 8 regions as the faults say" in v.reasons
+    v = evaluate(scenario, RELEASE, result, trace, {"stage2": blocks}, [])
+    assert v.status == FAIL and v.reasons[0].startswith("debugfs stage-2: 0 regions as the faults say; differ: "
+                                                        "0x40000000 dump block, faults split")

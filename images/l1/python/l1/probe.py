@@ -317,6 +317,9 @@ class Probe:
             self.actions_at("end")
         self.report["smaps"]["end"] = self.smaps()
         self.report["folios"] = self.folios()
+        stage2 = stage2_dump(self.vm.fd)
+        if stage2 is not None:
+            self.report["stage2"] = stage2
         if self.job.el2 is not None:
             self.report["l2"] = self.l2_reports()
             dumps = shadow_dumps(self.vm.fd)
@@ -331,10 +334,20 @@ class Probe:
         return self.report
 
 
-#: KVM's debugfs, where the kernel has CONFIG_PTDUMP_STAGE2_DEBUGFS (7.1+)
+#: KVM's debugfs, where the kernel has CONFIG_PTDUMP_STAGE2_DEBUGFS (6.12+; shadow MMUs 7.1+)
 KVM_DEBUGFS = "/sys/kernel/debug/kvm"
 #: a bound on each dump read (a shadow MMU over 1 GiB of 4 KiB pages is ~40 KiB of text)
 DUMP_BOUND = 4 << 20
+
+
+def stage2_dump(vm_fd: int) -> str | None:
+    """This VM's own stage-2 table as KVM dumps it (CONFIG_PTDUMP_STAGE2_DEBUGFS, 6.12+);
+    None where the kernel has no such file."""
+    try:
+        with open(os.path.join(KVM_DEBUGFS, f"{os.getpid()}-{vm_fd}", "stage2_page_tables")) as f:
+            return f.read(DUMP_BOUND)
+    except OSError:
+        return None
 
 
 def shadow_dumps(vm_fd: int) -> dict[str, str] | None:
