@@ -90,6 +90,8 @@ class Scenario:
     trace_buffer_kb: int | None = None
     tags: list[str] = field(default_factory=list)
     l2_hypervisor: L2Hypervisor | None = None
+    #: probe: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE in bytes (0: KVM's default, off)
+    eager_split: int = 0
 
     def smaps_for(self, release: str) -> dict[str, tuple[int, int]]:
         """The smaps expectations that apply to a kernel release."""
@@ -123,7 +125,7 @@ class Scenario:
 
 
 TOP_KEYS = ("name", "description", "vmm", "l1", "memslots", "qemu", "guest", "actions", "expect", "kill_after",
-            "repeat", "timeout", "kernels", "trace", "compare_thp", "tags", "l2_hypervisor")
+            "repeat", "timeout", "kernels", "trace", "compare_thp", "tags", "l2_hypervisor", "eager_split")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -169,7 +171,8 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
         repeat=repeat, timeout=c.get(data, "timeout", "timeout", v.seconds(1, 3600), 60.0),
         kernels=c.get(data, "kernels", "kernels", expectations.KERNELS),
         trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", v.integer(4, 4 * 1024 * 1024)), tags=list(tags),
-        l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, len(guest.pauses), guest.vcpus))
+        l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, len(guest.pauses), guest.vcpus),
+        eager_split=_eager_split(c, data, vmm))
 
 
 def _l1(c: Checker, data: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +333,17 @@ def _sizes(c: Checker, values: dict[str, Any], key: str) -> None:
     for size_key in contract.SIZE_KEYS:
         if size_key in values:
             values[size_key] = c.get(values, size_key, f"{key}.{size_key}", parse_bytes)
+
+
+def _eager_split(c: Checker, data: dict[str, Any], vmm: str) -> int:
+    raw = data.get("eager_split")
+    if raw is None:
+        return 0
+    size = c.get(data, "eager_split", "eager_split", parse_bytes)
+    if vmm != "probe" or size not in (4 * KiB, 2 * MiB, GiB):
+        c.fail("eager_split", raw, "a block size of the probe's VM: 4K, 2M or 1G (the chunk KVM splits blocks in "
+               "when dirty logging starts)")
+    return int(size)
 
 
 def _pauses(value: Any, passes: int) -> list[int]:

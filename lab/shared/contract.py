@@ -136,6 +136,9 @@ class ProbeJob:
     actions: list[Action] = field(default_factory=list)
     #: the payload is kvmlab's guest hypervisor, run at virtual EL2 (a nested scenario)
     el2: GuestHypervisor | None = None
+    #: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE (6.4+), set before any memslot: turning dirty
+    #: logging on splits the memslot's blocks at once, in chunks of this size (0: off)
+    eager_split: int = 0
 
 
 @record

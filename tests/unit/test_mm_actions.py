@@ -98,3 +98,13 @@ def test_a_probe_that_found_no_guest_memfd_makes_the_scenario_na():
     why = "this kernel's KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0)"
     v = evaluate(s, "6.12.117+deb13-arm64", {"vmm": {"exit_code": 0}}, None, {"na": why, "error": None}, [])
     assert v.status == NA and v.reasons == [why]
+
+
+def test_eager_split_is_a_block_size_for_the_probe():
+    assert scenario(eager_split="2M").eager_split == 2 << 20
+    assert scenario().eager_split == 0
+    for bad in ("3M", "64K"):
+        with pytest.raises(UserError, match="eager_split: .*a block size of the probe's VM: 4K, 2M or 1G"):
+            scenario(eager_split=bad)
+    with pytest.raises(UserError, match="eager_split: expected a size such as 4K"):
+        scenario(eager_split="lots")

@@ -50,6 +50,11 @@ class CreateGuestMemfd(ctypes.Structure):
     _fields_ = [("size", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("reserved", ctypes.c_uint64 * 6)]
 
 
+class EnableCap(ctypes.Structure):
+    _fields_ = [("cap", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("args", ctypes.c_uint64 * 4),
+                ("pad", ctypes.c_uint8 * 64)]
+
+
 class VcpuInit(ctypes.Structure):
     _fields_ = [("target", ctypes.c_uint32), ("features", ctypes.c_uint32 * 7)]
 
@@ -86,6 +91,7 @@ KVM_GET_DIRTY_LOG = _iow(0x42, ctypes.sizeof(DirtyLog))
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, ctypes.sizeof(UserspaceMemoryRegion))
 KVM_SET_USER_MEMORY_REGION2 = _iow(0x49, ctypes.sizeof(UserspaceMemoryRegion2))
 KVM_CREATE_GUEST_MEMFD = _iowr(0xD4, ctypes.sizeof(CreateGuestMemfd))
+KVM_ENABLE_CAP = _iow(0xA3, ctypes.sizeof(EnableCap))
 KVM_RUN = _io(0x80)
 KVM_SET_ONE_REG = _iow(0xAC, ctypes.sizeof(OneReg))
 KVM_ARM_VCPU_INIT = _iow(0xAE, ctypes.sizeof(VcpuInit))
@@ -94,6 +100,7 @@ KVM_ARM_PREFERRED_TARGET = _ior(0xAF, ctypes.sizeof(VcpuInit))
 KVM_MEM_LOG_DIRTY_PAGES = 1
 KVM_MEM_GUEST_MEMFD = 1 << 2
 KVM_CAP_GUEST_MEMFD = 234
+KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE = 228
 #: guest_memfd the VMM can mmap, its memory shared (not private) from creation: what a
 #: memslot of an ordinary arm64 VM needs (kvm_arch_prepare_memory_region: gmem-only)
 GUEST_MEMFD_FLAG_MMAP, GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 0, 1 << 1
@@ -254,6 +261,19 @@ class VM:
             ioctl(self.vgic, KVM_SET_DEVICE_ATTR,
                   DeviceAttr(0, KVM_DEV_ARM_VGIC_GRP_ADDR, kind, ctypes.addressof(holder)))
         ioctl(self.vgic, KVM_SET_DEVICE_ATTR, DeviceAttr(0, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, 0))
+
+    def set_eager_split(self, chunk: int) -> None:
+        """KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE (6.4+; before any memslot exists): dirty
+        logging turned on splits the memslot's blocks into pages at once."""
+        args = EnableCap(KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, 0)
+        args.args[0] = chunk
+        try:
+            ioctl(self.fd, KVM_ENABLE_CAP, args)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise Unsupported("this kernel's KVM has no eager page splitting "
+                                  "(KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE refused: 6.4+)") from None
+            raise
 
     def create_guest_memfd(self, size: int) -> int:
         """A guest_memfd of `size` bytes the VMM can mmap (KVM_CREATE_GUEST_MEMFD)."""

@@ -95,6 +95,8 @@ class Probe:
         self.answered = False
         self.remapping = False
         started = time.monotonic()
+        if job.eager_split:
+            self.vm.set_eager_split(job.eager_split)
         for slot in job.memslots:
             mem = kvm.Memory(slot.backing, slot.size, slot.offset, vm=self.vm)
             self.memory[slot.slot] = mem
