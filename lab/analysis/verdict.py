@@ -237,7 +237,7 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         verdict.checks.append(nested.l2_check(probe["l2"], len(in_range), len(trace.faults), remapped,
                                               [threads[t] for t in sorted(threads)]))
         verdict.reasons.append(verdict.checks[-1]["text"])
-    if probe and probe.get("stage2") and trace is not None:  # KVM's own dump of the VM's table, at the end
+    if probe and probe.get("stage2") and probe.get("l2") is None and trace is not None:  # KVM's dump, at the end
         verdict.checks.append(ptdump.cross_check({"stage2_page_tables": probe["stage2"]},
                                                  last_mapping(scenario, faults), "debugfs stage-2"))
         verdict.reasons.append(verdict.checks[-1]["text"])

@@ -21,9 +21,11 @@ pytestmark = pytest.mark.boot
 
 
 #: Default tests left out here for CI's time (about 90 s of the 254 s the whole selection
-#: took in CI's fresh root): none of them has a memory range to judge, and the whole
-#: selection runs in `scripts/bench`.
-SLOW = {"debug-exceptions", "set_memory_region_test", "memslot_modification_stress_test", "coalesced_io_test"}
+#: took in CI's fresh root, and arch_timer_edge_cases's 19 s, a known failure under TCG:
+#: set_id_regs and vgic_init still check known failures): none of them has a memory range
+#: to judge, and the whole selection runs in `scripts/bench`.
+SLOW = {"debug-exceptions", "set_memory_region_test", "memslot_modification_stress_test", "coalesced_io_test",
+        "arch_timer_edge_cases"}
 
 
 @pytest.fixture(scope="module")

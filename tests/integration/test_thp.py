@@ -56,9 +56,12 @@ def restored_lab(tmp_path_factory, private_runtime):
 
 @pytest.fixture(scope="module")
 def suite(restored_lab, outputs, tmp_path_factory):
-    """`kvmlab test thp`, as a user runs it, with every report asked for, on a restored lab."""
+    """`kvmlab test thp`, as a user runs it, with every report asked for, on a restored lab
+    and (-j 2) a helper lab beside it: CI's time (test_concurrency.py checks that -j 2
+    gives the verdicts of one lab)."""
     results = tmp_path_factory.mktemp("results")
-    run = kvmlab("test", "thp", "--name", restored_lab, "--results", str(results), "--html", str(outputs / "html"),
+    run = kvmlab("test", "thp", "-j", "2", "--name", restored_lab, "--results", str(results),
+                 "--html", str(outputs / "html"),
                  "--junit", str(outputs / "junit.xml"), "--json", str(outputs / "run.json"), timeout=900)
     summary_file = next(results.glob("*/summary.json"))
     return run, json.loads(summary_file.read_text()), summary_file.parent
