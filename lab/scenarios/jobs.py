@@ -64,7 +64,7 @@ def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
         # The probe's own wait is the longest L1 may give a guest that still moves; the
         # scenario's timeout proper is L1's runner's (l1.scenario.wait_vmm)
         actions=scenario.actions, timeout=scenario.timeout * contract.TIMEOUT_STRETCH,
-        eager_split=scenario.eager_split)
+        eager_split=scenario.eager_split, folios=bool(scenario.folios))
 
 
 def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,

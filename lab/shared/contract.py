@@ -139,6 +139,9 @@ class ProbeJob:
     #: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE (6.4+), set before any memslot: turning dirty
     #: logging on splits the memslot's blocks at once, in chunks of this size (0: off)
     eager_split: int = 0
+    #: read each memslot's folios at the end (pagemap and kpageflags: a lookup per page,
+    #: so only when the scenario expects folios)
+    folios: bool = False
 
 
 @record

@@ -318,7 +318,8 @@ class Probe:
         if self.error is None:
             self.actions_at("end")
         self.report["smaps"]["end"] = self.smaps()
-        self.report["folios"] = self.folios()
+        if self.job.folios:
+            self.report["folios"] = self.folios()
         # (a nested run's faults are L3's, in the shadow MMUs: its own table maps L2)
         stage2 = stage2_dump(self.vm.fd) if self.job.el2 is None else None
         if stage2 is not None:
