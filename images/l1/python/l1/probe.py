@@ -70,13 +70,8 @@ def smaps_for(addr: int) -> dict[str, int]:
 
 
 def vmstat() -> dict[str, int]:
-    out = {}
-    with open("/proc/vmstat") as f:
-        for line in f:
-            key, value = line.split()
-            if key.startswith(("thp_", "nr_anon_transparent", "nr_shmem_hugepages", "compact_")):
-                out[key] = int(value)
-    return out
+    """The THP and compaction counters of /proc/vmstat (l1/mm.py reads them)."""
+    return mm.vmstat("thp_", "nr_anon_transparent", "nr_shmem_hugepages", "compact_")
 
 
 class Probe:
