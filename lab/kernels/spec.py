@@ -1,6 +1,7 @@
 """`--kernel` values, parsed once into a KernelSpec.
 
     trixie                      Debian's current arm64 kernel of a suite
+    trixie-16k, sid-16k         the suite's 16 KiB-page flavour (linux-image-arm64-16k)
     bookworm:6.1.176-1          a pinned version of the suite's linux-image-arm64
     6.1.0-50, 6.12.117+deb13    a pinned kernel ABI: linux-image-ABI-arm64 (suite from the version)
     bookworm:linux-image-6.1.0-50-arm64
@@ -23,11 +24,17 @@ SUITES = ("bullseye", "bookworm", "trixie", "sid")
 #: The kernel series each suite released with: a pinned version's suite when none is named.
 SUITE_SERIES = {(5, 10): "bullseye", (6, 1): "bookworm", (6, 12): "trixie"}
 #: An ABI, as in linux-image-ABI-arm64: 6.1.0-50, 5.10.0-32, 6.12.117+deb13, 7.2.13+deb14.
-_ABI = re.compile(r"^(\d+\.\d+\.0-\d+|\d+\.\d+\.\d+\+deb\d+)(-arm64)?$")
+_ABI = re.compile(r"^(?P<abi>\d+\.\d+\.0-\d+|\d+\.\d+\.\d+\+deb\d+)(?P<flavour>-arm64(-16k)?)?$")
 #: A Debian package version of linux-image-arm64: 6.1.176-1, 6.12.117-1~bpo12+1.
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?-[0-9A-Za-z.+~]+$")
-_PACKAGE = re.compile(r"^linux-image-(?P<abi>[0-9][0-9A-Za-z.+~-]*)-arm64$")
-EXPECTED = ("a Debian suite (" + ", ".join(SUITES) + "), SUITE:VERSION (e.g. bookworm:6.1.176-1), "
+_PACKAGE = re.compile(r"^linux-image-(?P<abi>[0-9][0-9A-Za-z.+~-]*?)-arm64(-16k)?$")
+#: Debian's arm64 kernel flavours besides the 4 KiB-page one, by the suffix a suite takes:
+#: trixie-16k boots linux-image-arm64-16k (16 KiB pages, so 32 MiB PMD blocks).
+FLAVOURS = {"16k": "arm64-16k"}
+#: Where Debian ships each flavour (bookworm and bullseye have only 4 KiB pages).
+FLAVOUR_SUITES = {"16k": ("trixie", "sid")}
+EXPECTED = ("a Debian suite (" + ", ".join(SUITES) + "), SUITE-16k (trixie-16k, sid-16k), "
+            "SUITE:VERSION (e.g. bookworm:6.1.176-1), "
             "a kernel ABI (e.g. 6.1.0-50), or the path of an arm64 Image or kernel build directory")
 
 
@@ -48,7 +55,11 @@ class KernelSpec:
             return self.suite
         if self.kind == "debian":
             pinned = self.package.split("=", 1)[-1]
-            pinned = pinned[len("linux-image-"):-len("-arm64")] if _PACKAGE.match(pinned) else pinned
+            if pinned.startswith("linux-image-arm64-"):  # a flavour's current kernel: trixie-16k
+                return safe_label(f"{self.suite}-{pinned[len('linux-image-arm64-'):]}")
+            match = _PACKAGE.match(pinned)
+            if match:
+                pinned = match.group("abi") + (match.group(2) or "")
             return safe_label(f"{self.suite}-{pinned}")
         assert self.path is not None
         parent = self.path.parent.name if self.path.name == "Image" else self.path.name
@@ -76,6 +87,13 @@ def parse(text: str, base: Path | None = None) -> KernelSpec:
     text = text.strip()
     if text in SUITES:
         return KernelSpec("suite", text, suite=text)
+    base_suite, dash, flavour = text.rpartition("-")
+    if dash and base_suite in SUITES and flavour.lower() in FLAVOURS:
+        flavour = flavour.lower()
+        if base_suite not in FLAVOUR_SUITES[flavour]:
+            raise ValueError(f"{text}: Debian has no {flavour} arm64 kernel in {base_suite}; it has one in "
+                             + " and ".join(FLAVOUR_SUITES[flavour]))
+        return KernelSpec("debian", text, suite=base_suite, package=f"linux-image-{FLAVOURS[flavour]}")
     suite, sep, rest = text.partition(":")
     if sep and suite in SUITES:
         package = _pinned_package(rest)
@@ -110,7 +128,9 @@ def parse(text: str, base: Path | None = None) -> KernelSpec:
 def is_debian(text: str) -> bool:
     """True if `text` names a Debian kernel (a suite or a pinned one), not a path."""
     suite, sep, rest = text.partition(":")
+    flavoured = text.rpartition("-")
     return text in SUITES or (bool(sep) and suite in SUITES) or (
+        flavoured[0] in SUITES and flavoured[2].lower() in FLAVOURS) or (
         _pinned_package(text) is not None and "/" not in text)
 
 
@@ -121,9 +141,9 @@ def _looks_like_path(text: str, base: Path | None) -> bool:
 def _pinned_package(text: str) -> str | None:
     if _PACKAGE.match(text):
         return text
-    if _ABI.match(text):
-        abi = text[:-len("-arm64")] if text.endswith("-arm64") else text
-        return f"linux-image-{abi}-arm64"
+    match = _ABI.match(text)
+    if match:
+        return f"linux-image-{match.group('abi')}{match.group('flavour') or '-arm64'}"
     if _VERSION.match(text):
         return f"linux-image-arm64={text}"
     return None

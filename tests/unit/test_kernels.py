@@ -19,6 +19,10 @@ from lab.orchestrate.matrix import KernelColumn, rows, signature
     ("7.2.13+deb14-arm64", "debian", "sid", "linux-image-7.2.13+deb14-arm64", "sid-7.2.13-deb14"),
     ("linux-image-5.10.0-32-arm64", "debian", "bullseye", "linux-image-5.10.0-32-arm64", "bullseye-5.10.0-32"),
     ("sid:7.2.13-1", "debian", "sid", "linux-image-arm64=7.2.13-1", "sid-7.2.13-1"),
+    ("trixie-16k", "debian", "trixie", "linux-image-arm64-16k", "trixie-16k"),
+    ("sid-16K", "debian", "sid", "linux-image-arm64-16k", "sid-16k"),
+    ("6.12.117+deb13-arm64-16k", "debian", "trixie", "linux-image-6.12.117+deb13-arm64-16k",
+     "trixie-6.12.117-deb13-16k"),
 ])
 def test_debian_kernels(text, kind, suite, package, label):
     spec = kspec.parse(text)
@@ -46,6 +50,7 @@ def test_an_image_a_build_directory_and_its_release(tmp_path):
     ("", "an empty kernel"),
     ("jessie", "not a Debian suite, version or an existing file"),
     ("bookworm:latest", "after 'bookworm:' give a version"),
+    ("bookworm-16k", "no 16k arm64 kernel in bookworm; it has one in trixie and sid"),
     ("./nope/Image", "no such file"),
 ])
 def test_bad_kernels_say_what_is_accepted(text, words):
