@@ -1,6 +1,8 @@
 """From stage-2 faults to how KVM mapped each region of guest physical memory.
 
-The tracepoint does not say the mapping size; the faults do (4 KiB granule, 40-bit IPA):
+The tracepoint does not say the mapping size; the faults do. Said here for the 4 KiB
+granule (40-bit IPA); with 16 KiB pages a region is 32 MiB and a level-1 block 64 GiB
+(Granule below), and the rules are the same:
 - arm64 KVM maps exactly what one fault resolves, nothing around it. A 2 MiB region
   mapped with pages faults once per page touched; the first at level 2 (or 1) because no
   level-3 table exists yet, every later one at level 3. A region mapped as one block
@@ -22,10 +24,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from lab.analysis.esr import Esr
-from lab.shared.units import GiB, KiB, MiB
+from lab.shared.units import KiB, MiB, human_size
 
 PAGE = 4 * KiB
 REGION = 2 * MiB
+
 
 BLOCK, PAGES, SPLIT, BLOCK_1G, NONE, UNKNOWN, MMIO = "block", "page", "split", "block-1g", "untouched", "block?", "mmio"
 #: What each mapping label means, for people.
@@ -33,6 +36,45 @@ LABELS = {BLOCK: "2 MiB block", PAGES: "4 KiB pages", SPLIT: "block split into p
           BLOCK_1G: "inside a 1 GiB block", NONE: "no faults",
           UNKNOWN: "one fault below level 3: a block, unless only one page was touched",
           MMIO: "the same page faulting again and again: MMIO (no memslot there)"}
+
+
+@dataclass(frozen=True)
+class Granule:
+    """L1's page size, and what it makes of a stage-2 table: a level-2 block maps one
+    table of 8-byte descriptors' worth of pages (4 KiB: 2 MiB; 16 KiB: 32 MiB; 64 KiB:
+    512 MiB), a level-1 block as many level-2 blocks (4 KiB: 1 GiB; 16 KiB: 64 GiB, which
+    needs LPA2)."""
+
+    page: int = PAGE
+
+    @property
+    def block(self) -> int:
+        return self.page * (self.page // 8)
+
+    @property
+    def level1(self) -> int:
+        return self.block * (self.page // 8)
+
+    @property
+    def words(self) -> str:
+        return f"{self.page // KiB} KiB pages"
+
+
+G4K = Granule()
+
+
+def granule_of(page_size: object) -> Granule:
+    """The granule of an L1 that reported `page_size` (result.json's l1_page_size; absent
+    in results from before it was recorded: 4 KiB, all L1 kernels had then)."""
+    return Granule(page_size) if isinstance(page_size, int) and page_size in (4 * KiB, 16 * KiB, 64 * KiB) else G4K
+
+
+def labels(granule: Granule = G4K) -> dict[str, str]:
+    """LABELS in the units of `granule`."""
+    if granule == G4K:
+        return LABELS
+    return {**LABELS, BLOCK: f"{human_size(granule.block)} block", PAGES: f"{human_size(granule.page)} pages",
+            BLOCK_1G: f"inside a {human_size(granule.level1)} block"}
 
 
 
@@ -88,8 +130,9 @@ class Region:
         return f"{self.faults} fault{'s' if self.faults != 1 else ''} ({parts}{retried})"
 
 
-def regions_of(faults: list[Fault], size: int = REGION) -> dict[int, Region]:
-    """Faults grouped by `size`-aligned IPA region, in time order within each."""
+def regions_of(faults: list[Fault], size: int = REGION, page: int = PAGE) -> dict[int, Region]:
+    """Faults grouped by `size`-aligned IPA region, in time order within each (pages of
+    `page` bytes)."""
     out: dict[int, Region] = {}
     for f in faults:
         start = f.ipa // size * size
@@ -99,7 +142,7 @@ def regions_of(faults: list[Fault], size: int = REGION) -> dict[int, Region]:
         d = f.decoded
         r.faults += 1
         r.retried += f.retry
-        r.pages.add(f.ipa // PAGE)
+        r.pages.add(f.ipa // page)
         r.kinds[(d.kind, d.level if d.level is not None else -1)] += 1
         r.writes += d.write
         if r.first_level is None:
@@ -108,7 +151,7 @@ def regions_of(faults: list[Fault], size: int = REGION) -> dict[int, Region]:
 
 
 def classify(region: Region, touched_pages: int | None = None) -> str:
-    """block, page, split, unknown or untouched for one 2 MiB region (see the module doc)."""
+    """block, page, split, unknown or untouched for one region (see the module doc)."""
     if not region.faults:
         return NONE
     if len(region.pages) == 1 and region.faults >= 3 and touched_pages is None:
@@ -140,32 +183,34 @@ class Touched:
 
 
 def infer(faults: list[Fault], touched: Touched | None = None,
-          window: tuple[int, int] | None = None) -> dict[int, Region]:
-    """Every 2 MiB region in `window` (default: where the guest touched, else where faults
-    fell), classified. Touched regions without faults inside a GiB whose only faults are
-    at level 1 are `block-1g`."""
+          window: tuple[int, int] | None = None, granule: Granule = G4K) -> dict[int, Region]:
+    """Every region (a level-2 block's span: 2 MiB with 4 KiB pages) in `window` (default:
+    where the guest touched, else where faults fell), classified. Touched regions without
+    faults inside a level-1 block's span (1 GiB) whose only faults are at level 1 are
+    `block-1g`."""
+    size, big = granule.block, granule.level1
     if window is None and touched is not None:
         window = (touched.base, touched.base + touched.size)
     if window is not None:
         faults = [f for f in faults if window[0] <= f.ipa < window[1]]
-    regions = regions_of(faults)
+    regions = regions_of(faults, size, granule.page)
     if touched is not None:
-        lo = (window[0] if window else touched.base) // REGION * REGION
+        lo = (window[0] if window else touched.base) // size * size
         hi = window[1] if window else touched.base + touched.size
-        for start in range(lo, hi, REGION):
-            if touched.pages_in(start, REGION) and start not in regions:
-                regions[start] = Region(start)
-    gigs = regions_of(faults, GiB)
+        for start in range(lo, hi, size):
+            if touched.pages_in(start, size) and start not in regions:
+                regions[start] = Region(start, size)
+    gigs = regions_of(faults, big, granule.page)
     for start, r in regions.items():
-        n = touched.pages_in(start, REGION) if touched else None
+        n = touched.pages_in(start, size) if touched else None
         r.mapping = classify(r, n)
-        gig = gigs.get(start // GiB * GiB)
+        gig = gigs.get(start // big * big)
         if gig is not None and not any(level in (2, 3) for (_, level) in gig.kinds) \
                 and r.mapping in (NONE, UNKNOWN, BLOCK):
-            # the whole GiB took faults only at level 1: one 1 GiB block
-            # ... unless the guest touched only one 2 MiB region of it (its first fault is L1 too)
-            if touched is not None and sum(1 for s in range(gig.start, gig.start + GiB, REGION)
-                                      if touched.pages_in(s, REGION)) > 1:
+            # the whole level-1 span took faults only at level 1: one level-1 block
+            # ... unless the guest touched only one region of it (its first fault is L1 too)
+            if touched is not None and sum(1 for s in range(gig.start, gig.start + big, size)
+                                      if touched.pages_in(s, size)) > 1:
                 r.mapping = BLOCK_1G
     return dict(sorted(regions.items()))
 

@@ -15,7 +15,7 @@ from typing import Any
 from lab.analysis import invalidation, mapping, nested, ptdump, retry
 from lab.analysis.crash import Crash
 from lab.analysis.expect import Judged
-from lab.analysis.mapping import LABELS, Fault, Region, Touched
+from lab.analysis.mapping import G4K, Fault, Granule, Region, Touched
 from lab.analysis.trace import UNMAP_EVENT, Trace
 from lab.core.status import ERROR, FAIL, NA, PASS, SKIP, Status
 from lab.core.versions import versions_match
@@ -52,29 +52,31 @@ def _access_words(scenario: Judged) -> str:
     return " then ".join(word[p] for p in passes)
 
 
-def phase_regions(scenario: Judged, faults: list[Fault], phase: int) -> dict[int, Region]:
+def phase_regions(scenario: Judged, faults: list[Fault], phase: int,
+                  granule: Granule = G4K) -> dict[int, Region]:
     """The touched regions as the faults of one phase alone map them."""
     touched = touched_of(scenario)
-    return {a: r for a, r in mapping.infer([f for f in faults if f.phase == phase], touched).items()
-            if touched.pages_in(a, mapping.REGION)}
+    return {a: r for a, r in mapping.infer([f for f in faults if f.phase == phase], touched, None, granule).items()
+            if touched.pages_in(a, granule.block)}
 
 
-def last_mapping(scenario: Judged, faults: list[Fault]) -> dict[int, Region]:
+def last_mapping(scenario: Judged, faults: list[Fault], granule: Granule = G4K) -> dict[int, Region]:
     """Each touched region as the last phase that faulted in it mapped it: what a dump of
     the table at the end must show (a region that a later phase did not touch again keeps
     the mapping of the one before)."""
     out: dict[int, Region] = {}
     for phase in sorted({f.phase for f in faults}, reverse=True):
-        for start, region in phase_regions(scenario, faults, phase).items():
+        for start, region in phase_regions(scenario, faults, phase, granule).items():
             if start not in out and region.mapping != mapping.NONE:
                 out[start] = region
     return out
 
 
-def check_regions(scenario: Judged, faults: list[Fault], release: str,
-                  l0: str = "") -> tuple[list[dict[str, Any]], dict[int, Region]]:
+def check_regions(scenario: Judged, faults: list[Fault], release: str, l0: str = "",
+                  granule: Granule = G4K) -> tuple[list[dict[str, Any]], dict[int, Region]]:
     """One check per region expectation: those whose `kernels` condition L1 meets, and whose
-    `qemu` condition the L0 QEMU version `l0` ("10.0") meets (all, if `l0` is unknown)."""
+    `qemu` condition the L0 QEMU version `l0` ("10.0") meets (all, if `l0` is unknown).
+    Regions are `granule`'s level-2 block spans (2 MiB with 4 KiB pages)."""
     touched = touched_of(scenario)
     checks = []
     shown: dict[int, Region] = {}
@@ -85,8 +87,8 @@ def check_regions(scenario: Judged, faults: list[Fault], release: str,
         size = exp.size if exp.size is not None else touched.size
         window = (start, start + size)
         chosen = [f for f in faults if exp.phase is None or f.phase == exp.phase]
-        regions = {a: r for a, r in mapping.infer(chosen, touched, window).items()
-                   if touched.pages_in(a, mapping.REGION)}
+        regions = {a: r for a, r in mapping.infer(chosen, touched, window, granule).items()
+                   if touched.pages_in(a, granule.block)}
         shown.update(regions)
         total = len(regions)
         ok_regions = [r for r in regions.values() if exp.mapping is None or r.mapping == exp.mapping]
@@ -97,7 +99,7 @@ def check_regions(scenario: Judged, faults: list[Fault], release: str,
         ok = (total > 0 or none_wanted) and len(ok_regions) == total
         what = f"{human_size(size)} at {start:#x}: " if exp.start is not None else ""
         what += f"phase {exp.phase}: " if exp.phase is not None else ""
-        label = LABELS.get(exp.mapping or "", "any mapping")
+        label = mapping.labels(granule).get(exp.mapping or "", "any mapping")
         counts = sorted({r.counted for r in ok_regions})
         each = ""
         if counts:
@@ -146,13 +148,14 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
     if scenario.repeat > 1:
         return _stress(scenario, result.get("repeat") or {}, crashes)
     verdict = Verdict(PASS)
+    granule = mapping.granule_of(result.get("l1_page_size"))
     touched = touched_of(scenario)
     faults = judged_faults(trace, release)
     in_range = [f for f in faults if touched.base <= f.ipa < touched.base + touched.size]
     verdict.faults = len(in_range)
     if trace is not None:
-        verdict.regions = {a: r for a, r in mapping.infer(faults, touched).items()
-                           if touched.pages_in(a, mapping.REGION)}
+        verdict.regions = {a: r for a, r in mapping.infer(faults, touched, None, granule).items()
+                           if touched.pages_in(a, granule.block)}
         verdict.observed = mapping.describe(verdict.regions)
 
     vmm = result.get("vmm") or {}
@@ -193,12 +196,12 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         if scenario.kill_after is not None:
             verdict.reasons.append("L1 log clean")
 
-    checks, _ = check_regions(scenario, faults, release, l0)
+    checks, _ = check_regions(scenario, faults, release, l0, granule)
     phases = sorted({r.phase for r in scenario.regions if r.phase is not None})
     if phases:
         # One summary per phase the expectations name: what each phase changed.
         verdict.observed = "; ".join(
-            f"phase {p}: " + mapping.describe(phase_regions(scenario, faults, p)) for p in phases)
+            f"phase {p}: " + mapping.describe(phase_regions(scenario, faults, p, granule)) for p in phases)
     verdict.checks += checks
     for c in checks:
         verdict.reasons.append(f"{human_size(touched.size)} {_access_words(scenario)}: {c['text']}"
@@ -239,7 +242,7 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         verdict.reasons.append(verdict.checks[-1]["text"])
     if probe and probe.get("stage2") and probe.get("l2") is None and trace is not None:  # KVM's dump, at the end
         verdict.checks.append(ptdump.cross_check({"stage2_page_tables": probe["stage2"]},
-                                                 last_mapping(scenario, faults), "debugfs stage-2"))
+                                                 last_mapping(scenario, faults, granule), "debugfs stage-2"))
         verdict.reasons.append(verdict.checks[-1]["text"])
     if probe and probe.get("shadow_s2"):  # and KVM's own dump of the shadow tables
         verdict.checks.append(ptdump.cross_check(probe["shadow_s2"], verdict.regions))

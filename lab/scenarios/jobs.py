@@ -73,7 +73,7 @@ def scenario_job(scenario: Scenario, l1_overrides: dict[str, Any] | None = None,
         name=scenario.name, vmm="qemu" if scenario.vmm == "qemu" else "probe", timeout=scenario.timeout,
         l1=contract.L1Settings(**{**scenario.l1, **(l1_overrides or {})}),
         trace=contract.Trace(buffer_kb=buffer_kb(scenario)), kill_after=scenario.kill_after,
-        kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu)
+        kill_after_max=scenario.kill_after_max, repeat=scenario.repeat, qemu=qemu, granules=scenario.granules)
 
 
 def l2_stage2(scenario: Scenario, remapped: bool = False, second: bool = False) -> stage2.Tables:

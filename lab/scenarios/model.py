@@ -92,6 +92,8 @@ class Scenario:
     l2_hypervisor: L2Hypervisor | None = None
     #: probe: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE in bytes (0: KVM's default, off)
     eager_split: int = 0
+    #: L1 page sizes the expectations are written for (`granules: [4K, 16K]`); n/a on others
+    granules: list[int] = field(default_factory=lambda: [4 * KiB])
 
     def smaps_for(self, release: str) -> dict[str, tuple[int, int]]:
         """The smaps expectations that apply to a kernel release."""
@@ -125,7 +127,8 @@ class Scenario:
 
 
 TOP_KEYS = ("name", "description", "vmm", "l1", "memslots", "qemu", "guest", "actions", "expect", "kill_after",
-            "repeat", "timeout", "kernels", "trace", "compare_thp", "tags", "l2_hypervisor", "eager_split")
+            "repeat", "timeout", "kernels", "trace", "compare_thp", "tags", "l2_hypervisor", "eager_split",
+            "granules")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -172,7 +175,7 @@ def parse(data: Any, where: str, path: Path | None = None) -> Scenario:
         kernels=c.get(data, "kernels", "kernels", expectations.KERNELS),
         trace_buffer_kb=c.get(trace, "buffer_kb", "trace.buffer_kb", v.integer(4, 4 * 1024 * 1024)), tags=list(tags),
         l2_hypervisor=parse_l2_hypervisor(c, data, vmm, memslots, len(guest.pauses), guest.vcpus),
-        eager_split=_eager_split(c, data, vmm))
+        eager_split=_eager_split(c, data, vmm), granules=_granules(c, data))
 
 
 def _l1(c: Checker, data: dict[str, Any]) -> dict[str, Any]:
@@ -344,6 +347,25 @@ def _eager_split(c: Checker, data: dict[str, Any], vmm: str) -> int:
         c.fail("eager_split", raw, "a block size of the probe's VM: 4K, 2M or 1G (the chunk KVM splits blocks in "
                "when dirty logging starts)")
     return int(size)
+
+
+def _granules(c: Checker, data: dict[str, Any]) -> list[int]:
+    """`granules`: the L1 page sizes a scenario's expectations hold for (default 4K). A
+    region is a level-2 block's span, 2 MiB with 4K and 32 MiB with 16K, so a scenario whose
+    expectations do not count pages per region can name both."""
+    raw = data.get("granules")
+    if raw is None:
+        return [4 * KiB]
+    sizes = []
+    for value in raw if isinstance(raw, list) and raw else [None]:
+        try:
+            size = parse_bytes(value)
+        except Bad:
+            size = 0
+        if size not in (4 * KiB, 16 * KiB, 64 * KiB):
+            c.fail("granules", raw, "a list of L1 page sizes: 4K, 16K or 64K, e.g. [4K, 16K]")
+        sizes.append(size)
+    return sorted(set(sizes))
 
 
 def _pauses(value: Any, passes: int) -> list[int]:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from lab.analysis import crash
 from lab.analysis import trace as tracefile
-from lab.analysis.mapping import describe
+from lab.analysis.mapping import describe, granule_of
 from lab.analysis.verdict import Verdict, evaluate, judged_faults, phase_regions, region_records
 from lab.builder import payload
 from lab.builder.build import Builder, Tools
@@ -33,13 +33,7 @@ from lab.machine.lab import Lab
 from lab.machine.logs import read_from, tail
 from lab.machine.qemu import l0_version
 from lab.scenarios import RESULTS_FORMAT, staging
-from lab.scenarios.jobs import (
-    l2_initramfs,
-    make_probe_job,
-    nested_files,
-    scenario_job,
-    touch_params,
-)
+from lab.scenarios.jobs import l2_initramfs, make_probe_job, nested_files, scenario_job, touch_params
 from lab.scenarios.l2 import level_maps
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult, counted
@@ -316,7 +310,8 @@ class Runner:
             phases = sorted({r.phase for r in scenario.regions if r.phase is not None})
             if phases:
                 faults = judged_faults(trace, result.get("l1_release", self.release))
-                maps = [{"label": f"phase {p}", "regions": region_records(phase_regions(scenario, faults, p))}
+                g = granule_of(result.get("l1_page_size"))
+                maps = [{"label": f"phase {p}", "regions": region_records(phase_regions(scenario, faults, p, g))}
                         for p in phases]
         if scenario.l2_hypervisor is not None and verdict.regions:  # the fault map per level
             maps = level_maps(scenario.l2_hypervisor, scenario.memslots,

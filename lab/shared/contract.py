@@ -199,6 +199,9 @@ class ScenarioJob:
     qemu: QemuJob | None = None
     #: vmm command: the shell command line traced
     command: str | None = None
+    #: the page sizes (bytes) of an L1 kernel the scenario's expectations are written for
+    #: (a scenario's `granules`); on another, L1 reports it n/a. Empty: any.
+    granules: list[int] = field(default_factory=list)
 
 
 # -- what L1 sends back -----------------------------------------------------------------
@@ -226,6 +229,8 @@ class Result(TypedDict, total=False):
     setup_seconds: float
     l1: dict[str, Any]
     l1_release: str
+    #: L1's page size: 4096, or 16384 for Debian's arm64-16k flavour
+    l1_page_size: int
     skip: str
     #: the kernel lacks a feature the scenario is about (mTHP controls, a huge page size)
     na: str

@@ -1,4 +1,5 @@
-"""Any kernel, for real: Debian's 5.10 next to 6.12 in a matrix, a bisection over a
+"""Any kernel, for real: Debian's 5.10 next to 6.12 in a matrix, 6.12 with 4 KiB pages next
+to its 16 KiB flavour, a bisection over a
 synthetic history whose commits name a Debian kernel to boot, and an Image built by
 `kvmlab kernel build` from the source of sid's kernel (`kvmlab kernel source`) booted as a
 nested L1 with no modules, whose debugfs dump of the shadow stage-2 the verdict reads."""
@@ -44,6 +45,26 @@ def test_matrix_marks_the_rows_where_kernels_map_differently(tmp_path, private_r
     out = run.stdout.decode()
     assert "≠" in out and "1 of 2 scenarios differ between kernels (fork-child-munmap)" in out
     assert qemu_pids_in(private_runtime / "labs") == []
+
+
+def test_a_16k_page_kernel_maps_in_32m_regions_and_says_na_to_4k_scenarios(tmp_path, private_runtime):
+    # Debian's arm64-16k flavour next to the 4 KiB one: THP blocks are 32 MiB, 2 MiB hugetlb
+    # pages are contiguous PTEs that KVM maps as 16 KiB pages, and a scenario written for the
+    # other granule is n/a with the reason (docs/stage2-sizing.md, D9).
+    thp, g16 = SUITES_DIR / "thp", SUITES_DIR / "granule-16k"
+    run = kvmlab("matrix", str(thp / "anon-thp-always.yaml"), str(thp / "hugetlb-2m.yaml"),
+                 str(g16 / "hugetlb-2m-contpte-16k.yaml"), "--kernels", "trixie,trixie-16k",
+                 "--results", str(tmp_path), timeout=900)
+    assert run.returncode == 0, run.stdout.decode()[-3000:] + run.stderr.decode()[-2000:]
+    matrix = json.loads(next(tmp_path.glob("*/matrix.json")).read_text())
+    assert [k["release"].endswith("-arm64-16k") for k in matrix["kernels"]] == [False, True]
+    cells = {r["name"]: {k: (c["status"], c["signature"]) for k, c in r["cells"].items()} for r in matrix["scenarios"]}
+    assert cells["anon-thp-always"] == {"trixie": ("pass", "32 block"), "trixie-16k": ("pass", "2 block")}
+    assert cells["hugetlb-2m"]["trixie"] == ("pass", "16 block") and cells["hugetlb-2m"]["trixie-16k"][0] == "n/a"
+    assert cells["hugetlb-2m-contpte-16k"]["trixie-16k"] == ("pass", "2 page")
+    assert cells["hugetlb-2m-contpte-16k"]["trixie"][0] == "n/a"
+    verdict = json.loads(next(tmp_path.glob("*/trixie-16k/hugetlb-2m-contpte-16k/verdict.json")).read_text())
+    assert any("2/2 regions mapped as 16 KiB pages (2048 faults each)" in r for r in verdict["reasons"]), verdict
 
 
 def git(repo: Path, *args: str) -> str:

@@ -1,6 +1,22 @@
-"""Inferring block or page per 2 MiB region from hand-made faults (see lab/analysis/mapping.py)."""
+"""Inferring block or page per region (2 MiB; 32 MiB with 16 KiB pages) from hand-made faults (see lab/analysis/mapping.py)."""
 
-from lab.analysis.mapping import BLOCK, BLOCK_1G, MMIO, NONE, PAGES, SPLIT, UNKNOWN, Fault, Touched, describe, infer
+from lab.analysis.mapping import (
+    BLOCK,
+    BLOCK_1G,
+    G4K,
+    MMIO,
+    NONE,
+    PAGES,
+    SPLIT,
+    UNKNOWN,
+    Fault,
+    Granule,
+    Touched,
+    describe,
+    granule_of,
+    infer,
+    labels,
+)
 
 MiB, GiB = 1 << 20, 1 << 30
 BASE = 1 * GiB
@@ -78,3 +94,22 @@ def test_touched_pages_counts_strides():
     assert t.pages_in(BASE, 2 * MiB) == 128
     assert t.pages_in(BASE + 2 * MiB, 2 * MiB) == 256
     assert t.pages_in(BASE + 8 * MiB, 2 * MiB) == 0
+
+
+def test_with_16k_pages_a_region_is_32m_and_a_page_16k():
+    g16 = Granule(16 * 1024)
+    assert (g16.block, g16.level1) == (32 * MiB, 64 * GiB) and (G4K.block, G4K.level1) == (2 * MiB, GiB)
+    # one fault per 16 KiB page of a 32 MiB region: 2048, the first at level 2
+    faults = [Fault(BASE, W_TRANS[2])] + [Fault(BASE + i * 16384, W_TRANS[3]) for i in range(1, 2048)]
+    faults += [Fault(BASE + 32 * MiB, W_TRANS[2])]
+    regions = infer(faults, Touched(BASE, 64 * MiB), granule=g16)
+    assert [(r.start, r.size, r.mapping, len(r.pages)) for r in regions.values()] == \
+        [(BASE, 32 * MiB, PAGES, 2048), (BASE + 32 * MiB, 32 * MiB, BLOCK, 1)]
+    # the same faults read with 4 KiB pages are 32 regions, the first 16 of them pages
+    assert len(infer(faults, Touched(BASE, 64 * MiB))) == 32
+    assert labels(g16)[BLOCK] == "32 MiB block" and labels(g16)[PAGES] == "16 KiB pages"
+
+
+def test_the_granule_comes_from_what_l1_reported():
+    assert granule_of(16384) == Granule(16384)
+    assert granule_of(None) == G4K and granule_of(12345) == G4K and granule_of(True) == G4K

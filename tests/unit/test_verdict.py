@@ -3,11 +3,13 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lab.analysis import trace as tracefile
 from lab.analysis.crash import scan
 from lab.analysis.verdict import evaluate
+from lab.core.errors import UserError
 from lab.core.status import ERROR, FAIL, NA, PASS, SKIP, count
 from lab.scenarios import model
 
@@ -173,10 +175,6 @@ def test_a_stress_run_whose_vcpus_never_faulted_raced_nothing():
 def test_repeat_needs_a_stress_shape():
     data = yaml.safe_load(STRESS.read_text())
     data.pop("kill_after")
-    import pytest
-
-    from lab.core.errors import UserError
-
     with pytest.raises(UserError, match="repeat: expected 1, unless the scenario is a stress run"):
         model.parse(data, "s.yaml")
     data["kill_after"] = [0.9, 0.3]
@@ -234,3 +232,28 @@ def test_kvms_own_stage2_dump_is_checked_against_the_last_phase_of_each_region()
     v = evaluate(scenario, RELEASE, result, trace, {"stage2": blocks}, [])
     assert v.status == FAIL and v.reasons[0].startswith("debugfs stage-2: 0 regions as the faults say; differ: "
                                                         "0x40000000 dump block, faults split")
+
+
+def test_a_16k_l1_is_judged_in_32m_regions_and_a_4k_scenario_is_na_there():
+    scenario, result, trace = recorded("hugetlb-1g-contpmd-16k")
+    v = evaluate(scenario, "7.2.13+deb14-arm64-16k", result, trace, None, [])
+    assert v.status == PASS, v.reasons
+    assert v.observed == "4 block (1 fault each)" and v.faults == 4
+    assert "128 MiB written: 4/4 regions mapped as 32 MiB block (1 fault each)" in v.reasons
+    assert {r.size for r in v.regions.values()} == {32 << 20}
+    # the same trace read as if L1 had 4 KiB pages: 64 regions of 2 MiB, 60 of them never faulted
+    old = evaluate(scenario, "7.2.13+deb14-arm64-16k", {**result, "l1_page_size": 4096}, trace, None, [])
+    assert old.status == FAIL and len(old.regions) == 64
+    # L1 reports a scenario written for 4 KiB pages n/a on a 16 KiB kernel (images/l1/python/l1/scenario.py)
+    na = evaluate(scenario, "7.2.13+deb14-arm64-16k",
+                  {"na": "its expectations are written for 4 KiB pages; L1's kernel has 16 KiB pages"}, None, None, [])
+    assert na.status == NA
+
+
+def test_granules_are_checked_page_sizes():
+    assert model.parse({"granules": ["4K", "16K"], "memslots": [{"ipa": "1G", "size": "64M", "backing": "anonymous"}]},
+                       "g.yaml").granules == [4096, 16384]
+    assert model.parse({"memslots": [{"ipa": "1G", "size": "64M", "backing": "anonymous"}]}, "g.yaml").granules == [4096]
+    for bad in (["8K"], [], "16K", [True]):
+        with pytest.raises(UserError, match="granules.*L1 page sizes: 4K, 16K or 64K"):
+            model.parse({"granules": bad, "memslots": [{"ipa": "1G", "size": "64M", "backing": "anonymous"}]}, "g.yaml")

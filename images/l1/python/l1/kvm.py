@@ -15,9 +15,13 @@ import struct
 
 from lab.shared.contract import BACKINGS
 from lab.shared.contract import MADVICE as MADV
-from lab.shared.units import PAGE, MiB
+from lab.shared.units import MiB
 
 KVMIO = 0xAE
+#: L1's page size (4 KiB, or 16 KiB with Debian's arm64-16k flavour), and the span of one
+#: PMD: a THP, and a stage-2 level-2 block (2 MiB, or 32 MiB).
+PAGE = mmap.PAGESIZE
+PMD = PAGE * (PAGE // 8)
 
 
 def _io(nr: int) -> int:
@@ -184,7 +188,7 @@ class Memory:
         kind, advice, huge = spec.kind, spec.advice, spec.huge
         self.backing, self.size, self.offset, self.fd = backing, size, offset, -1
         self.huge = huge
-        align = max(align, huge)
+        align = max(align, huge, PMD)
         # Reserve address space, then place the mapping at the chosen alignment inside it.
         reserve = mmap_at(0, size + 2 * align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
         start = (reserve + align - 1) // align * align + offset
@@ -219,12 +223,12 @@ class Memory:
             madvise(addr, length, self._advice)
 
     def alias(self, offset: int) -> int:
-        """A second mapping of the same memfd, `offset` bytes past a 2 MiB boundary."""
+        """A second mapping of the same memfd, `offset` bytes past a PMD boundary (2 MiB)."""
         if self.fd < 0:
             raise ValueError(f"a second mapping needs a memfd backing, not {self.backing}")
-        reserve = mmap_at(0, self.size + 4 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
-        start = (reserve + 2 * MiB - 1) // (2 * MiB) * (2 * MiB) + offset
-        munmap(reserve, self.size + 4 * MiB)
+        reserve = mmap_at(0, self.size + 2 * PMD, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+        start = (reserve + PMD - 1) // PMD * PMD + offset
+        munmap(reserve, self.size + 2 * PMD)
         return mmap_at(start, self.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.fd)
 
 

@@ -319,8 +319,14 @@ def main(argv: list[str]) -> int:
     try:
         with open(job_path) as f:
             job = decode(ScenarioJob, json.load(f))
-        result["l1"], cannot = apply_l1(job.l1, settings)
         result["l1_release"] = open("/proc/sys/kernel/osrelease").read().strip()
+        result["l1_page_size"] = page = os.sysconf("SC_PAGE_SIZE")
+        if job.granules and page not in job.granules:
+            result["na"] = (f"its expectations are written for {' or '.join(f'{g // 1024} KiB' for g in job.granules)}"
+                            f" pages; L1's kernel has {page // 1024} KiB pages")
+            result["l1"] = {}
+            return 0
+        result["l1"], cannot = apply_l1(job.l1, settings)
         if cannot:
             result[cannot[0]] = cannot[1]  # type: ignore[literal-required]  # "na" or "skip"
             return 0
