@@ -79,6 +79,13 @@ def _memory(value: Any) -> int:
     return mib
 
 
+def _device_memory(value: Any) -> int:
+    mib = 0 if value in (0, "0") else v.size_mib(value)
+    if mib and not (2 <= mib <= 1024 and mib & (mib - 1) == 0):
+        raise Bad("0, or a power of two from 2M to 1G (a PCI BAR's size)")
+    return mib
+
+
 def _kernel(value: Any) -> str:
     try:
         spec = kernel_spec.parse(value)
@@ -107,6 +114,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "cpus": v.integer(1, 16),
         "memory": _memory,
         "hugepages_1g": v.integer(0, 16),
+        "device_memory": _device_memory,
         "thp": v.choice(THP_MODES),
         "kvm_mode": v.choice(KVM_MODES),
         "boot_timeout": v.seconds(5, 3600),
@@ -151,6 +159,8 @@ class LabConfig:
     kvm_mode: str = "vhe"
     #: 1 GiB huge pages L1 reserves at boot, in memory QEMU adds to `memory_mib`
     hugepages_1g: int = 0
+    #: MiB of device memory in L1: an ivshmem-plain PCI device's BAR (0: none)
+    device_memory_mib: int = 0
 
     @property
     def machine_mib(self) -> int:
@@ -177,7 +187,8 @@ class LabConfig:
     def as_dict(self) -> dict[str, Any]:
         return {
             "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
-                    "memory": f"{self.memory_mib}M", "hugepages_1g": self.hugepages_1g, "thp": self.thp,
+                    "memory": f"{self.memory_mib}M", "hugepages_1g": self.hugepages_1g,
+                    "device_memory": f"{self.device_memory_mib}M", "thp": self.thp,
                     "kvm_mode": self.kvm_mode,
                     "boot_timeout": self.boot_timeout, "gdb": self.gdb, "snapshot": self.snapshot},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
@@ -264,6 +275,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],
         extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],
         updates=clean["images.updates"], snapshot=clean["lab.snapshot"], kvm_mode=clean["lab.kvm_mode"],
-        hugepages_1g=clean["lab.hugepages_1g"],
+        hugepages_1g=clean["lab.hugepages_1g"], device_memory_mib=clean["lab.device_memory"],
         sources=sources,
     )

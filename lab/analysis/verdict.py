@@ -143,6 +143,8 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         return Verdict(ERROR, "", [f"in L1: {result['error']}"])
     if (probe or {}).get("na"):  # the probe found L1's KVM without what the scenario needs
         return Verdict(NA, "", [(probe or {})["na"]])
+    if (probe or {}).get("skip"):  # the lab lacks a resource the probe needs (device memory)
+        return Verdict(SKIP, "", [(probe or {})["skip"]])
     if scenario.kernels and not versions_match(scenario.kernels, release):
         return Verdict(NA, "", [f"applies to kernels {scenario.kernels}; L1 runs {release}"])
     if scenario.repeat > 1:

@@ -142,6 +142,9 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         # Not mapped-xattr: tmpfs before Linux 6.6 has no user xattrs.
         "-fsdev", f"local,id=share,path={paths.share},security_model=mapped-file",
         "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
+        # Device memory (lab.device_memory): a PCI BAR, for memslots KVM maps as VM_PFNMAP.
+        *(["-object", f"memory-backend-ram,id=devmem,size={config.device_memory_mib}M",
+           "-device", "ivshmem-plain,memdev=devmem"] if config.device_memory_mib else []),
         "-pidfile", str(paths.pidfile),
         # The one network listener kvmlab opens, only when asked: gdb on L1's kernel, loopback only.
         *(["-gdb", f"tcp:127.0.0.1:{config.gdb}"] if config.gdb else []),

@@ -51,7 +51,8 @@ class Backing:
     name: str
     #: anonymous (MAP_PRIVATE), shmem (MAP_SHARED anonymous), memfd, hugetlb (MAP_HUGETLB),
     #: guest_memfd (KVM_CREATE_GUEST_MEMFD, mmapped shared: 6.18+ for ordinary arm64 VMs)
-    kind: Literal["anonymous", "shmem", "memfd", "hugetlb", "guest_memfd"]
+    #: pfnmap (the lab's device memory: a PCI BAR mmapped from sysfs, VM_PFNMAP | VM_IO)
+    kind: Literal["anonymous", "shmem", "memfd", "hugetlb", "guest_memfd", "pfnmap"]
     #: the madvise() given to the whole mapping, if any
     advice: str | None = None
     #: the huge page size of a hugetlb backing (ipa, size and offset are multiples of it)
@@ -71,6 +72,7 @@ BACKINGS: dict[str, Backing] = {b.name: b for b in (
     Backing("hugetlb_32m", "hugetlb", huge=32 * MiB),
     Backing("hugetlb_1g", "hugetlb", huge=GiB),
     Backing("guest_memfd", "guest_memfd"),
+    Backing("pci_bar", "pfnmap"),
 )}
 
 VMMS = ("probe", "qemu")

@@ -133,6 +133,8 @@ def test_verdicts_carry_their_evidence(suite):
         in by_name["collapse-between-passes"]["reasons"]
     assert "pause 1 (compact): the MMU notifier unmapped nothing of memslot 1" in by_name["compact-mid-run"]["reasons"]
     assert by_name["hugetlb-1g"]["observed"].startswith("32 block-1g")
+    # device memory (the lab's PCI BAR, VM_PFNMAP): 6.12 maps it page by page
+    assert by_name["pfnmap-pci-bar"]["observed"] == "8 page (512 faults each)"
 
 
 def test_a_wrong_expectation_fails_the_run(lab, tmp_path):

@@ -53,6 +53,8 @@ def test_user_file_overrides_default_and_cli_overrides_file(tmp_path):
     ("images:\n  updates: yes please\n", "images.updates: expected true or false"),
     ("lab:\n  cpus: [\n", "malformed YAML at line 3, column 1"),
     ("lab:\n  gdb: 70000\n", "lab.gdb: expected an integer from 0 to 65535, got 70000"),
+    ("lab:\n  device_memory: 48M\n", "lab.device_memory: expected 0, or a power of two from 2M to 1G"),
+    ("lab:\n  device_memory: 2G\n", "lab.device_memory: expected 0, or a power of two from 2M to 1G"),
     # A listener in extra_args must bind loopback: kvmlab listens nowhere unless asked.
     ("qemu:\n  extra_args: ['-s']\n", "qemu.extra_args: -s: gdb on port 1234 of every interface; use lab.gdb"),
     ("qemu:\n  extra_args: ['-gdb', 'tcp::1234']\n", "'tcp::1234' would listen on every interface; bind 127.0.0.1"),

@@ -111,3 +111,12 @@ def test_an_l0_older_than_9_0_is_named_with_what_it_lacks():
     assert l0_lacks("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)") == ""
     assert l0_lacks("QEMU emulator version 9.0.0") == ""
     assert l0_lacks("unknown") == ""
+
+
+def test_device_memory_is_an_ivshmem_bar_and_none_when_zero():
+    config, _, cmd = command()
+    assert config.device_memory_mib == 64
+    assert value_after(cmd, "-object") == ["memory-backend-ram,id=devmem,size=64M"]
+    assert value_after(cmd, "-device")[-1] == "ivshmem-plain,memdev=devmem"
+    _, _, cmd = command(**{"lab.device_memory": 0})
+    assert "ivshmem-plain,memdev=devmem" not in cmd and "-object" not in cmd

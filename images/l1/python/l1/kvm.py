@@ -202,6 +202,9 @@ class Memory:
             self.fd = os.memfd_create(f"kvmlab-{backing}", os.MFD_CLOEXEC)
             os.ftruncate(self.fd, size)
             flags = MAP_SHARED
+        elif kind == "pfnmap":
+            self.fd = open_device_memory(size)
+            flags = MAP_SHARED
         elif kind == "guest_memfd":
             if vm is None:
                 raise ValueError("a guest_memfd backing is made by its VM")
@@ -230,6 +233,37 @@ class Memory:
         start = (reserve + PMD - 1) // PMD * PMD + offset
         munmap(reserve, self.size + 2 * PMD)
         return mmap_at(start, self.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.fd)
+
+
+#: The lab's device memory (lab.device_memory): QEMU's ivshmem-plain, BAR 2.
+IVSHMEM = ("0x1af4", "0x1110")
+
+
+class NoDeviceMemory(RuntimeError):
+    """The lab has no device memory (lab.device_memory: 0), or less than asked: a skip."""
+
+
+def open_device_memory(size: int) -> int:
+    """An fd whose mmap is the lab's PCI BAR (a VM_PFNMAP | VM_IO mapping of memory outside
+    L1's RAM), with the device's memory decoding turned on."""
+    base = "/sys/bus/pci/devices"
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        path = os.path.join(base, name)
+        try:
+            ids = tuple(open(os.path.join(path, f)).read().strip() for f in ("vendor", "device"))
+        except OSError:
+            continue
+        if ids != IVSHMEM:
+            continue
+        bar = os.path.join(path, "resource2")
+        have = os.stat(bar).st_size
+        if have < size:
+            raise NoDeviceMemory(f"the lab's device memory is {have >> 20} MiB, the memslot asks {size >> 20} MiB "
+                                 "(lab.device_memory)")
+        with open(os.path.join(path, "enable"), "w") as f:  # memory decoding on
+            f.write("1")
+        return os.open(bar, os.O_RDWR | os.O_SYNC | os.O_CLOEXEC)
+    raise NoDeviceMemory("the lab has no device memory (lab.device_memory: 0); give it some, e.g. 64M")
 
 
 def ioctl(fd: int, request: int, arg=0) -> int:
