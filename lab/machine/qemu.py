@@ -144,7 +144,7 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
         # Device memory (lab.device_memory): a PCI BAR, for memslots KVM maps as VM_PFNMAP.
         *(["-object", f"memory-backend-ram,id=devmem,size={config.device_memory_mib}M",
-           "-device", "ivshmem-plain,memdev=devmem"] if config.device_memory_mib else []),
+           "-device", "ivshmem-plain,memdev=devmem,master=on"] if config.device_memory_mib else []),
         "-pidfile", str(paths.pidfile),
         # The one network listener kvmlab opens, only when asked: gdb on L1's kernel, loopback only.
         *(["-gdb", f"tcp:127.0.0.1:{config.gdb}"] if config.gdb else []),

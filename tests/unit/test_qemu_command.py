@@ -117,6 +117,6 @@ def test_device_memory_is_an_ivshmem_bar_and_none_when_zero():
     config, _, cmd = command()
     assert config.device_memory_mib == 64
     assert value_after(cmd, "-object") == ["memory-backend-ram,id=devmem,size=64M"]
-    assert value_after(cmd, "-device")[-1] == "ivshmem-plain,memdev=devmem"
+    assert value_after(cmd, "-device")[-1] == "ivshmem-plain,memdev=devmem,master=on"
     _, _, cmd = command(**{"lab.device_memory": 0})
-    assert "ivshmem-plain,memdev=devmem" not in cmd and "-object" not in cmd
+    assert "ivshmem-plain,memdev=devmem,master=on" not in cmd and "-object" not in cmd
