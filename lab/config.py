@@ -115,6 +115,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "memory": _memory,
         "hugepages_1g": v.integer(0, 16),
         "device_memory": _device_memory,
+        "numa_nodes": v.integer(1, 2),
         "thp": v.choice(THP_MODES),
         "kvm_mode": v.choice(KVM_MODES),
         "boot_timeout": v.seconds(5, 3600),
@@ -161,6 +162,8 @@ class LabConfig:
     hugepages_1g: int = 0
     #: MiB of device memory in L1: an ivshmem-plain PCI device's BAR (0: none)
     device_memory_mib: int = 0
+    #: NUMA nodes L1 has (1 or 2): its memory, and its CPUs, split between them
+    numa_nodes: int = 1
 
     @property
     def machine_mib(self) -> int:
@@ -188,7 +191,8 @@ class LabConfig:
         return {
             "lab": {"name": self.name, "kernel": self.kernel, "modules": self.modules, "cpus": self.cpus,
                     "memory": f"{self.memory_mib}M", "hugepages_1g": self.hugepages_1g,
-                    "device_memory": f"{self.device_memory_mib}M", "thp": self.thp,
+                    "device_memory": f"{self.device_memory_mib}M", "numa_nodes": self.numa_nodes,
+                    "thp": self.thp,
                     "kvm_mode": self.kvm_mode,
                     "boot_timeout": self.boot_timeout, "gdb": self.gdb, "snapshot": self.snapshot},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
@@ -276,5 +280,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],
         updates=clean["images.updates"], snapshot=clean["lab.snapshot"], kvm_mode=clean["lab.kvm_mode"],
         hugepages_1g=clean["lab.hugepages_1g"], device_memory_mib=clean["lab.device_memory"],
+        numa_nodes=clean["lab.numa_nodes"],
         sources=sources,
     )

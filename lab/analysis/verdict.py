@@ -145,6 +145,10 @@ def evaluate(scenario: Judged, release: str, result: dict[str, Any], trace: Trac
         return Verdict(NA, "", [(probe or {})["na"]])
     if (probe or {}).get("skip"):  # the lab lacks a resource the probe needs (device memory)
         return Verdict(SKIP, "", [(probe or {})["skip"]])
+    unmoved = [piece["why"] for m in (probe or {}).get("mm") or [] if m.get("do") == "move_pages"
+               for piece in m.get("pieces") or [] if not piece.get("moved")]
+    if unmoved:  # one NUMA node: move_pages had nowhere to move to
+        return Verdict(SKIP, "", unmoved[:1])
     if scenario.kernels and not versions_match(scenario.kernels, release):
         return Verdict(NA, "", [f"applies to kernels {scenario.kernels}; L1 runs {release}"])
     if scenario.repeat > 1:

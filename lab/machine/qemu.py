@@ -105,6 +105,20 @@ def l0_cpu(config: LabConfig) -> str:
     return ",".join(parts + [d for d in NESTED_CPU_DEFAULTS if d.split("=", 1)[0] not in given])
 
 
+def numa_args(config: LabConfig) -> list[str]:
+    """lab.numa_nodes: 2 splits L1's memory (and CPUs) into two NUMA nodes; 1 adds nothing."""
+    if config.numa_nodes < 2:
+        return []
+    total, cpus = config.machine_mib, config.cpus
+    sizes = [total // 2 + total % 2, total // 2]
+    args: list[str] = []
+    for node, size in enumerate(sizes):
+        first, last = (0, (cpus - 1) // 2) if node == 0 else ((cpus + 1) // 2, cpus - 1)
+        args += ["-object", f"memory-backend-ram,id=node{node},size={size}M",
+                 "-numa", f"node,nodeid={node},memdev=node{node}" + (f",cpus={first}-{last}" if first <= last else "")]
+    return args
+
+
 def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path,
                   qemu_binary: str | None = None) -> list[str]:
     """The L0 command line. Sockets are unix sockets in the lab directory: nothing listens
@@ -142,6 +156,7 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         # Not mapped-xattr: tmpfs before Linux 6.6 has no user xattrs.
         "-fsdev", f"local,id=share,path={paths.share},security_model=mapped-file",
         "-device", "virtio-9p-pci,fsdev=share,mount_tag=share",
+        *numa_args(config),
         # Device memory (lab.device_memory): a PCI BAR, for memslots KVM maps as VM_PFNMAP.
         *(["-object", f"memory-backend-ram,id=devmem,size={config.device_memory_mib}M",
            "-device", "ivshmem-plain,memdev=devmem,master=on"] if config.device_memory_mib else []),

@@ -52,6 +52,9 @@ ACTIONS: dict[str, ActionSpec] = {
                              doc="khugepaged made to scan without pause until it has been twice through every mm "
                                  "(at most `seconds`, 60 by default); its settings then put back"),
     "compact": ActionSpec(("probe",), (), doc="every zone of L1 compacted (/proc/sys/vm/compact_memory)"),
+    "move_pages": ActionSpec(("probe",), _RANGE + ("node",),
+                             doc="move_pages() the range to NUMA node `node` (default: each page to the next node "
+                                 "after its own); with one node in L1 nothing can move, and the probe says so"),
     "split": ActionSpec(("probe",), _RANGE,
                         doc="split_huge_pages (debugfs) on the range: its huge pages split, still mapped "
                             "(before 5.13: every THP of L1)"),
@@ -101,6 +104,8 @@ class Action:
     #: sleep: 1 s when not given; dirty_rate: 10 s; khugepaged: 60 s at most
     seconds: float | None = None
     bandwidth: int = 4 * MiB
+    #: move_pages: the NUMA node to move to (None: each page to the next node after its own)
+    node: int | None = None
 
     def as_op(self) -> Op:
         """A madvise/mprotect/munmap action (or a churn with one `op`) as a memory operation."""
@@ -137,6 +142,10 @@ def _check_key(key: str, name: str, value: Any) -> Any:
     if name == "on":
         if not isinstance(value, bool):
             raise ContractError(key, value, "true or false")
+        return value
+    if name == "node":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 64:
+            raise ContractError(key, value, "a NUMA node number from 0")
         return value
     if name == "label":
         if not isinstance(value, str) or not value:

@@ -108,3 +108,13 @@ def test_eager_split_is_a_block_size_for_the_probe():
             scenario(eager_split=bad)
     with pytest.raises(UserError, match="eager_split: expected a size such as 4K"):
         scenario(eager_split="lots")
+
+
+def test_move_pages_takes_a_node_number():
+    assert check_action({"do": "move_pages", "at": "pause 1", "node": 1}, "actions[0]").node == 1
+    assert check_action({"do": "move_pages", "at": "pause 1"}, "actions[0]").node is None
+    for bad in (-1, True, "1"):
+        with pytest.raises(ContractError, match="a NUMA node number"):
+            check_action({"do": "move_pages", "at": "pause 1", "node": bad}, "actions[0]")
+    with pytest.raises(UserError, match="an action the qemu VMM does: sleep, migrate, dirty_rate, got .move_pages."):
+        model.parse({"vmm": "qemu", "actions": [{"do": "move_pages", "at": "start"}]}, "s.yaml")

@@ -120,3 +120,12 @@ def test_device_memory_is_an_ivshmem_bar_and_none_when_zero():
     assert value_after(cmd, "-device")[-1] == "ivshmem-plain,memdev=devmem,master=on"
     _, _, cmd = command(**{"lab.device_memory": 0})
     assert "ivshmem-plain,memdev=devmem,master=on" not in cmd and "-object" not in cmd
+
+
+def test_two_numa_nodes_split_memory_and_cpus():
+    assert "-numa" not in command()[2]
+    _, _, cmd = command(**{"lab.numa_nodes": 2, "lab.cpus": 3})
+    assert value_after(cmd, "-numa") == ["node,nodeid=0,memdev=node0,cpus=0-1", "node,nodeid=1,memdev=node1,cpus=2-2"]
+    assert "memory-backend-ram,id=node0,size=1536M" in value_after(cmd, "-object")
+    _, _, cmd = command(**{"lab.numa_nodes": 2, "lab.cpus": 1})
+    assert value_after(cmd, "-numa")[1] == "node,nodeid=1,memdev=node1"  # memory only

@@ -257,3 +257,13 @@ def test_granules_are_checked_page_sizes():
     for bad in (["8K"], [], "16K", [True]):
         with pytest.raises(UserError, match="granules.*L1 page sizes: 4K, 16K or 64K"):
             model.parse({"granules": bad, "memslots": [{"ipa": "1G", "size": "64M", "backing": "anonymous"}]}, "g.yaml")
+
+
+def test_move_pages_with_one_numa_node_is_a_skip_saying_why():
+    scenario, result, trace = recorded("anon-thp-always")
+    why = "L1 has one NUMA node (0): there is nowhere to move the pages (lab.numa_nodes: 2 gives two)"
+    probe = {"mm": [{"at": "pause 1", "do": "move_pages", "pieces": [{"moved": False, "why": why}]}]}
+    v = evaluate(scenario, RELEASE, result, trace, probe, [])
+    assert (v.status, v.reasons) == (SKIP, [why])
+    probe["mm"][0]["pieces"][0].update(moved=True)
+    assert evaluate(scenario, RELEASE, result, trace, probe, []).status != SKIP

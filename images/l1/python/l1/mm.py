@@ -104,6 +104,66 @@ def split(addr: int, length: int) -> dict[str, Any]:
     return {"how": how, "vmstat": _delta(before, vmstat("thp_split"))}
 
 
+#: move_pages(2) on arm64 (include/uapi/asm-generic/unistd.h), MPOL_MF_MOVE
+NR_MOVE_PAGES, MPOL_MF_MOVE = 239, 1 << 1
+
+
+def numa_nodes() -> list[int]:
+    """L1's NUMA nodes with memory (/sys/devices/system/node/has_normal_memory)."""
+    try:
+        text = _read("/sys/devices/system/node/has_normal_memory")
+    except OSError:
+        return [0]
+    nodes: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        nodes += range(int(lo), int(hi or lo) + 1)
+    return nodes or [0]
+
+
+def move_pages(addr: int, length: int, node: int | None) -> dict[str, Any]:
+    """move_pages(2) every page of this process's range to `node` (None: each page to the
+    next node after its own, so that every page moves), as the kernel migrates them (a THP
+    as a whole, where it can: thp_migration_success). Returns where the pages were and are, by node,
+    and the migration counters' deltas; `moved` false, with why, when L1 has one node."""
+    import ctypes
+
+    nodes = numa_nodes()
+    count = length // kvm.PAGE
+    pages = (ctypes.c_void_p * count)(*[addr + i * kvm.PAGE for i in range(count)])
+    status = (ctypes.c_int * count)()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def where() -> dict[str, int]:
+        if libc.syscall(NR_MOVE_PAGES, 0, ctypes.c_ulong(count), pages, None, status, 0) < 0:
+            raise OSError(ctypes.get_errno(), f"move_pages (query): {os.strerror(ctypes.get_errno())}")
+        out: dict[str, int] = {}
+        for st in status:
+            key = str(st) if st >= 0 else f"error {-st}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    before = where()
+    here = list(status)
+    record: dict[str, Any] = {"nodes": nodes, "to": "the next node after each page's" if node is None else node,
+                              "before": before}
+    if len(nodes) < 2:
+        record.update(moved=False, why=f"L1 has one NUMA node ({nodes[0]}): there is nowhere to move the pages "
+                                       "(lab.numa_nodes: 2 gives two)")
+        return record
+    if node is not None and node not in nodes:
+        raise ValueError(f"move_pages: node {node} is not one of L1's nodes {nodes}")
+    # Each page to another node than its own (L1 may have spread the range over both).
+    goal = [node if node is not None else nodes[(nodes.index(n) + 1) % len(nodes)] if n in nodes else nodes[0]
+            for n in here]
+    counters = vmstat("pgmigrate", "thp_migration")
+    targets = (ctypes.c_int * count)(*goal)
+    if libc.syscall(NR_MOVE_PAGES, 0, ctypes.c_ulong(count), pages, targets, status, MPOL_MF_MOVE) < 0:
+        raise OSError(ctypes.get_errno(), f"move_pages: {os.strerror(ctypes.get_errno())}")
+    record.update(moved=True, after=where(), vmstat=_delta(counters, vmstat("pgmigrate", "thp_migration")))
+    return record
+
+
 #: /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
 KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 15, 16
 PFN_MASK, PRESENT = (1 << 55) - 1, 1 << 63

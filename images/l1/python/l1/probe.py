@@ -171,7 +171,7 @@ class Probe:
             self.report["alias"] = {"addr": addr, "smaps": smaps_for(addr)}
         elif what == "churn":
             threading.Thread(target=self.churn, args=(action, mem), daemon=True).start()
-        elif what in ("collapse", "khugepaged", "compact", "split"):
+        elif what in ("collapse", "khugepaged", "compact", "split", "move_pages"):
             self.mm_action(action, mem)
         else:
             raise ValueError(f"action {what!r} is not one the probe does")
@@ -186,7 +186,10 @@ class Probe:
         else:
             record = {"pieces": []}
             for addr, length in ranges(action.as_op(), mem):
-                done = (mm.collapse if what == "collapse" else mm.split)(addr, length)
+                if what == "move_pages":
+                    done = mm.move_pages(addr, length, action.node)
+                else:
+                    done = (mm.collapse if what == "collapse" else mm.split)(addr, length)
                 record["pieces"].append({"addr": addr, "length": length, **done})
         self.report.setdefault("mm", []).append({"at": action.at, "do": what, **record})
 
