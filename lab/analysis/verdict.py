@@ -331,8 +331,9 @@ def _log_line(crashes: list[Crash]) -> str:
 
 
 def region_records(regions: dict[int, Region]) -> list[dict[str, Any]]:
-    """verdict.json's regions: what reports draw (lab/results), one per 2 MiB region."""
-    return [{"start": hex(r.start), "mapping": r.mapping, "faults": r.faults, "retried": r.retried,
+    """verdict.json's regions: what reports draw (lab/results), one per region (2 MiB; 32 MiB
+    with 16 KiB pages: `size`)."""
+    return [{"start": hex(r.start), "size": r.size, "mapping": r.mapping, "faults": r.faults, "retried": r.retried,
              "pages": len(r.pages),
              "kinds": {f"{kind} L{level}": n for (kind, level), n in mapping.by_level(r.kinds)},
              "evidence": r.evidence()} for r in regions.values()]

@@ -25,6 +25,7 @@ from lab.core.errors import UserError
 from lab.core.status import ERROR, FAIL, FLAKY, NA, PASS, SKIP, XFAIL
 from lab.results import figures
 from lab.results.load import Matrix, Run, flaky_words
+from lab.shared.units import human_size
 
 MARKER = ".kvmlab-report"
 STATUS: dict[str, str] = {PASS: "PASS", FAIL: "FAIL", FLAKY: "FLAKY", ERROR: "ERROR", SKIP: "SKIP",
@@ -133,7 +134,8 @@ class _Writer:
             label = m.get("label") or ""
             suffix = f"-{i}" if len(maps) > 1 else ""
             counted = ", faults per region" if any(r.get("faults") for r in regions) else ""
-            title = f"{label + ': ' if label else ''}{len(regions)} regions of 2 MiB{counted}"
+            size = human_size(regions[0].get("size") or 2 << 20)  # older results have no size: 2 MiB
+            title = f"{label + ': ' if label else ''}{len(regions)} regions of {size}{counted}"
             fmap = self.figure(f"{slug}{suffix}-map.png", lambda p: figures.fault_map(regions, p, title))
             title = f"{label + ': ' if label else ''}fault kinds and levels"
             hist = self.figure(f"{slug}{suffix}-kinds.png", lambda p: figures.kinds_histogram(regions, p, title))
@@ -175,8 +177,8 @@ class _Writer:
                         f"<td>{sc.get('faults', 0)}</td><td>{_badge(sc['status'])}</td>"
                         f"<td>{sc.get('seconds', 0):.1f}</td></tr>")
         rows.append("</table>")
-        legend = ("<p class=\"meta\">Fault maps: one cell per 2 MiB region of guest physical memory the guest "
-                  "touched, coloured by how stage 2 mapped it, with its fault count.</p>")
+        legend = ("<p class=\"meta\">Fault maps: one cell per region (2 MiB; 32 MiB with 16 KiB pages) of guest "
+                  "physical memory the guest touched, coloured by how stage 2 mapped it, with its fault count.</p>")
         body = "\n".join(head + rows + [legend] + [self.scenario(run, sc) for sc in run.scenarios])
         return _page(f"kvmlab {targets} on {run.title}", body)
 
