@@ -269,7 +269,7 @@ def trace(name, events, analyze, buffer_kb, timeout, results, command) -> None:
                f"in {vmm.get('seconds', 0):.1f} s; "
                f"kept in {done.artefacts}")
     if analyze:
-        for line in adhoc.analysis_lines(done.trace):
+        for line in adhoc.analysis_lines(done.trace, done.result.get("l1_page_size")):
             click.echo(line)
     status = vmm.get("exit_code", 128 + vmm.get("signal", 0))
     if vmm.get("timeout"):

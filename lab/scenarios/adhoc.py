@@ -22,6 +22,7 @@ from lab.scenarios import staging
 from lab.scenarios.runner import Runner
 from lab.shared import contract
 from lab.shared.files import write_json
+from lab.shared.units import human_size
 
 
 @dataclass
@@ -66,24 +67,27 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
                     if (artefacts / "command.log").exists() else "", crash.scan(log), l1.refused)
 
 
-def analysis_lines(trace: tracefile.Trace) -> list[str]:
-    """Fault kinds, and the mapping of every 2 MiB region that faulted, grouped in runs."""
+def analysis_lines(trace: tracefile.Trace, page_size: int | None = None) -> list[str]:
+    """Fault kinds, and the mapping of every region that faulted (2 MiB; with L1's 16 KiB
+    pages, `page_size`, 32 MiB), grouped in runs."""
     if not trace.faults:
         return ["no kvm_guest_fault events"]
     kinds = Counter(Esr(f.esr).describe() for f in trace.faults)
     lines = [f"{len(trace.faults)} stage-2 faults:"]
     lines += [f"  {n:>8}  {kind}" for kind, n in kinds.most_common()]
-    regions = mapping.infer(trace.faults)
-    lines.append(f"{len(regions)} 2 MiB regions faulted: {mapping.describe(regions)}")
+    granule = mapping.granule_of(page_size)
+    size = granule.block
+    regions = mapping.infer(trace.faults, granule=granule)
+    lines.append(f"{len(regions)} {human_size(size)} regions faulted: {mapping.describe(regions)}")
     rows: list[tuple[int, int, str]] = []  # runs of neighbouring regions mapped alike
     for start, r in regions.items():
-        if rows and rows[-1][2] == r.mapping and start == rows[-1][1] + mapping.REGION:
+        if rows and rows[-1][2] == r.mapping and start == rows[-1][1] + size:
             rows[-1] = (rows[-1][0], start, r.mapping)
         else:
             rows.append((start, start, r.mapping))
     for lo, hi, label in rows[:40]:
-        n = (hi - lo) // mapping.REGION + 1
-        lines.append(f"  {lo:#014x}-{hi + mapping.REGION:#014x}  {n:>5} x {label}")
+        n = (hi - lo) // size + 1
+        lines.append(f"  {lo:#014x}-{hi + size:#014x}  {n:>5} x {label}")
     if len(rows) > 40:
         lines.append(f"  ... {len(rows) - 40} more runs in events.txt")
     return lines

@@ -113,3 +113,15 @@ def test_with_16k_pages_a_region_is_32m_and_a_page_16k():
 def test_the_granule_comes_from_what_l1_reported():
     assert granule_of(16384) == Granule(16384)
     assert granule_of(None) == G4K and granule_of(12345) == G4K and granule_of(True) == G4K
+
+
+def test_kvmlab_trace_groups_regions_by_l1_granule():
+    from types import SimpleNamespace
+
+    from lab.scenarios.adhoc import analysis_lines
+
+    trace = SimpleNamespace(faults=[Fault(BASE + i * 2 * MiB, W_TRANS[2]) for i in range(32)])
+    assert "32 2 MiB regions faulted: 32 block? (1 fault each)" in analysis_lines(trace)
+    lines = analysis_lines(trace, 16384)
+    assert "2 32 MiB regions faulted: 2 block (16 faults each)" in lines
+    assert "  0x000040000000-0x000044000000      2 x block" in lines
