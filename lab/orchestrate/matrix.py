@@ -45,6 +45,12 @@ class KernelColumn:
     skipped: str = ""
     seconds: float = 0.0
     lab: Lab | None = field(default=None, repr=False)
+    #: the L0 pid of the lab this run brought up: only that lab is taken down (another
+    #: matrix running at the same time may hold a lab of the same name)
+    pid: int | None = None
+
+    def ours(self) -> bool:
+        return self.lab is not None and self.pid is not None and self.lab.is_up() and self.lab.pid() == self.pid
 
 
 def signature(s: dict[str, Any]) -> str:
@@ -136,6 +142,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
         lab = column.lab = Lab(column.config.name, Progress(quiet=True))
         try:
             info = lab.up(column.config, builder=Builder())
+            column.pid = lab.pid()
             column.release = info.release
             say(f"[{column.label}] up: {info.release} in {info.seconds:.1f} s")
 
@@ -154,7 +161,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
             column.error = exc.message
             say(f"[{column.label}] ERROR {exc.message}")
         finally:
-            if lab.is_up():
+            if column.ours():
                 lab.down()
             column.seconds = round(time.monotonic() - t0, 1)
 
@@ -168,7 +175,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
         for future in futures:
             future.cancel()
         for column in columns:
-            if column.lab is not None and column.lab.is_up():
+            if column.lab is not None and column.ours():
                 try:
                     column.lab.down(timeout=2)
                 except KvmlabError:

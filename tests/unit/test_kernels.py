@@ -178,3 +178,46 @@ def test_a_matrix_of_nested_scenarios_brings_its_labs_up_nested(monkeypatch, tar
     result = CliRunner().invoke(main, ["-q", "matrix", "--kernels", "trixie,sid", *targets])
     assert result.exit_code == 3, result.output
     assert seen == labels
+
+
+def test_a_matrix_takes_down_only_the_labs_it_brought_up(monkeypatch, tmp_path):
+    # Another matrix, started at the same time, brings up a lab of the same name (matrix-sid)
+    # after this one checked: this run's sid column fails, and leaves that lab alone.
+    from types import SimpleNamespace
+
+    from lab.config import load_config
+    from lab.core.errors import LabBusy
+    from lab.core.progress import Progress
+    from lab.orchestrate import matrix as mx
+
+    up, downs = {}, []
+
+    class FakeLab:
+        def __init__(self, name, progress=None):
+            self.name = name
+
+        def is_up(self):
+            return self.name in up
+
+        def pid(self):
+            return up.get(self.name)
+
+        def up(self, config, builder=None):
+            if self.name in up:
+                raise LabBusy(f"lab {self.name!r} is already up")
+            up[self.name] = 100 + len(up)
+            up.setdefault("matrix-sid", 999)  # the other run's lab appears meanwhile
+            return SimpleNamespace(release="6.12.0", seconds=1.0)
+
+        def down(self, timeout=None):
+            downs.append(self.name)
+            up.pop(self.name)
+
+    builder = SimpleNamespace(tools=lambda: None, rootfs=lambda c: None, kernel=lambda c: SimpleNamespace(release="x"))
+    monkeypatch.setattr(mx, "Lab", FakeLab)
+    monkeypatch.setattr(mx, "Builder", lambda **kw: builder)
+    monkeypatch.setattr(mx, "Runner", lambda *a, **kw: SimpleNamespace(run=lambda s: {"passed": True, "scenarios": []}))
+    columns = mx.plan(["trixie", "sid"], lambda k, name: load_config(None, {"lab.kernel": k, "lab.name": name}))
+    mx.run(columns, [], ["thp"], tmp_path, 1, Progress(quiet=True), lambda text: None)
+    assert downs == ["matrix-trixie"] and up == {"matrix-sid": 999}
+    assert "already up" in columns[1].error
