@@ -28,7 +28,8 @@ from lab.shared.units import KiB, MiB, human_size
 
 PAGE = 4 * KiB
 REGION = 2 * MiB
-
+#: The page sizes an arm64 L1 can have
+PAGE_SIZES = (4 * KiB, 16 * KiB, 64 * KiB)
 
 BLOCK, PAGES, SPLIT, BLOCK_1G, NONE, UNKNOWN, MMIO = "block", "page", "split", "block-1g", "untouched", "block?", "mmio"
 #: What each mapping label means, for people.
@@ -55,10 +56,6 @@ class Granule:
     def level1(self) -> int:
         return self.block * (self.page // 8)
 
-    @property
-    def words(self) -> str:
-        return f"{self.page // KiB} KiB pages"
-
 
 G4K = Granule()
 
@@ -66,7 +63,7 @@ G4K = Granule()
 def granule_of(page_size: object) -> Granule:
     """The granule of an L1 that reported `page_size` (result.json's l1_page_size; absent
     in results from before it was recorded: 4 KiB, all L1 kernels had then)."""
-    return Granule(page_size) if isinstance(page_size, int) and page_size in (4 * KiB, 16 * KiB, 64 * KiB) else G4K
+    return Granule(page_size) if isinstance(page_size, int) and page_size in PAGE_SIZES else G4K
 
 
 def labels(granule: Granule = G4K) -> dict[str, str]:
@@ -75,7 +72,6 @@ def labels(granule: Granule = G4K) -> dict[str, str]:
         return LABELS
     return {**LABELS, BLOCK: f"{human_size(granule.block)} block", PAGES: f"{human_size(granule.page)} pages",
             BLOCK_1G: f"inside a {human_size(granule.level1)} block"}
-
 
 
 def by_level(kinds: dict[tuple[str, int], int]) -> list[tuple[tuple[str, int], int]]:

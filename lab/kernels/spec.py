@@ -87,9 +87,9 @@ def parse(text: str, base: Path | None = None) -> KernelSpec:
     text = text.strip()
     if text in SUITES:
         return KernelSpec("suite", text, suite=text)
-    base_suite, dash, flavour = text.rpartition("-")
-    if dash and base_suite in SUITES and flavour.lower() in FLAVOURS:
-        flavour = flavour.lower()
+    flavoured = _flavoured(text)
+    if flavoured:
+        base_suite, flavour = flavoured
         if base_suite not in FLAVOUR_SUITES[flavour]:
             raise ValueError(f"{text}: Debian has no {flavour} arm64 kernel in {base_suite}; it has one in "
                              + " and ".join(FLAVOUR_SUITES[flavour]))
@@ -128,10 +128,14 @@ def parse(text: str, base: Path | None = None) -> KernelSpec:
 def is_debian(text: str) -> bool:
     """True if `text` names a Debian kernel (a suite or a pinned one), not a path."""
     suite, sep, rest = text.partition(":")
-    flavoured = text.rpartition("-")
-    return text in SUITES or (bool(sep) and suite in SUITES) or (
-        flavoured[0] in SUITES and flavoured[2].lower() in FLAVOURS) or (
+    return text in SUITES or (bool(sep) and suite in SUITES) or _flavoured(text) is not None or (
         _pinned_package(text) is not None and "/" not in text)
+
+
+def _flavoured(text: str) -> tuple[str, str] | None:
+    """("trixie", "16k") for trixie-16k: a suite and one of its kernel FLAVOURS."""
+    suite, dash, flavour = text.rpartition("-")
+    return (suite, flavour.lower()) if dash and suite in SUITES and flavour.lower() in FLAVOURS else None
 
 
 def _looks_like_path(text: str, base: Path | None) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.analysis.expect import RegionExpectation
+from lab.analysis.mapping import PAGE_SIZES
 from lab.core import validate as v
 from lab.core.errors import UserError
 from lab.core.validate import Bad, Checker, parse_bytes
@@ -362,7 +363,7 @@ def _granules(c: Checker, data: dict[str, Any]) -> list[int]:
             size = parse_bytes(value)
         except Bad:
             size = 0
-        if size not in (4 * KiB, 16 * KiB, 64 * KiB):
+        if size not in PAGE_SIZES:
             c.fail("granules", raw, "a list of L1 page sizes: 4K, 16K or 64K, e.g. [4K, 16K]")
         sizes.append(size)
     return sorted(set(sizes))

@@ -153,9 +153,13 @@ def move_pages(addr: int, length: int, node: int | None) -> dict[str, Any]:
         return record
     if node is not None and node not in nodes:
         raise ValueError(f"move_pages: node {node} is not one of L1's nodes {nodes}")
-    # Each page to another node than its own (L1 may have spread the range over both).
-    goal = [node if node is not None else nodes[(nodes.index(n) + 1) % len(nodes)] if n in nodes else nodes[0]
-            for n in here]
+
+    def destination(now: int) -> int:  # each page to another node than its own: L1 may have spread the range
+        if node is not None:
+            return node
+        return nodes[(nodes.index(now) + 1) % len(nodes)] if now in nodes else nodes[0]
+
+    goal = [destination(n) for n in here]
     counters = vmstat("pgmigrate", "thp_migration")
     targets = (ctypes.c_int * count)(*goal)
     if libc.syscall(NR_MOVE_PAGES, 0, ctypes.c_ulong(count), pages, targets, status, MPOL_MF_MOVE) < 0:
