@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from lab.builder.build import Builder, KernelImage, Rootfs
+from lab.builder.build import Builder, KernelImage, Rootfs, Tools
 from lab.config import NAME_RE, LabConfig
 from lab.core.errors import LabBusy, LabError, UserError
 from lab.core.paths import private_dir
 from lab.core.progress import Progress
-from lab.machine import boot, qemu, share, snapshotting, transfer
+from lab.machine import boot, l1runner, qemu, share, snapshotting, transfer
 from lab.machine import snapshot as snapshots
 from lab.machine.agent import Agent, flock
 from lab.machine.boot import PANIC, ReadyInfo
@@ -51,6 +51,8 @@ class _Launch:
     rootfs: Rootfs
     snap: snapshots.Snapshot | None
     restoring: bool
+    #: L1's tools, when a snapshot is to be saved: its runner is started first
+    tools: Tools | None = None
 
 
 class Lab:
@@ -124,6 +126,8 @@ class Lab:
             if self.is_up():
                 raise self._already_up()
             launch = self._pre_launch(config, binary, kernel, rootfs)
+            if launch.snap is not None and not launch.restoring:
+                launch.tools = builder.tools()
             l0 = L0Process(launch.command, self.paths.qemu_log)
             try:
                 ready = self._launch(l0, config, binary, launch)
@@ -182,6 +186,10 @@ class Lab:
             else:
                 ready = boot.wait_ready(self.paths, l0, config, started)
                 if snap is not None:
+                    if launch.tools is not None:
+                        # A restored lab starts with L1's scenario runner ready.
+                        step.update("starting L1's scenario runner")
+                        l1runner.start(self.paths, launch.tools)
                     step.update("saving its snapshot")
                     saved = snapshotting.save(self.paths, l0, snap, ready, self.progress)
                     state["snapshot"]["how"] = "saved" if saved else "not saved"

@@ -51,6 +51,8 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
     l1 = staging.run_in_l1(lab, tools, where, results / "trace", timeout=timeout + 120)
     if l1.error is not None:
         raise l1.error
+    if l1.runner_died:
+        raise LabError(staging.runner_died_reason(l1.output))
     artefacts, log, output = l1.artefacts, l1.log, l1.output
     result_file = artefacts / "result.json"
     if not result_file.exists():

@@ -28,6 +28,7 @@ from lab.builder import payload
 from lab.builder.build import Builder, Tools
 from lab.core.status import BAD, ERROR, FAIL, NA, PASS, SKIP, count
 from lab.core.versions import versions_match
+from lab.machine import l1runner
 from lab.machine.boot import KVM_MODE_REPORTS, ipa_limit
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, tail
@@ -84,14 +85,9 @@ class Runner:
 
     # -- set-up --------------------------------------------------------------------------
     def sync_tools(self) -> Tools:
-        """The tools into the share, once per version (the key); L1 copies them into its
-        RAM on first use (l1_command)."""
+        """The tools into the share, once per version (lab/machine/l1runner.py)."""
         tools = self.builder.tools()
-        target = self.lab.paths.share / ".kvmlab" / "tools"
-        if not (target / f".key-{tools.key}").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(tools.path, target)
-            (target / f".key-{tools.key}").touch()
+        l1runner.sync_tools(self.lab.paths.share, tools)
         return tools
 
     def run(self, scenarios: list[Scenario], spread: Spread | None = None) -> dict[str, Any]:
@@ -190,7 +186,7 @@ class Runner:
         artefacts = l1.artefacts
         run: dict[str, Any] = {"artefacts": artefacts, "log": l1.log, "mark": l1.mark, "status": l1.status,
                                "output": l1.output, "l1_seconds": l1.seconds, "result": None, "probe": None,
-                               "trace": None, "refused": l1.refused}
+                               "trace": None, "refused": l1.refused, "runner_died": l1.runner_died}
         if (artefacts / "result.json").exists():
             run["result"] = json.loads((artefacts / "result.json").read_text())
         if (artefacts / "probe.json").exists():
@@ -212,6 +208,10 @@ class Runner:
         return True
 
     def _no_result(self, run: dict[str, Any]) -> list[str] | None:
+        if run.get("runner_died"):
+            crashes = crash.scan(run["log"])
+            return [staging.runner_died_reason(run["output"])] + (
+                [f"L1 log: {crashes[0].title}", crashes[0].excerpt] if crashes else [])
         if run["result"] is None:
             crashes = crash.scan(run["log"])
             how = "is gone"

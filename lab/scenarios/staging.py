@@ -1,6 +1,6 @@
-"""One command of the runner in L1, from the share and back: a fresh run directory in the
-lab's share for the job files, `python3 -m l1.scenario` on them in L1 (from a copy of the
-tools in L1's RAM), then what L1 left taken into the results as untrusted
+"""One job of L1's resident runner, from the share and back: a fresh run directory in the
+lab's share for the job files, the job handed to the runner in L1 (lab/machine/l1runner.py:
+it forks a process that runs l1.scenario on it), then what L1 left taken into the results as untrusted
 (lab/machine/share.py), with L1's console lines of the run beside it. Used by the suite's
 runner (lab/scenarios/runner.py) and by `kvmlab trace` (lab/scenarios/adhoc.py)."""
 
@@ -14,35 +14,12 @@ from pathlib import Path
 from lab.builder.build import Tools
 from lab.core.errors import LabError
 from lab.machine import share
-from lab.machine.agent import GUEST_SHARE
+from lab.machine.l1runner import GUEST_KVMLAB, RUNNER_DIED, command
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, size_of
 
-GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
 #: In a run's artefacts: what L1 left in the share that the host did not take, and why.
 REFUSED = "refused-from-l1.txt"
-
-#: glibc malloc for l1.scenario and the probe VMM forked from it: one arena, never trimmed.
-#: A thread's own arena is mapped and trimmed (munmap) on its first malloc, and a trim
-#: unmaps heap; before 5.13, any change to the VMM's mm makes every stage-2 fault in flight
-#: retry (kvm_mmu_notifier_invalidate_range_start counts ranges outside memslots too), so
-#: on 5.10 vCPU threads starting to fault made extra faults: measured with
-#: kvm_unmap_hva_range, 3-4 unmaps of 64 MiB arenas while vcpus-scattered faulted, 0-1 with
-#: these (a copy-on-write of one page of python's .data). QEMU as the VMM and the command
-#: of `kvmlab trace` run with glibc's defaults.
-VMM_MALLOC = "GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=4294967295"
-
-
-def l1_command(tools: Tools, job: str) -> str:
-    """L1's shell command that runs l1.scenario on `job` from a copy of the tools in L1's
-    RAM, made once per tools version: importing from the 9p share cost 0.45 s more per
-    scenario under TCG (measured in L1), the copy 0.5 s once."""
-    if not tools.key.isalnum():
-        raise LabError(f"tools key {tools.key!r} is not a plain word: remove the tools cache entry and rerun")
-    here = f"/run/kvmlab/tools-{tools.key}"
-    return (f"[ -e {here}/.copied ] || {{ rm -rf /run/kvmlab/tools-* && cp -a {GUEST_KVMLAB}/tools {here}.tmp "
-            f"&& : > {here}.tmp/.copied && mv {here}.tmp {here}; }} && cd {here} "
-            f"&& exec env {VMM_MALLOC} python3 -m l1.scenario {job}")
 
 
 @dataclass
@@ -75,9 +52,21 @@ class L1Run:
     refused: list[str] = field(default_factory=list)
     error: LabError | None = None
 
+    @property
+    def runner_died(self) -> bool:
+        """L1's runner died during the job (the job's output says so, last)."""
+        return self.status == RUNNER_DIED and "scenario runner" in self.output
+
+
+def runner_died_reason(output: str) -> str:
+    """The reason a job is an error when L1's runner died during it: submit.sh's last line."""
+    lines = output.strip().splitlines()
+    said = lines[-1].removeprefix("kvmlab-l1: ") if lines else "L1's scenario runner died during this scenario"
+    return f"{said} (an error, whatever the scenario left)"
+
 
 def run_in_l1(lab: Lab, tools: Tools, where: RunDir, artefacts: Path, timeout: float) -> L1Run:
-    """Runs l1.scenario on WHERE's job.json in L1, then takes what it left into `artefacts`
+    """Has L1's runner run WHERE's job.json, then takes what it left into `artefacts`
     (replaced): the files L1 wrote, `refused-from-l1.txt` when it left some the host did
     not take, `l1.log` (its console lines) and `l1-runner.out` (the command's output)."""
     shutil.rmtree(artefacts, ignore_errors=True)
@@ -87,7 +76,7 @@ def run_in_l1(lab: Lab, tools: Tools, where: RunDir, artefacts: Path, timeout: f
     started = time.monotonic()
     error = None
     try:
-        status, output = lab.run(l1_command(tools, f"{where.guest}/job.json"), timeout=timeout)
+        status, output = lab.run(command(tools, f"{where.guest}/job.json"), timeout=timeout)
     except LabError as exc:
         status, output, error = -1, str(exc), exc
     seconds = time.monotonic() - started

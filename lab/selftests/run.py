@@ -212,6 +212,9 @@ class SelftestRunner:
         if l1.error is not None:
             out.reasons = [f"running it in L1 failed: {l1.error}"]
             return self._finish(out, artefacts, started, {})
+        if l1.runner_died:
+            out.reasons = [staging.runner_died_reason(l1.output)]
+            return self._finish(out, artefacts, started, {})
         try:
             result = json.loads((artefacts / "result.json").read_text())
         except (OSError, ValueError):

@@ -233,6 +233,8 @@ class Result(TypedDict, total=False):
     l1_release: str
     #: L1's page size: 4096, or 16384 for Debian's arm64-16k flavour
     l1_page_size: int
+    #: the resident runner that forked the scenario's process: {"pid": P, "job": N}
+    runner: dict[str, int]
     skip: str
     #: the kernel lacks a feature the scenario is about (mTHP controls, a huge page size)
     na: str

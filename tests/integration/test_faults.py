@@ -81,9 +81,11 @@ def l1(name: str, script: str) -> str:
     return result.stdout.decode()
 
 
-#: What L1 must look like after any interrupted scenario: no VMM (no python3), khugepaged
-#: back to its default, no tracepoint left enabled.
-L1_CLEAN = ("ps -o comm | grep -c '^python3$' || true; "
+#: What L1 must look like after any interrupted scenario: no VMM and no scenario process
+#: (no python3 but the resident runner), khugepaged back to its default, no tracepoint
+#: left enabled.
+L1_CLEAN = ("r=$(cut -d' ' -f1 /run/kvmlab/runner/pid 2>/dev/null); "
+            "ps -o pid,comm | awk -v r=\"$r\" '$2 == \"python3\" && $1 != r' | grep -c . || true; "
             "cat /sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs; "
             "grep -c . /sys/kernel/tracing/set_event || true")
 
@@ -191,7 +193,13 @@ def test_a_hung_guest_times_out_and_the_suite_goes_on(shared_lab, tmp_path, priv
     assert runs["a-hang"]["reasons"][0] == ("timed out: the VMM was still running after 5 s "
                                             "(the scenario's timeout), killed with SIGKILL")
     assert runs["b-fast"]["status"] == "pass"
+    assert runner_of(runs["a-hang"]) == runner_of(runs["b-fast"])  # the runner lived on
     assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
+
+
+def runner_of(scenario: dict) -> int:
+    """The pid of L1's resident runner that ran the scenario (from its result.json)."""
+    return json.loads((Path(scenario["artefacts"]) / "result.json").read_text())["runner"]["pid"]
 
 
 CRASH = """\
@@ -223,7 +231,30 @@ def test_a_crashed_vmm_is_reported_with_its_evidence_and_run_once_more(shared_la
     assert "Segmentation fault" in (artefacts / "vmm-fault.log").read_text()
     assert (artefacts / "rerun" / "vmm-fault.log").exists()
     assert runs["b-fast"]["status"] == "pass"  # the lab goes on
+    assert runner_of(crash) == runner_of(runs["b-fast"])  # and so does L1's runner
     assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]
+
+
+def test_a_runner_killed_mid_scenario_is_an_error_and_the_next_scenario_gets_a_new_one(shared_lab, tmp_path):
+    """L1's resident runner dies (SIGKILL) while its scenario runs: the scenario unwinds
+    (its VMM killed, L1's settings back), is reported as an error naming the runner, and
+    the next scenario starts a new runner and passes."""
+    name = shared_lab
+    first = kvmlab("test", "--name", name, str(suite(tmp_path / "warm", ("fast", FAST))),
+                   "--results", str(tmp_path / "warm-results"))
+    assert first.returncode == 0, first.stdout.decode()
+    old = runner_of(by_name(summary_of(tmp_path / "warm-results"))["fast"])
+    killed = kvmlab("trace", "--name", name, "--results", str(tmp_path / "trace"), "--",
+                    "sh", "-c", "kill -9 $(cut -d' ' -f1 /run/kvmlab/runner/pid); exec sleep 60", timeout=120)
+    said = (killed.stdout + killed.stderr).decode()
+    assert killed.returncode == 1, said
+    assert f"L1's scenario runner (pid {old}) died during this scenario" in said
+    assert l1(name, L1_CLEAN).split() == ["0", "10000", "0"]  # sleep and its scenario process: gone
+    again = kvmlab("test", "--name", name, str(suite(tmp_path / "again", ("fast", FAST))),
+                   "--results", str(tmp_path / "again-results"))
+    assert again.returncode == 0, again.stdout.decode()
+    new = runner_of(by_name(summary_of(tmp_path / "again-results"))["fast"])
+    assert new != old
 
 
 @pytest.mark.parametrize("lab_was_up", [True, False], ids=["on-a-running-lab", "lab-started-by-test"])

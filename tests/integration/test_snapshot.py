@@ -97,6 +97,18 @@ def test_a_restored_clock_reads_the_host_time_and_ticks(restored):
     assert 0.9 < after - before < 5
 
 
+def test_a_restored_lab_has_its_scenario_runner_ready(restored, tmp_path):
+    """The runner was started before the snapshot was saved: a restored L1 has it running,
+    and the first scenario is its first job (no python start, no imports)."""
+    name = restored[0][1]
+    pid, key = guest(name, "cat /run/kvmlab/runner/pid").split()
+    assert "l1.runner" in guest(name, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    result = kvmlab("test", "thp", "-k", "hugetlb-2m", "--name", name, "--results", str(tmp_path))
+    assert result.returncode == 0, result.stdout.decode()
+    [ran] = tmp_path.glob("*/hugetlb-2m/result.json")
+    assert json.loads(ran.read_text())["runner"] == {"pid": int(pid), "job": 1}
+
+
 def test_restored_labs_draw_different_random_numbers(restored):
     a, b = (guest(name, "head -c 32 /dev/urandom | od -An -tx1; cat /proc/sys/kernel/random/uuid")
             for name in restored[0])

@@ -1,4 +1,5 @@
-"""One scenario (or one `kvmlab trace` command) in L1, end to end:
+"""One scenario (or one `kvmlab trace` command) in L1, end to end, in a process the
+resident runner (l1/runner.py) forked for it:
 
 1. L1 settings: THP modes, huge page reservations (checked: too few is a skip, not a
    silent change of scenario); page cache dropped and memory compacted so THP
@@ -10,7 +11,7 @@
 4. tracing off; stats, formats and raw buffers written to the run directory (the share);
 5. settings restored; result.json written last (the host waits for it).
 
-    python3 -m l1.scenario JOB.json
+    python3 -m l1.scenario JOB.json     (by hand: what the runner's fork does)
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from lab.shared.files import write_json
 from . import tracefs
 
 MM = "/sys/kernel/mm"
+#: Set by the resident runner (l1/runner.py) in the process it forked for this scenario:
+#: its pid and the job's number, reported in result.json.
+RUNNER: dict[str, int] | None = None
 KHUGEPAGED_PARKED_MS = 86_400_000
 
 
@@ -319,6 +323,8 @@ def main(argv: list[str]) -> int:
     try:
         with open(job_path) as f:
             job = decode(ScenarioJob, json.load(f))
+        if RUNNER is not None:
+            result["runner"] = RUNNER
         result["l1_release"] = open("/proc/sys/kernel/osrelease").read().strip()
         result["l1_page_size"] = page = os.sysconf("SC_PAGE_SIZE")
         if job.granules and page not in job.granules:

@@ -1,0 +1,80 @@
+#!/bin/sh
+# sh l1/submit.sh TOOLS JOB.json: has L1's resident scenario runner (l1/runner.py) run
+# one scenario, and waits for it. The runner of this tools version is started if none
+# lives (its first scenario pays for python's start and the imports, later ones do not).
+# Prints the scenario's output and exits with its status; 125 when the runner died
+# during the scenario (the scenario's process group is stopped, and the next submit
+# starts a new runner). SIGTERM (the host's Ctrl-C or timeout, through /kvmlab/run)
+# is passed on as a cancel: the runner stops the scenario's group, which unwinds.
+#   sh l1/submit.sh TOOLS -      only starts the runner and waits until it is ready
+tools=$1 job=$2
+dir=/run/kvmlab/runner
+key=${tools##*/tools-}
+RUNNER_DIED=125
+
+alive() {  # prints the pid of the runner of this tools version, if it lives
+    read -r pid k < $dir/pid 2>/dev/null || return 1
+    [ "$k" = "$key" ] && [ -e "/proc/$pid" ] && grep -q l1.runner "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+}
+
+mkdir -p $dir && chmod 700 $dir
+runner=$(alive)
+if [ -z "$runner" ]; then
+    # none, a dead one, or one of an older tools version (a changed kvmlab): a new one
+    if read -r old _ < $dir/pid 2>/dev/null && grep -q l1.runner "/proc/$old/cmdline" 2>/dev/null; then
+        kill -TERM "$old"
+    fi
+    rm -f $dir/pid
+    (cd "$tools" && exec setsid python3 -m l1.runner $dir "$key" </dev/null >>$dir/runner.log 2>&1) &
+    waited=0
+    until runner=$(alive); do
+        if [ $waited -ge 1200 ]; then
+            echo "kvmlab-l1: the scenario runner did not start within 120 s; its log ($dir/runner.log):"
+            tail -n 20 $dir/runner.log
+            exit $RUNNER_DIED
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+fi
+[ "$job" = - ] && exit 0
+
+token=$$-$(date +%s)
+at=$dir/$token  # the job's files: $at.done, .rc, .out, .pgid
+rm -f "$at".*
+mkfifo "$at.done"
+exec 3<>"$at.done"
+# Read-write opens: never blocks, whether the runner reads the FIFO or has just died.
+trap 'echo "cancel $token" 1<>$dir/requests' TERM INT HUP
+echo "run $token $job" 1<>$dir/requests
+rc=
+while :; do
+    # shellcheck disable=SC3045  # busybox sh's read has -t
+    if read -r -t 1 rc <&3; then
+        break
+    fi
+    if [ -e "$at.rc" ]; then
+        read -r rc < "$at.rc"
+        break
+    fi
+    if ! kill -0 "$runner" 2>/dev/null; then
+        # Its scenario got SIGTERM when it died (PR_SET_PDEATHSIG): let it unwind (the
+        # VMM killed, L1's settings put back), then stop what is left of its group.
+        if read -r pgid < "$at.pgid" 2>/dev/null; then
+            waited=0
+            while kill -0 -"$pgid" 2>/dev/null && [ $waited -lt 150 ]; do
+                sleep 0.1
+                waited=$((waited + 1))
+            done
+            kill -KILL -"$pgid" 2>/dev/null
+        fi
+        cat "$at.out" 2>/dev/null
+        echo "kvmlab-l1: L1's scenario runner (pid $runner) died during this scenario; the next one starts a new runner"
+        rm -f "$at".*
+        exit $RUNNER_DIED
+    fi
+done
+exec 3<&-
+cat "$at.out" 2>/dev/null
+rm -f "$at".*
+exit "$rc"

@@ -1,0 +1,63 @@
+"""L1's resident scenario runner, from the host's side: the tools in the share, and the
+command that has the runner run a job (images/l1/python/l1/submit.sh starts the runner
+on first use; images/l1/python/l1/runner.py forks a process per scenario).
+
+Used by every scenario, `kvmlab trace` command and traced selftest (lab/scenarios/
+staging.py), and by `up --snapshot` before it saves L1, so that a restored lab has its
+runner ready.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lab.builder.build import Tools
+from lab.core.errors import LabError
+from lab.machine.agent import GUEST_SHARE, Agent
+from lab.machine.qemu import LabPaths
+
+GUEST_KVMLAB = f"{GUEST_SHARE}/.kvmlab"
+#: submit.sh's exit status when the runner died during the scenario.
+RUNNER_DIED = 125
+
+#: glibc malloc for the runner, the scenarios forked from it and the probe VMM forked from
+#: those: one arena, never trimmed. A thread's own arena is mapped and trimmed (munmap) on
+#: its first malloc, and a trim unmaps heap; before 5.13, any change to the VMM's mm makes
+#: every stage-2 fault in flight retry (kvm_mmu_notifier_invalidate_range_start counts
+#: ranges outside memslots too), so on 5.10 vCPU threads starting to fault made extra
+#: faults: measured with kvm_unmap_hva_range, 3-4 unmaps of 64 MiB arenas while
+#: vcpus-scattered faulted, 0-1 with these (a copy-on-write of one page of python's .data).
+#: QEMU as the VMM and the command of `kvmlab trace` run with glibc's defaults.
+VMM_MALLOC = "GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=4294967295"
+
+
+def sync_tools(share: Path, tools: Tools) -> None:
+    """The tools into the share, once per version (the key); L1 copies them into its RAM
+    on first use (command())."""
+    target = share / ".kvmlab" / "tools"
+    if not (target / f".key-{tools.key}").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(tools.path, target)
+        (target / f".key-{tools.key}").touch()
+
+
+def command(tools: Tools, job: str) -> str:
+    """L1's shell command that has the runner of this tools version run `job` (a guest
+    path; "-": only start the runner), from a copy of the tools in L1's RAM, made once per
+    version: importing from the 9p share cost 0.45 s more per scenario under TCG (measured
+    in L1), the copy 0.5 s once."""
+    if not tools.key.isalnum():
+        raise LabError(f"tools key {tools.key!r} is not a plain word: remove the tools cache entry and rerun")
+    here = f"/run/kvmlab/tools-{tools.key}"
+    return (f"[ -e {here}/.copied ] || {{ rm -rf /run/kvmlab/tools-* && cp -a {GUEST_KVMLAB}/tools {here}.tmp "
+            f"&& : > {here}.tmp/.copied && mv {here}.tmp {here}; }} && cd {here} "
+            f"&& exec env {VMM_MALLOC} sh {here}/l1/submit.sh {here} {job}")
+
+
+def start(paths: LabPaths, tools: Tools, timeout: float = 180) -> None:
+    """Starts the runner now and waits until it is ready (before a snapshot is saved)."""
+    sync_tools(paths.share, tools)
+    status, output = Agent(paths).run_capture(command(tools, "-"), timeout=timeout)
+    if status != 0:
+        raise LabError(f"L1's scenario runner did not start (exit status {status}): {output.strip()[-300:]}")
