@@ -17,6 +17,7 @@ At boot the initrd is initramfs.cpio followed by modules.cpio: the kernel unpack
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import shutil
@@ -31,7 +32,7 @@ from lab.builder import rootfs as rootfs_image
 from lab.builder.cpio import CpioWriter
 from lab.builder.kmod import ModuleTree, decompress
 from lab.builder.store import Entry, Store, content_key, hash_files
-from lab.config import SUITES, LabConfig
+from lab.config import SUITES, LabConfig, load_config
 from lab.core.errors import ImageError, UserError
 from lab.core.paths import L1_IMAGE_DIR, L2_IMAGE_DIR, PROJECT_ROOT
 from lab.core.progress import Progress
@@ -156,6 +157,18 @@ class Builder:
         what = f"{inputs['package']} {inputs['version']} (the source of {kernel.release})"
         return self._entry("source", config.kernel_spec.label, inputs, what,
                            lambda work, step: source.build(work, inputs, step))
+
+    def l2_kernel(self, mirror: str = "", updates: bool = False) -> Path:
+        """The L2 Linux guests' kernel Image (lab/builder/l2kernel.py): built once from the
+        Debian source of trixie's kernel, the same for every L1."""
+        from lab.builder import l2kernel, source
+
+        config = dataclasses.replace(load_config(), kernel=l2kernel.SUITE, mirror=mirror, updates=updates)
+        src = self._source_entry(config)
+        tree, inputs = source.tree_of(src), l2kernel.inputs(src.manifest)
+        entry = self._entry("l2kernel", l2kernel.SUITE, inputs, "the L2 Linux guests' kernel (tinyconfig)",
+                            lambda work, step: l2kernel.build(work, tree, self.progress, step))
+        return entry.path / "Image"
 
     def selftests(self, config: LabConfig, src: Path | None, jobs: int) -> Entry:
         """The KVM selftests built from `src`, or else from the Debian source of the kernel

@@ -96,10 +96,10 @@ def unmet(fragment: dict[str, str], config: dict[str, str], known: set[str] | No
     return missing
 
 
-def _check_tools() -> None:
+def check_tools(what: str = "building a kernel") -> None:
     missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
     if missing:
-        raise UserError(f"building a kernel needs {', '.join(missing)}; run scripts/setup "
+        raise UserError(f"{what} needs {', '.join(missing)}; run scripts/setup "
                         f"(or apt-get install {' '.join(missing)})")
 
 
@@ -121,20 +121,22 @@ def git_commit(src: Path) -> str:
 
 
 def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path, ...] = (), base: str = "defconfig",
-          jobs: int | None = None, progress: Progress | None = None) -> BuildResult:
+          jobs: int | None = None, progress: Progress | None = None, l1: bool = True) -> BuildResult:
+    """Configures and builds `src` into `out`; `l1`: with configs/kernel/kvmlab.config
+    first (a kernel L1 boots), else the fragments alone (the L2 guests' kernel)."""
     progress = progress or Progress(quiet=True)
     src = src.expanduser().resolve()
     if not src.is_dir():
         raise UserError(f"--src {src}: no such directory")
     _check_tree(src)
-    _check_tools()
+    check_tools()
     base_file = None
     if base not in BASES:
         base_file = Path(base).expanduser().resolve()
         if not base_file.is_file():
             raise UserError(f"--base {base}: neither one of {', '.join(BASES)} nor an existing config file")
     # absolute: merge_config.sh runs in the source tree, not where the user named them
-    fragment_files = [FRAGMENT, *[Path(f).expanduser().resolve() for f in fragments]]
+    fragment_files = [FRAGMENT] * l1 + [Path(f).expanduser().resolve() for f in fragments]
     for fragment in fragment_files:
         if not fragment.is_file():
             raise UserError(f"--config-fragment {fragment}: no such file")
@@ -144,8 +146,16 @@ def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path
     out.mkdir(parents=True, exist_ok=True)
     jobs = jobs or os.cpu_count() or 1
     make = ["make", "-C", str(src), f"O={out}", "ARCH=arm64", f"CROSS_COMPILE={CROSS}", f"-j{jobs}"]
+    cache_env: dict[str, str] = {}
     if shutil.which("ccache"):
         make.append(f"CC=ccache {CROSS}gcc")
+        # Paths under the tree and the output directory enter ccache's hash relative to
+        # the compile's directory: a build of the same tree into another output directory
+        # at the same depth hits the cache (absolute, they missed: a new --out compiled
+        # everything again).
+        common = os.path.commonpath([src, out])
+        if common != "/":
+            cache_env["CCACHE_BASEDIR"] = common
     log_path = out / "kvmlab-build.log"
     started = time.monotonic()
     with open(log_path, "w") as log:
@@ -179,7 +189,7 @@ def build(src: Path, out: Path | None = None, fragments: list[Path] | tuple[Path
             stamp.write_text(config_inputs)
             write_json(out / ".kvmlab-absent-symbols.json", absent)
         with progress.step(f"Building {src.name} (arm64 Image, -j{jobs})") as step:
-            _run(make + ["Image"], log, step, "make Image", count=True)
+            _run(make + ["Image"], log, step, "make Image", env=cache_env, count=True)
     image = out / "arch/arm64/boot/Image"
     problem = image_problem(image)
     if problem:

@@ -27,6 +27,7 @@ from lab.core.progress import Progress, stamp
 from lab.core.status import NOT_MEASURED, PASS
 from lab.machine.boot import KvmModeUnavailable
 from lab.machine.lab import Lab
+from lab.scenarios.jobs import l2_kernel
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult
 from lab.scenarios.runner import Runner
@@ -131,6 +132,8 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
     for column in columns:  # builds, one at a time, before any lab starts
         builder.rootfs(column.config)
         column.release = builder.kernel(column.config).release
+    if columns and work is None:
+        l2_kernel(builder, columns[0].config.as_dict()["images"], scenarios)
     lock = threading.Lock()
 
     def say(text: str) -> None:

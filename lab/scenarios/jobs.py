@@ -1,13 +1,16 @@
 """What the host sends into L1 for one scenario, built from the scenario and the contract
 (lab/shared/contract.py): job.json, probe-job.json, the touch payload's parameters, and
-the L2 Linux's initramfs (busybox and images/l2/init)."""
+the L2 Linux's kernel and initramfs (busybox and images/l2/init)."""
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 from typing import Any
 
 from lab.builder import payload
+from lab.builder.build import Builder
 from lab.builder.cpio import CpioWriter
 from lab.core.paths import L2_IMAGE_DIR
 from lab.scenarios.l2 import (
@@ -23,7 +26,9 @@ from lab.scenarios.l2 import (
     tlbi_span,
 )
 from lab.scenarios.model import Scenario
+from lab.scenarios.staging import GUEST_KVMLAB, RunDir
 from lab.shared import contract, stage2
+from lab.shared.files import replacing
 
 L2_INIT = L2_IMAGE_DIR / "init"
 L2_APPLETS = ("sh", "mount", "echo", "cut", "cat", "dd", "poweroff", "sync", "rm", "sleep", "head", "sha256sum")
@@ -130,3 +135,31 @@ def l2_initramfs(busybox: bytes, workload: str) -> bytes:
     init = L2_INIT.read_text().replace("@WORKLOAD@", workload or "true")
     writer.add_bytes("init", init.encode(), 0o755)
     return writer.getvalue()
+
+
+def l2_kernel(builder: Builder, images: dict[str, Any], scenarios: list[Scenario]) -> Path | None:
+    """The L2 Linux guests' kernel if one of `scenarios` boots an L2 Linux: built once (with
+    the builder's progress; a suite asks before it starts) and cached. `images`: the lab
+    config's images section (mirror, updates)."""
+    if not any(s.guest.kind == "linux" for s in scenarios):
+        return None
+    return builder.l2_kernel(images.get("mirror", ""), bool(images.get("updates")))
+
+
+def l2_files(builder: Builder, state: dict[str, Any], share: Path, scenario: Scenario,
+             where: RunDir) -> dict[str, str]:
+    """The L2 Linux guest: the L2 kernel (lab/builder/l2kernel.py, into the share once per
+    lab and version) and a busybox initramfs whose /init runs the scenario's workload, then
+    powers off. Returns QEMU's kernel, initrd and append, as L1 sees them."""
+    built = l2_kernel(builder, state["config"].get("images", {}), [scenario])
+    assert built is not None
+    name = f"Image-{built.parent.name.rsplit('-', 1)[-1][:12]}"
+    image = share / ".kvmlab" / "l2" / name
+    if not image.exists():
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(image) as tmp:
+            shutil.copyfile(built, tmp)
+    busybox = Path(state["rootfs"]["root"]) / "usr/bin/busybox"
+    (where.host / "l2-initrd.cpio").write_bytes(l2_initramfs(busybox.read_bytes(), scenario.guest.workload))
+    return {"kernel": f"{GUEST_KVMLAB}/l2/{name}", "initrd": f"{where.guest}/l2-initrd.cpio",
+            "append": "console=ttyAMA0 panic=-1 quiet rdinit=/init"}

@@ -34,14 +34,14 @@ from lab.machine.lab import Lab
 from lab.machine.logs import read_from, tail
 from lab.machine.qemu import l0_version
 from lab.scenarios import RESULTS_FORMAT, staging
-from lab.scenarios.jobs import l2_initramfs, make_probe_job, nested_files, scenario_job, touch_params
+from lab.scenarios.jobs import l2_files, make_probe_job, nested_files, scenario_job, touch_params
 from lab.scenarios.l2 import level_maps
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult, counted
-from lab.scenarios.staging import GUEST_KVMLAB, REFUSED
+from lab.scenarios.staging import REFUSED
 from lab.shared import contract
 from lab.shared.contract import TIMEOUT_STRETCH
-from lab.shared.files import replacing, write_json
+from lab.shared.files import write_json
 
 #: Lines of the L1 console kept in the verdict when the lab dies.
 CONSOLE_TAIL = 20
@@ -143,20 +143,6 @@ class Runner:
         write_json(self.results / "summary.json", self.summary)
 
     # -- one scenario --------------------------------------------------------------------
-    def _l2_files(self, scenario: Scenario, run_host: Path, run_guest: str) -> dict[str, str]:
-        """The L2 Linux guest: L1's own kernel Image (copied into the share once per lab)
-        and a busybox initramfs whose /init runs the scenario's workload, then powers off."""
-        l2_dir = self.lab.paths.share / ".kvmlab" / "l2"
-        image = l2_dir / "Image"
-        if not image.exists():
-            l2_dir.mkdir(parents=True, exist_ok=True)
-            with replacing(image) as tmp:
-                shutil.copyfile(self.state["kernel"]["image"], tmp)
-        busybox = Path(self.state["rootfs"]["root"]) / "usr/bin/busybox"
-        (run_host / "l2-initrd.cpio").write_bytes(l2_initramfs(busybox.read_bytes(), scenario.guest.workload))
-        return {"kernel": f"{GUEST_KVMLAB}/l2/Image", "initrd": f"{run_guest}/l2-initrd.cpio",
-                "append": "console=ttyAMA0 panic=-1 quiet rdinit=/init"}
-
     def execute(self, scenario: Scenario, tools: Tools, name: str, l1_overrides: dict[str, Any] | None = None
                 ) -> dict[str, Any]:
         """Runs the scenario once in L1; returns what it left (artefacts moved to the results)."""
@@ -171,7 +157,7 @@ class Runner:
                 for file, data in nested_files(scenario, *tools.payload("gh.bin")).items():
                     (where.host / file).write_bytes(data)
         elif scenario.guest.kind == "linux":
-            l2 = self._l2_files(scenario, where.host, where.guest)
+            l2 = l2_files(self.builder, self.state, self.lab.paths.share, scenario, where)
             qemu = contract.QemuJob(**scenario.qemu, kernel=l2["kernel"], initrd=l2["initrd"], append=l2["append"],
                                     smp=scenario.guest.vcpus, actions=scenario.actions)
         else:

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from lab.builder.build import Builder
 from lab.core.progress import Progress
 from lab.machine.lab import Lab
+from lab.scenarios.jobs import l2_kernel
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult
 from lab.scenarios.runner import Runner, Spread
@@ -38,6 +40,7 @@ def run_suite(lab: Lab, scenarios: list[Scenario], targets: tuple[str, ...] | li
     """Runs `scenarios` on `lab` (or as `spread` shares them out) into `out`, with a
     progress bar; `on_result` sees each result as it comes; each scenario `count` times,
     judged as one (FLAKY if it passed in some runs only). Returns the summary."""
+    l2_kernel(Builder(progress=progress), lab.require_up()["config"].get("images", {}), scenarios)
     with progress.bar(f"{label_of(targets)} on {lab.name}", len(scenarios)) as bar:
         def result(r: ScenarioResult) -> None:
             bar.advance()

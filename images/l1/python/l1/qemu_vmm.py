@@ -6,7 +6,8 @@ touch payload prints "kvmlab-touch: pause" it does the scenario's actions for th
 through QEMU's own QMP socket (e.g. a migration, which turns dirty logging on), writes
 "kvmlab: phase N" to trace_marker and answers the guest with one byte.
 
-The L2 Linux guest (kind: linux) is the same Debian kernel with a tiny initramfs.
+The L2 Linux guest (kind: linux) is a tinyconfig kernel (lab/builder/l2kernel.py) with a
+busybox initramfs.
 """
 
 from __future__ import annotations
