@@ -75,7 +75,7 @@ def kvm_mode(kvm_log: list[str]) -> str:
 
 def ipa_limit(kvm_log: list[str]) -> int | None:
     """KVM's IPA size limit in bits ("kvm [1]: IPA Size Limit: 48 bits"), None if not said.
-    A nested lab's shadow stage-2s span it whole (qemu.NESTED_CPU_DEFAULTS)."""
+    A nested lab's shadow stage-2s span it whole (qemu.CPU_DEFAULTS)."""
     for line in kvm_log:
         match = re.search(r"IPA Size Limit: (\d+) bits", line)
         if match:

@@ -82,27 +82,31 @@ def kernel_cmdline(config: LabConfig) -> str:
     return " ".join(parts)
 
 
-#: Under kvm-arm.mode=nested, L1's KVM gives every shadow stage-2 the host's IPA limit
-#: (7.2's kvm_get_pa_bits() returns kvm_ipa_limit: "Fixed limit until we can configure
-#: ID_AA64MMFR0.PARange"), and each MMU-notifier invalidation (kvm_nested_s2_unmap), each
-#: dirty-log write-protect (kvm_nested_s2_wp) and each TLBI VMALLS12E1 of the guest
-#: hypervisor (handle_vmalls12e1is) unmaps or protects it whole, in 1 GiB steps
-#: (stage2_apply_range). `-cpu max` has FEAT_LPA2, so a 4K L1 kernel takes a 52-bit limit:
-#: 4M steps a shadow MMU, which under TCG stalled L1 for minutes (measured: one
-#: MADV_DONTNEED, four vCPUs, the exit_mmap race). Without LPA2, kvm_set_ipa_limit() caps
-#: it at 48 bits, 16 times fewer steps: those three then passed in 14-92 s. So a nested
-#: lab's `max` CPU gets lpa2=off unless qemu.cpu names lpa2.
-NESTED_CPU_DEFAULTS = ("lpa2=off",)
+#: L1's KVM walks the whole IPA space in 1 GiB steps (stage2_apply_range, and from 7.x
+#: stage2_destroy_range when a VM is freed), and its IPA limit follows the CPU: `-cpu max`
+#: has FEAT_LPA2, so a 4K L1 kernel takes 52 bits, 4M steps per walk. Measured under TCG:
+#: - on 7.2 (sid), every VM's teardown took 4-5 s, empty or not: QEMU in L1 frees a
+#:   scratch VM of the largest IPA size at each start (start and quit took 7-9 s, 1.1 s
+#:   with 48 bits), 10 s of each QEMU-as-VMM scenario; 6.12 frees in one walk (1.1 s);
+#: - under kvm-arm.mode=nested, each shadow stage-2 has the host's limit (7.2's
+#:   kvm_get_pa_bits() returns kvm_ipa_limit), and each MMU-notifier invalidation
+#:   (kvm_nested_s2_unmap), dirty-log write-protect (kvm_nested_s2_wp) and TLBI VMALLS12E1
+#:   of the guest hypervisor (handle_vmalls12e1is) covers it whole: one MADV_DONTNEED,
+#:   four vCPUs and the exit_mmap race stalled L1 for minutes.
+#: Without LPA2, kvm_set_ipa_limit() caps the limit at 48 bits (16 times fewer steps;
+#: also what most arm64 servers have): so a lab's `max` CPU gets lpa2=off unless qemu.cpu
+#: names lpa2 (`qemu.cpu: max,pauth-impdef=on,lpa2=on`: configs/lpa2.yaml).
+CPU_DEFAULTS = ("lpa2=off",)
 
 
 def l0_cpu(config: LabConfig) -> str:
-    """The -cpu L0 gets: qemu.cpu, with NESTED_CPU_DEFAULTS added for a nested lab on the
-    `max` model (each only where qemu.cpu does not set that property itself)."""
+    """The -cpu L0 gets: qemu.cpu, with CPU_DEFAULTS added on the `max` model (each only
+    where qemu.cpu does not set that property itself)."""
     parts = config.qemu_cpu.split(",")
-    if config.kvm_mode != "nested" or parts[0] != "max":
+    if parts[0] != "max":
         return config.qemu_cpu
     given = {p.split("=", 1)[0] for p in parts[1:]}
-    return ",".join(parts + [d for d in NESTED_CPU_DEFAULTS if d.split("=", 1)[0] not in given])
+    return ",".join(parts + [d for d in CPU_DEFAULTS if d.split("=", 1)[0] not in given])
 
 
 def numa_args(config: LabConfig) -> list[str]:

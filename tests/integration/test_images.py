@@ -58,6 +58,14 @@ def test_rootfs_has_the_l1_tools(built):
         assert (rootfs.root / tool).exists(), tool
     assert "init" in read_names(rootfs.initramfs.read_bytes())
     assert sha256(rootfs.initramfs) == rootfs.manifest["artefacts"]["initramfs.cpio"]
+    # L1's Python library comes compiled (lab/builder/rootfs.py), by L1's own python3
+    [lib] = [p for p in (rootfs.root / "usr/lib").glob("python3.*") if (p / "json").is_dir()]
+    tag = f"cpython-{lib.name[len('python'):].replace('.', '')}"
+    for module in ("json/__init__", "subprocess", "ctypes/__init__", "threading"):
+        folder, name = (lib / module).parent, (lib / module).name
+        pyc = folder / "__pycache__" / f"{name}.{tag}.pyc"
+        assert pyc.is_file(), pyc
+        assert pyc.read_bytes()[4:8] == b"\x01\x00\x00\x00"  # PEP 552 flags: hash-based, unchecked
 
 
 def test_second_build_is_a_no_op(built):

@@ -19,7 +19,7 @@ def value_after(cmd, flag):
 def test_l1_gets_el2_gicv3_and_the_configured_cpu():
     _, _, cmd = command(**{"lab.cpus": 3, "lab.memory": "1G"})
     assert value_after(cmd, "-M") == ["virt,virtualization=on,gic-version=3"]
-    assert value_after(cmd, "-cpu") == ["max,pauth-impdef=on"]
+    assert value_after(cmd, "-cpu") == ["max,pauth-impdef=on,lpa2=off"]  # qemu.cpu, and CPU_DEFAULTS
     assert value_after(cmd, "-smp") == ["3"]
     assert value_after(cmd, "-m") == ["2048M"]  # 1 GiB for L1, and the default's 1 GiB page
     assert value_after(cmd, "-kernel") == ["/cache/Image"]
@@ -37,11 +37,10 @@ def test_the_default_lab_reserves_a_1g_page_at_boot_in_memory_of_its_own():
     assert command(**{"lab.hugepages_1g": 2})[0].memory_words == "2048 MiB + 2 GiB pages reserved at boot"
 
 
-def test_a_nested_lab_on_max_gets_lpa2_off_unless_the_cpu_names_lpa2():
-    # KVM sizes each shadow stage-2 to its IPA limit; without LPA2 that is 48 bits, not 52
-    assert value_after(command(**{"lab.kvm_mode": "nested"})[2], "-cpu") == ["max,pauth-impdef=on,lpa2=off"]
-    for mode in ("vhe", "nvhe", "protected"):
-        assert value_after(command(**{"lab.kvm_mode": mode})[2], "-cpu") == ["max,pauth-impdef=on"]
+def test_a_lab_on_max_gets_lpa2_off_unless_the_cpu_names_lpa2():
+    # KVM walks its IPA space in 1 GiB steps; without LPA2 that is 48 bits, not 52
+    for mode in ("vhe", "nvhe", "protected", "nested"):
+        assert value_after(command(**{"lab.kvm_mode": mode})[2], "-cpu") == ["max,pauth-impdef=on,lpa2=off"]
     given = {"lab.kvm_mode": "nested", "qemu.cpu": "max,lpa2=on"}
     assert value_after(command(**given)[2], "-cpu") == ["max,lpa2=on"]
     other = {"lab.kvm_mode": "nested", "qemu.cpu": "neoverse-n2"}
