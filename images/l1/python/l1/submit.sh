@@ -29,8 +29,8 @@ if [ -z "$runner" ]; then
     waited=0
     until runner=$(alive); do
         if [ $waited -ge 1200 ]; then
-            echo "kvmlab-l1: the scenario runner did not start within 120 s; its log ($dir/runner.log):"
             tail -n 20 $dir/runner.log
+            echo "kvmlab-l1: L1's scenario runner did not start within 120 s (the end of $dir/runner.log is above)"
             exit $RUNNER_DIED
         fi
         sleep 0.1
