@@ -187,7 +187,7 @@ def serve(directory: str, key: str) -> int:
     os.mkfifo(requests, 0o600)
     # Read and write: the FIFO never reports end-of-file between clients, and a client's
     # write never blocks while this runner lives.
-    fifo = os.open(requests, os.O_RDWR | os.O_NONBLOCK)
+    fifo = os.open(requests, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
