@@ -12,7 +12,8 @@ scenario.
 
 DIR (in L1's RAM, /run/kvmlab/runner) holds:
     requests      a FIFO of lines: `run TOKEN JOB.json` or `cancel TOKEN`
-    pid           "PID KEY" once the runner is ready (KEY: the tools version it runs)
+    pid           "PID KEY START" once the runner is ready (KEY: the tools version it
+                  runs; START: field 22 of its /proc/PID/stat, so a reused pid is told apart)
     TOKEN.out     the scenario's stdout and stderr
     TOKEN.pgid    its process group, once it runs
     TOKEN.done    a FIFO the client waits on: the runner writes the exit status there
@@ -41,6 +42,8 @@ from . import kvm, mm, probe, qemu_vmm, scenario, tracefs  # noqa: F401
 #: Seconds between a cancel's SIGTERM and the SIGKILL to what is left of the group.
 GRACE = 10.0
 PR_SET_PDEATHSIG = 1
+#: loaded once, here: the forked scenarios find it
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _write(path: str, text: str) -> None:
@@ -59,7 +62,7 @@ def _child(directory: str, token: str, job: str, parent: int, number: int) -> No
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         os.setpgid(0, 0)
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:  # the runner died before the prctl took
             os._exit(1)
         out = os.open(os.path.join(directory, f"{token}.out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -193,7 +196,10 @@ def serve(directory: str, key: str) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     runner = Runner(directory)
-    _write(os.path.join(directory, "pid"), f"{os.getpid()} {key}\n")
+    tracefs.mm_threads()  # found once, here: the forked scenarios inherit the list
+    with open("/proc/self/stat") as f:
+        started = f.read().rsplit(")", 1)[1].split()[19]  # field 22: after pid and (comm)
+    _write(os.path.join(directory, "pid"), f"{os.getpid()} {key} {started}\n")
     pending = b""
     while True:
         timeout = 1.0 if runner.cancelled else None

@@ -1,5 +1,6 @@
 #!/bin/sh
-# sh l1/submit.sh TOOLS JOB.json: has L1's resident scenario runner (l1/runner.py) run
+# sh l1/submit.sh TOOLS JOB.json (or sourced after `set -- TOOLS JOB.json`, as
+# lab/machine/l1runner.py does): has L1's resident scenario runner (l1/runner.py) run
 # one scenario, and waits for it. The runner of this tools version is started if none
 # lives (its first scenario pays for python's start and the imports, later ones do not).
 # Prints the scenario's output and exits with its status; 125 when the runner died
@@ -13,15 +14,23 @@ key=${tools##*/tools-}
 RUNNER_DIED=125
 
 alive() {  # prints the pid of the runner of this tools version, if it lives
-    read -r pid k < $dir/pid 2>/dev/null || return 1
-    [ "$k" = "$key" ] && [ -e "/proc/$pid" ] && grep -q l1.runner "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+    # Shell builtins only (a command started under TCG costs 10-15 ms): the pid file says
+    # "PID KEY START", START being field 22 of the runner's /proc/PID/stat (when it
+    # started), so a pid since taken by another process does not pass.
+    [ -e $dir/pid ] && read -r pid k started < $dir/pid || return 1
+    [ "$k" = "$key" ] && read -r stat 2>/dev/null < "/proc/$pid/stat" || return 1
+    # shellcheck disable=SC2086  # split on purpose: the stat fields
+    set -- $stat
+    [ $# -ge 22 ] || return 1
+    shift 21
+    [ "$1" = "$started" ] && echo "$pid"
 }
 
-mkdir -p $dir && chmod 700 $dir
+[ -d $dir ] || { mkdir -p $dir && chmod 700 $dir; }
 runner=$(alive)
 if [ -z "$runner" ]; then
     # none, a dead one, or one of an older tools version (a changed kvmlab): a new one
-    if read -r old _ < $dir/pid 2>/dev/null && grep -q l1.runner "/proc/$old/cmdline" 2>/dev/null; then
+    if [ -e $dir/pid ] && read -r old _ < $dir/pid && grep -q l1.runner "/proc/$old/cmdline" 2>/dev/null; then
         kill -TERM "$old"
     fi
     rm -f $dir/pid
@@ -39,9 +48,13 @@ if [ -z "$runner" ]; then
 fi
 [ "$job" = - ] && exit 0
 
-token=$$-$(date +%s)
+# shellcheck disable=SC3028  # busybox sh has $RANDOM: no `date` started for a name
+token=$$-$RANDOM
 at=$dir/$token  # the job's files: $at.done, .rc, .out, .pgid
-rm -f "$at".*
+for stale in "$at".*; do  # an earlier job's, of the same name
+    [ -e "$stale" ] && rm -f "$at".*
+    break
+done
 mkfifo "$at.done"
 exec 3<>"$at.done"
 # Read-write opens: never blocks, whether the runner reads the FIFO or has just died.
@@ -75,6 +88,6 @@ while :; do
     fi
 done
 exec 3<&-
-cat "$at.out" 2>/dev/null
+[ -s "$at.out" ] && cat "$at.out"
 rm -f "$at".*
 exit "$rc"
