@@ -159,7 +159,8 @@ def report_command(progress: Progress, results_dirs, json_file, junit_file, html
 @click.option("--selftests", "selftests", is_flag=True, help="Run the KVM selftests (kvmlab selftests' default "
               "selection, TARGETS naming tests) on every kernel instead of a suite, each against its known results.")
 @click.option("--trace", is_flag=True, help="With --selftests: record and judge stage-2 faults, as selftests --trace.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 16), help="Labs at a time (default: one per 2 host CPUs).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 16),
+              help="Labs at a time (default: 2, or one per 2 host CPUs beyond 4, as CPUs and memory allow).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @output_options
@@ -207,7 +208,10 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
         # nested mode, as `kvmlab test nested` does; a kernel that cannot is a skipped column.
         modes = ["nested"]
     columns = mx.plan(kernels, lambda kernel, lab_name: lab_config(config, kernel=kernel, name=lab_name), modes)
-    jobs = jobs or max(1, min(len(columns), (os.cpu_count() or 2) // 2))
+    if not jobs:
+        from lab.orchestrate import pool
+
+        jobs, _ = pool.lab_capacity(columns[0].config.machine_mib, mx.default_jobs(len(columns), os.cpu_count() or 1))
     label = "matrix-" + ("selftests" if selftests else "-".join(Path(t).stem for t in targets or ["thp"]))
     out = results_dir(results, label[:40])
     what = "the KVM selftests" if selftests else f"{len(scenarios)} scenarios"

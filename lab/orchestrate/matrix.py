@@ -25,12 +25,14 @@ from lab.config import LabConfig
 from lab.core.errors import KvmlabError, UserError
 from lab.core.progress import Progress, stamp
 from lab.core.status import NOT_MEASURED, PASS
+from lab.core.versions import versions_match
 from lab.machine.boot import KvmModeUnavailable
 from lab.machine.lab import Lab
 from lab.scenarios.jobs import l2_kernel
 from lab.scenarios.model import Scenario
 from lab.scenarios.result import ScenarioResult
 from lab.scenarios.runner import Runner
+from lab.scenarios.shard import durations
 from lab.shared.files import write_json
 
 
@@ -113,6 +115,30 @@ def plan(kernels: list[str], base_config: Callable[[str, str], LabConfig],
     return columns
 
 
+def default_jobs(columns: int, cpus: int) -> int:
+    """Labs at a time when -j is not given (before the host's CPUs and memory cap it): two,
+    or one per 2 CPUs from 4 CPUs. Two on 2 CPUs: one lab's QEMU keeps 1.2 of them busy on
+    average (the L1 runs mostly one thing at a time); measured on 2 CPUs, the thp matrix of
+    4 kernels took 358 s with -j1 and 308 s with -j2, longest first (2026-12-04)."""
+    return max(1, min(columns, max(2, cpus // 2)))
+
+
+#: Seconds a scenario that does not apply to a kernel takes to be found n/a.
+NOT_APPLICABLE_SECONDS = 0.5
+
+
+def longest_first(columns: list[KernelColumn], scenarios: list[Scenario],
+                  seconds: dict[str, float]) -> list[KernelColumn]:
+    """The order the columns' labs start in, with more than one at a time: the longest
+    expected suite first, so that the last to start is a short one. A column's estimate:
+    the recorded seconds (configs/suites/durations.json) of the scenarios whose `kernels`
+    take its release."""
+    def cost(column: KernelColumn) -> float:
+        return sum(seconds.get(s.name, 1.0) if not s.kernels or versions_match(s.kernels, column.release)
+                   else NOT_APPLICABLE_SECONDS for s in scenarios)
+    return sorted(columns, key=lambda c: -cost(c))
+
+
 #: What runs on each kernel's lab instead of scenarios (`--selftests`): (lab, its results
 #: directory, on_result) -> the summary.
 Work = Callable[[Lab, Path, Callable[[ScenarioResult], None]], dict[str, Any]]
@@ -169,7 +195,8 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
             column.seconds = round(time.monotonic() - t0, 1)
 
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    futures = [pool.submit(one, c) for c in columns]
+    order = longest_first(columns, scenarios, durations()) if jobs > 1 and work is None else columns
+    futures = [pool.submit(one, c) for c in order]
     try:
         for future in futures:
             future.result()

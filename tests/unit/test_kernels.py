@@ -221,3 +221,24 @@ def test_a_matrix_takes_down_only_the_labs_it_brought_up(monkeypatch, tmp_path):
     mx.run(columns, [], ["thp"], tmp_path, 1, Progress(quiet=True), lambda text: None)
     assert downs == ["matrix-trixie"] and up == {"matrix-sid": 999}
     assert "already up" in columns[1].error
+
+
+def test_with_labs_at_once_the_longest_expected_column_starts_first():
+    from lab.orchestrate.matrix import longest_first
+    from lab.scenarios.model import Scenario
+
+    def s(name, kernels=None):
+        return Scenario(name=name, description="", path=None, kernels=kernels)
+
+    scenarios = [s("everywhere"), s("new-only", ">=6.8"), s("old-only", "<6.0")]
+    seconds = {"everywhere": 10.0, "new-only": 30.0, "old-only": 5.0}
+    cols = [KernelColumn(k, k, config=None, release=r) for k, r in
+            [("bullseye", "5.10.0-32-arm64"), ("trixie", "6.12.117+deb13-arm64"), ("bookworm", "6.1.0-50-arm64")]]
+    assert [c.label for c in longest_first(cols, scenarios, seconds)] == ["trixie", "bullseye", "bookworm"]
+
+
+@pytest.mark.parametrize("columns, cpus, jobs", [(4, 2, 2), (4, 1, 2), (1, 2, 1), (4, 8, 4), (4, 16, 4), (6, 12, 6)])
+def test_a_matrix_runs_two_labs_at_once_by_default_and_one_per_2_cpus_on_big_hosts(columns, cpus, jobs):
+    from lab.orchestrate.matrix import default_jobs
+
+    assert default_jobs(columns, cpus) == jobs  # before the host's CPUs and memory cap it
