@@ -8,6 +8,7 @@ no block after a collapse can then say whether the collapse happened at all.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Any
@@ -46,13 +47,33 @@ def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
+#: MADV_COLLAPSE's EAGAIN is "a transient condition; trying again might succeed" (a page
+#: locked, off the LRU or with a passing extra reference: madvise_collapse_errno() in
+#: mm/khugepaged.c). Seen once on 7.2, in collapse-between-passes (one matrix run of two).
+COLLAPSE_TRIES = 5
+
+
 def collapse(addr: int, length: int) -> dict[str, Any]:
     """MADV_COLLAPSE (6.1+): the range's pages collapsed into huge pages now, by this
-    thread, whatever khugepaged's settings. Raises OSError (EINVAL before 6.1; EAGAIN or
-    ENOMEM when a huge page could not be made) with the kernel's word for it."""
+    thread, whatever khugepaged's settings; tried again after EAGAIN, up to COLLAPSE_TRIES
+    times in all (the retries are in the record). Raises OSError (EINVAL before 6.1;
+    ENOMEM, or EAGAIN every time, when a huge page could not be made) with the kernel's
+    word for it."""
     before = vmstat("thp_")
-    kvm.madvise(addr, length, "collapse")
-    return {"vmstat": _delta(before, vmstat("thp_"))}
+    retries = 0
+    while True:
+        try:
+            kvm.madvise(addr, length, "collapse")
+            break
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN or retries + 1 >= COLLAPSE_TRIES:
+                raise
+            retries += 1
+            time.sleep(0.05)
+    record: dict[str, Any] = {"vmstat": _delta(before, vmstat("thp_"))}
+    if retries:
+        record["eagain_retries"] = retries
+    return record
 
 
 def khugepaged(wait: float) -> dict[str, Any]:
