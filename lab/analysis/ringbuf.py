@@ -11,10 +11,13 @@ the kernel that wrote the trace describes them (see kernel/trace/ring_buffer.c).
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lab.shared.contract import TRACE_FORMATS
 
 RB_MISSED_EVENTS = 1 << 31
 RB_MISSED_STORED = 1 << 30
@@ -152,11 +155,33 @@ def decode_cpu(data: bytes, cpu: int, formats: dict[int, EventFormat], data_offs
 
 
 def load_formats(directory: Path) -> tuple[dict[int, EventFormat], int, int]:
-    """The *.format files `l1/tracefs.py` saved: (formats by id, data offset, page size)."""
+    """The event formats `l1/tracefs.py` saved (formats by id, data offset, page size):
+    formats.json, or, in runs recorded before it, a *.format file each."""
+    texts = format_texts(directory)
+    if not isinstance(texts.get("header_page"), str):
+        raise TraceFormatError(f"no header_page format in {directory}")
+    data_offset, page_size = parse_header_page(texts["header_page"])
     formats: dict[int, EventFormat] = {}
-    data_offset, page_size = parse_header_page((directory / "header_page.format").read_text())
-    for path in sorted(directory.glob("*--*.format")):
-        system = path.name.split("--", 1)[0]
-        fmt = parse_format(path.read_text(), system)
+    for name, text in sorted(texts.items()):
+        if name == "header_page":
+            continue
+        fmt = parse_format(text, name.split(":", 1)[0])
         formats[fmt.id] = fmt
     return formats, data_offset, page_size
+
+
+def format_texts(directory: Path) -> dict[str, str]:
+    """{"header_page": TEXT, "SYSTEM:EVENT": TEXT} from what L1 left in `directory`."""
+    bundle = directory / TRACE_FORMATS
+    if not bundle.exists():
+        texts = {path.name[:-len(".format")].replace("--", ":", 1): path.read_text()
+                 for path in sorted(directory.glob("*--*.format"))}
+        header = directory / "header_page.format"
+        return {**texts, "header_page": header.read_text()} if header.exists() else texts
+    try:
+        texts = json.loads(bundle.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TraceFormatError(f"{bundle.name}: not JSON ({exc})") from None
+    if not isinstance(texts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
+        raise TraceFormatError(f"{bundle.name}: not a map of event names to format texts")
+    return texts

@@ -7,7 +7,7 @@ run directory moved into the results directory:
 
     RESULTS/summary.json        the run: lab, kernel, QEMU, every scenario's verdict
     RESULTS/l1-console.log      L1's whole console log
-    RESULTS/NAME/               job.json, result.json, cpuN.raw + *.format (the trace),
+    RESULTS/NAME/               job.json, result.json, cpuN.raw + formats.json (the trace),
                                 probe.json or l2-console.log, l1.log, verdict.json
 """
 

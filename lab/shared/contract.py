@@ -83,6 +83,10 @@ VMMS = ("probe", "qemu")
 #: advancing) is given more time, up to this many times the timeout; one that is not is
 #: killed at the timeout. The host waits for L1 accordingly.
 TIMEOUT_STRETCH = 3
+#: In a run directory, beside the raw pages (cpuN.raw): the format of every traced event,
+#: as {"header_page": TEXT, "SYSTEM:EVENT": TEXT}, one file (each file made in the share
+#: costs L1 15-25 ms under TCG; they were a file each before).
+TRACE_FORMATS = "formats.json"
 
 @record
 class L1Settings:

@@ -99,7 +99,7 @@ def test_results_are_complete(suite):
             result = json.loads((r / "result.json").read_text())
             for cpu, name in result["trace"]["files"].items():
                 assert (r / name).exists()
-            assert (r / "kvm--kvm_guest_fault.format").exists() and (r / "job.json").exists()
+            assert "kvm:kvm_guest_fault" in json.loads((r / "formats.json").read_text()) and (r / "job.json").exists()
 
 
 def test_reports_of_the_run(suite, outputs, tmp_path):

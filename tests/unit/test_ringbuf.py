@@ -113,3 +113,26 @@ def test_losses_are_reported():
     assert problems == ["cpu0: 3 dropped events", "cpu1: 1 commit overrun",
                         "1 trace page(s) flagged 'events lost'", "decoded 14 events but the kernel counted 15"]
     assert tracefile.loss_problems({"0": {"entries": 3}}, 3, 0, 0) == []
+
+
+def test_formats_load_from_one_file_as_from_a_file_each(tmp_path):
+    from lab.analysis.ringbuf import load_formats
+
+    run = TRACES / "anon-thp-always"
+    texts = {"header_page": (run / "header_page.format").read_text(), "kvm:kvm_guest_fault": FAULT_FORMAT,
+             "ftrace:print": PRINT_FORMAT}
+    (tmp_path / "formats.json").write_text(json.dumps(texts))
+    one, each = load_formats(tmp_path), load_formats(run)
+    assert one[1:] == each[1:] == (16, 4096)
+    assert {f.name for f in one[0].values()} >= {"kvm_guest_fault", "print"}
+    assert {i: f.name for i, f in one[0].items()} == {i: f.name for i, f in each[0].items() if f.name in
+                                                      ("kvm_guest_fault", "print")}
+
+
+@pytest.mark.parametrize("content", ["not json", '["a list"]', '{"header_page": 3}', "{}"])
+def test_a_bad_formats_file_is_a_format_error(tmp_path, content):
+    from lab.analysis.ringbuf import TraceFormatError, load_formats
+
+    (tmp_path / "formats.json").write_text(content)
+    with pytest.raises(TraceFormatError):
+        load_formats(tmp_path)

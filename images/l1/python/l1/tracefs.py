@@ -3,7 +3,7 @@
 The ring buffer is sized up front (per CPU), set not to overwrite, and read raw (the
 kernel's binary pages from per_cpu/cpuN/trace_pipe_raw) after tracing stops: no text
 formatting in L1 (slow under TCG), and ~45 bytes per kvm_guest_fault event through the
-share. The host decodes the pages with the format files copied beside them
+share. The host decodes the pages with the event formats copied beside them
 (lab/analysis/ringbuf.py). Before draining, every CPU's stats (entries, overrun, commit
 overrun, dropped events) are saved: the host checks that it decoded exactly `entries`
 events and that nothing was lost.
@@ -12,7 +12,10 @@ events and that nothing was lost.
 from __future__ import annotations
 
 import errno
+import json
 import os
+
+from lab.shared.contract import TRACE_FORMATS
 
 TRACING = "/sys/kernel/tracing"
 
@@ -139,7 +142,7 @@ class Capture:
         write("set_event_pid", "")
 
     def dump(self, out_dir: str) -> dict:
-        """Copies stats, format files and raw pages to out_dir; returns the stats."""
+        """Copies stats, the event formats (one file) and raw pages to out_dir; returns the stats."""
         os.makedirs(out_dir, exist_ok=True)
         stats = {cpu: parse_stats(read(f"per_cpu/cpu{cpu}/stats")) for cpu in cpus()}
         formats = {"header_page": read("events/header_page")}
@@ -152,9 +155,8 @@ class Capture:
             files[cpu] = name
             stats[cpu]["raw_bytes"] = _drain(os.path.join(TRACING, f"per_cpu/cpu{cpu}/trace_pipe_raw"),
                                              os.path.join(out_dir, name), page_size)
-        for event, text in formats.items():
-            with open(os.path.join(out_dir, event.replace(":", "--") + ".format"), "w") as f:
-                f.write(text)
+        with open(os.path.join(out_dir, TRACE_FORMATS), "w") as f:
+            json.dump(formats, f)
         return {"stats": {str(c): s for c, s in stats.items()}, "files": {str(c): f for c, f in files.items()},
                 "page_size": page_size, "buffer_kb": self.buffer_kb, "events": self.events}
 
