@@ -101,7 +101,7 @@ def test_a_restored_lab_has_its_scenario_runner_ready(restored, tmp_path):
     """The runner was started before the snapshot was saved: a restored L1 has it running,
     and the first scenario is its first job (no python start, no imports)."""
     name = restored[0][1]
-    pid, key = guest(name, "cat /run/kvmlab/runner/pid").split()
+    pid, _key, _started = guest(name, "cat /run/kvmlab/runner/pid").split()
     assert "l1.runner" in guest(name, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     result = kvmlab("test", "thp", "-k", "hugetlb-2m", "--name", name, "--results", str(tmp_path))
     assert result.returncode == 0, result.stdout.decode()
