@@ -172,6 +172,21 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def prime(hint: Any, _seen: set[Any] | None = None) -> None:
+    """Resolves the type hints of `hint` and of every record it holds now, before the first
+    decode: L1's resident runner does it once, and each scenario it forks finds them
+    resolved (typing.get_type_hints took 0.03-0.05 s of every scenario under TCG)."""
+    seen: set[Any] = set() if _seen is None else _seen
+    if isinstance(hint, type) and is_record(hint):
+        if hint in seen:
+            return
+        seen.add(hint)
+        for inner in _hints(hint).values():
+            prime(inner, seen)
+    for arg in typing.get_args(hint):
+        prime(arg, seen)
+
+
 def _decode(hint: Any, value: Any, key: str, special: Special) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

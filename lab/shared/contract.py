@@ -233,6 +233,9 @@ class Result(TypedDict, total=False):
     started: float
     seconds: float
     setup_seconds: float
+    #: seconds from the start to the end of each step that ran: job, l1_settings, trace_on,
+    #: vmm_started, vmm_done, trace_off, dumped, restored
+    phases: dict[str, float]
     l1: dict[str, Any]
     l1_release: str
     #: L1's page size: 4096, or 16384 for Debian's arm64-16k flavour

@@ -77,3 +77,21 @@ def test_resolve_targets_and_keyword(tmp_path):
 ])
 def test_kernel_conditions(spec, release, ok):
     assert model.versions_match(spec, release) is ok
+
+
+def test_ring_buffer_bounds_follow_one_run_and_a_killed_vmm_s_time():
+    by = {s.name: s for s in suites.resolve(["thp"])}
+    # an L2 Linux: each run of compare_thp is a job of its own, and its faults are bounded
+    # by its RAM (256 MiB: 64 Ki pages, twice each) and its MMIO, not doubled per run
+    linux = by["l2-linux-thp"]
+    assert linux.compare_thp and linux.expected_faults() == 2 * 65536 + model.LINUX_MMIO_EVENTS
+    # a guest that faults forever until it is killed: bounded by the time it may run
+    killed = by["vmm-killed"]
+    assert killed.guest.forever and killed.kill_after == 1.5
+    pages = killed.guest.size // 4096
+    assert killed.expected_faults() == int(3.5 * model.MAX_EVENTS_PER_SECOND) + 2 * pages + 10_000
+    # ... which is less than its 50 passes would be, and more than the 9.5 k events it took
+    assert 9_451 < killed.expected_faults() < pages * 50 * 2
+    # an ordinary guest: its pages, twice, and room
+    never = by["anon-thp-never"]
+    assert never.expected_faults() == never.guest.size // 4096 * 2 + 10_000

@@ -36,6 +36,8 @@ import sys
 import time
 import traceback
 
+from lab.shared import codec, contract
+
 # Imported now, once: the forked scenarios find them loaded.
 from . import kvm, mm, probe, qemu_vmm, scenario, tracefs  # noqa: F401
 
@@ -197,6 +199,8 @@ def serve(directory: str, key: str) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     runner = Runner(directory)
     tracefs.mm_threads()  # found once, here: the forked scenarios inherit the list
+    for job in (contract.ScenarioJob, contract.ProbeJob):  # and the jobs' type hints, resolved
+        codec.prime(job)
     with open("/proc/self/stat") as f:
         started = f.read().rsplit(")", 1)[1].split()[19]  # field 22: after pid and (comm)
     _write(os.path.join(directory, "pid"), f"{os.getpid()} {key} {started}\n")

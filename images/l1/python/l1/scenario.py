@@ -365,6 +365,14 @@ def main(argv: list[str]) -> int:
     settings = Settings()
     capture = None
     started = time.monotonic()
+    # Seconds from the start of main() to the end of each step (a step that did not run is
+    # absent): where a scenario's time goes in L1, for the bench and for anyone asking.
+    phases: dict[str, float] = {}
+    result["phases"] = phases
+
+    def mark(step: str) -> None:
+        phases[step] = round(time.monotonic() - started, 3)
+
     vmm_pid = None
     # Interrupted from the host (kvmlab's Ctrl-C, a timeout): unwind, so the VMM is killed
     # and L1's settings are restored before this process ends.
@@ -372,6 +380,7 @@ def main(argv: list[str]) -> int:
     try:
         with open(job_path) as f:
             job = decode(ScenarioJob, json.load(f))
+        mark("job")
         if RUNNER is not None:
             result["runner"] = RUNNER
         result["l1_release"] = open("/proc/sys/kernel/osrelease").read().strip()
@@ -382,6 +391,7 @@ def main(argv: list[str]) -> int:
             result["l1"] = {}
             return 0
         result["l1"], cannot = apply_l1(job.l1, settings)
+        mark("l1_settings")
         if cannot:
             result[cannot[0]] = cannot[1]  # type: ignore[literal-required]  # "na" or "skip"
             return 0
@@ -394,15 +404,20 @@ def main(argv: list[str]) -> int:
                                   optional=job.trace.optional)
         capture.start()
         result["setup_seconds"] = round(time.monotonic() - started, 3)
+        mark("trace_on")
         vmm_pid, extra = run_vmm(job, out_dir)
+        mark("vmm_started")
         with open(os.path.join(out_dir, "vmm.pid"), "w") as f:  # the VMM runs (for the host to see)
             f.write(f"{vmm_pid}\n")
         result["vmm"] = wait_vmm(vmm_pid, job, extra)
         vmm_pid = None
+        mark("vmm_done")
         capture.stop()
+        mark("trace_off")
         dumped = time.monotonic()
         result["trace"] = capture.dump(out_dir)
         result["trace"]["dump_seconds"] = round(time.monotonic() - dumped, 3)
+        mark("dumped")
     except ContractError as exc:  # the host and L1 disagree on the job: a kvmlab bug
         result["error"] = f"the job does not match the contract (lab/shared/contract.py): {exc}"
     except BaseException as exc:
@@ -422,6 +437,7 @@ def main(argv: list[str]) -> int:
                 pass
             _keep_fault_log(vmm_pid, out_dir)
         settings.restore()
+        mark("restored")
         result["seconds"] = round(time.monotonic() - started, 3)
         write_json(os.path.join(out_dir, "result.json"), result, indent=1)
     return 0

@@ -66,10 +66,18 @@ def _has(event: str) -> bool:
 KEEP_KB = 8192
 
 
+def _slack(kb: int) -> int:
+    """How far above a request the kernel's size may read back: buffer_size_kb rounds up to
+    whole ring-buffer pages (measured in L1: 8192 -> 8195, 1706 -> 1709, 4010 -> 4012)."""
+    return kb // 100 + 16
+
+
 def buffer_for(current_kb: int, need_kb: int) -> int:
     """The per-CPU buffer size for a scenario that needs `need_kb`, the buffer being
-    `current_kb` now."""
-    if need_kb > KEEP_KB or current_kb > KEEP_KB:
+    `current_kb` now (as buffer_size_kb reads: rounded up to whole pages)."""
+    if need_kb <= current_kb <= need_kb + _slack(need_kb):
+        return current_kb  # this very size, as the kernel rounded it: nothing to do
+    if need_kb > KEEP_KB or current_kb > KEEP_KB + _slack(KEEP_KB):
         return need_kb
     return max(current_kb, need_kb)
 
