@@ -45,15 +45,28 @@ def sync_tools(share: Path, tools: Tools) -> None:
 def command(tools: Tools, job: str) -> str:
     """L1's shell command that has the runner of this tools version run `job` (a guest
     path; "-": only start the runner), from a copy of the tools in L1's RAM, made once per
-    version: importing from the 9p share cost 0.45 s more per scenario under TCG (measured
-    in L1), the copy 0.5 s once."""
+    version (l1/install.sh, under the lock the runner's start takes too): importing from
+    the 9p share cost 0.45 s more per scenario under TCG (measured in L1), the copy 0.5 s
+    once."""
     if not tools.key.isalnum():
         raise LabError(f"tools key {tools.key!r} is not a plain word: remove the tools cache entry and rerun")
     here = f"/run/kvmlab/tools-{tools.key}"
-    return (f"[ -e {here}/.copied ] || {{ rm -rf /run/kvmlab/tools-* && cp -a {GUEST_KVMLAB}/tools {here}.tmp "
-            f"&& : > {here}.tmp/.copied && mv {here}.tmp {here}; }} && cd {here} "
+    return (f"{{ [ -e {here}/.copied ] || sh {GUEST_KVMLAB}/tools/l1/install.sh {here}; }} && cd {here} "
             # sourced, not run: each program started under TCG costs 10-15 ms (env, sh)
             f"&& export {VMM_MALLOC} && set -- {here} {job} && . {here}/l1/submit.sh")
+
+
+#: In the share: the command with which L1 starts its runner as soon as it is ready
+#: (images/l1/rootfs/kvmlab/late runs it), so that the first scenario finds it started.
+EARLY_START = "runner-start"
+
+
+def start_early(share: Path, tools: Tools) -> None:
+    """Before L1 boots: the tools into the share, and the command L1 runs once it is ready
+    to start its runner in the background (python's start and the imports took 2.4-4.2 s
+    of the first scenario under TCG)."""
+    sync_tools(share, tools)
+    (share / ".kvmlab" / EARLY_START).write_text(command(tools, "-") + "\n")
 
 
 def start(paths: LabPaths, tools: Tools, timeout: float = 180) -> None:

@@ -51,7 +51,7 @@ class _Launch:
     rootfs: Rootfs
     snap: snapshots.Snapshot | None
     restoring: bool
-    #: L1's tools, when a snapshot is to be saved: its runner is started first
+    #: L1's tools (booting, not restoring): L1 starts its runner with them once ready
     tools: Tools | None = None
 
 
@@ -126,8 +126,10 @@ class Lab:
             if self.is_up():
                 raise self._already_up()
             launch = self._pre_launch(config, binary, kernel, rootfs)
-            if launch.snap is not None and not launch.restoring:
+            if not launch.restoring:
+                # L1 starts its scenario runner as soon as it is ready (a snapshot has it already)
                 launch.tools = builder.tools()
+                l1runner.start_early(self.paths.share, launch.tools)
             l0 = L0Process(launch.command, self.paths.qemu_log)
             try:
                 ready = self._launch(l0, config, binary, launch)
@@ -186,7 +188,7 @@ class Lab:
             else:
                 ready = boot.wait_ready(self.paths, l0, config, started)
                 if snap is not None:
-                    if launch.tools is not None:
+                    if launch.tools is not None:  # started early by L1: waited for here
                         # A restored lab starts with L1's scenario runner ready.
                         step.update("starting L1's scenario runner")
                         l1runner.start(self.paths, launch.tools)
