@@ -206,3 +206,18 @@ def test_a_device_node_and_a_setuid_file_made_in_l1_are_private_plain_files_on_t
         assert (host / "dev").read_bytes() == b""  # not /dev/null's device: nothing to open
     finally:
         kvmlab("exec", "--name", "it", "--", "rm", "-f", "/mnt/share/dev", "/mnt/share/suid")
+
+
+def test_l1_starts_its_scenario_runner_once_ready_before_any_scenario(lab, private_runtime):
+    # kvmlab up leaves the start command in the share; L1's late start-up runs it
+    share = private_runtime / "labs/it/share/.kvmlab"
+    key = next(share.glob("tools/.key-*")).name.removeprefix(".key-")
+    assert f"/run/kvmlab/tools-{key}" in (share / "runner-start").read_text()
+    script = ("for i in $(seq 600); do [ -s /run/kvmlab/runner/pid ] && break; sleep 0.1; done; "
+              "read -r pid k _ < /run/kvmlab/runner/pid; echo $k; tr '\\0' ' ' < /proc/$pid/cmdline; echo; "
+              "ls -d /run/kvmlab/start.lock 2>&1 || true")
+    result = kvmlab("exec", "--name", "it", "--", "sh", "-c", script, timeout=120)
+    said = result.stdout.decode().splitlines()
+    assert said[0] == key  # the runner of this kvmlab's tools
+    assert "-m l1.runner /run/kvmlab/runner" in said[1]
+    assert "No such file" in said[2]  # and the start lock was given back
