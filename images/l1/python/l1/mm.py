@@ -194,18 +194,38 @@ KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 15, 16
 PFN_MASK, PRESENT = (1 << 55) - 1, 1 << 63
 
 
-def folios(addr: int, length: int) -> dict[str, int]:
+def folios(addr: int, length: int, pagemap: str = "/proc/self/pagemap",
+           kpageflags: str = "/proc/kpageflags") -> dict[str, int]:
     """What backs the range, as {folio size in bytes (text): how many}: from this process's
     page table (/proc/self/pagemap, root: real PFNs) and each page's compound flags
     (/proc/kpageflags). A folio that starts before the range or ends after it is counted
     by the part inside; pages not present are left out. The VMM side's ground truth for
-    mTHP, collapse and split (smaps shows only PMD-mapped THPs)."""
+    mTHP, collapse and split (smaps shows only PMD-mapped THPs).
+
+    The flags of physically consecutive pages are read in one go (a seek and a read per
+    page took 0.24 s for 16 MiB under TCG)."""
     import struct
 
     pages = length // kvm.PAGE
-    with open("/proc/self/pagemap", "rb") as f:
+    with open(pagemap, "rb") as f:
         f.seek(addr // kvm.PAGE * 8)
         entries = struct.unpack(f"<{pages}Q", f.read(pages * 8))
+    pfns = [entry & PFN_MASK if entry & PRESENT else None for entry in entries]
+    flags: list[int] = [0] * pages
+    with open(kpageflags, "rb") as kf:
+        i = 0
+        while i < pages:
+            pfn = pfns[i]
+            if pfn is None:
+                i += 1
+                continue
+            j = i + 1
+            while j < pages and pfns[j] == pfn + (j - i):
+                j += 1
+            kf.seek(pfn * 8)
+            raw = kf.read((j - i) * 8)
+            flags[i:i + len(raw) // 8] = struct.unpack(f"<{len(raw) // 8}Q", raw[:len(raw) // 8 * 8])
+            i = j
     counts: dict[str, int] = {}
     run = last = 0
 
@@ -214,19 +234,15 @@ def folios(addr: int, length: int) -> dict[str, int]:
             key = str(run * kvm.PAGE)
             counts[key] = counts.get(key, 0) + 1
 
-    with open("/proc/kpageflags", "rb") as kf:
-        for entry in entries:
-            if not entry & PRESENT:
-                close()
-                run = 0
-                continue
-            pfn = entry & PFN_MASK
-            kf.seek(pfn * 8)
-            flags = int.from_bytes(kf.read(8), "little")
-            if flags >> KPF_COMPOUND_TAIL & 1 and run and pfn == last + 1:  # the same folio, on
-                run, last = run + 1, pfn
-                continue
+    for pfn, flag in zip(pfns, flags):
+        if pfn is None:
             close()
-            run, last = 1, pfn
+            run = 0
+            continue
+        if flag >> KPF_COMPOUND_TAIL & 1 and run and pfn == last + 1:  # the same folio, on
+            run, last = run + 1, pfn
+            continue
+        close()
+        run, last = 1, pfn
     close()
     return counts
