@@ -16,6 +16,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab.shared.contract import TRACE_FORMATS
 
@@ -154,10 +155,14 @@ def decode_cpu(data: bytes, cpu: int, formats: dict[int, EventFormat], data_offs
     return DecodedCpu(events, len(data) // page_size, missed, unknown)
 
 
-def load_formats(directory: Path) -> tuple[dict[int, EventFormat], int, int]:
+def load_formats(directory: Path, texts: Any = None) -> tuple[dict[int, EventFormat], int, int]:
     """The event formats `l1/tracefs.py` saved (formats by id, data offset, page size):
-    formats.json, or, in runs recorded before it, a *.format file each."""
-    texts = format_texts(directory)
+    `texts` (result.json's trace "formats", since trace.raw), else formats.json, or, in
+    runs recorded before it, a *.format file each."""
+    if texts is None:
+        texts = format_texts(directory)
+    elif not isinstance(texts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
+        raise TraceFormatError("result.json: trace.formats is not a map of event names to format texts")
     if not isinstance(texts.get("header_page"), str):
         raise TraceFormatError(f"no header_page format in {directory}")
     data_offset, page_size = parse_header_page(texts["header_page"])

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lab.analysis.mapping import Fault
-from lab.analysis.ringbuf import Event, decode_cpu, load_formats
+from lab.analysis.ringbuf import Event, TraceFormatError, decode_cpu, load_formats
 
 FAULT_EVENT = "kvm_guest_fault"
 #: an invalidation of the VMM's mm, as KVM's MMU notifier began it (lab/analysis/retry.py)
@@ -60,17 +60,36 @@ def load(run_dir: Path, info: dict[str, Any] | None = None) -> Trace:
     """`info` is result.json's "trace" (read from run_dir if not given)."""
     if info is None:
         info = json.loads((run_dir / "result.json").read_text())["trace"]
-    formats, data_offset, page_size = load_formats(run_dir)
+    formats, data_offset, page_size = load_formats(run_dir, info.get("formats"))
     events: list[Event] = []
     missed = unknown = 0
-    for cpu, name in info["files"].items():
-        decoded = decode_cpu((run_dir / name).read_bytes(), int(cpu), formats, data_offset, page_size)
+    for cpu, data in cpu_pages(run_dir, info):
+        decoded = decode_cpu(data, int(cpu), formats, data_offset, page_size)
         events += decoded.events
         missed += decoded.missed_pages
         unknown += decoded.unknown
     events.sort(key=lambda e: (e.ts, e.cpu))
     problems = loss_problems(info["stats"], len(events), missed, unknown)
     return from_events(events, problems, sum(int(s.get("entries", 0)) for s in info["stats"].values()))
+
+
+def cpu_pages(run_dir: Path, info: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(CPU, its raw pages) from a run directory: each CPU's span of trace.raw (result.json's
+    trace "spans"), or its own cpuN.raw in runs recorded before."""
+    files, spans = info["files"], info.get("spans")
+    read: dict[str, bytes] = {}
+    for cpu, name in files.items():
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            raise TraceFormatError(f"result.json: trace file {name!r} of cpu {cpu} is not a file name")
+        data = read.setdefault(name, (run_dir / name).read_bytes())
+        if spans is not None:
+            span = spans.get(cpu) if isinstance(spans, dict) else None
+            if (not isinstance(span, list) or len(span) != 2 or not all(type(x) is int and x >= 0 for x in span)
+                    or span[0] + span[1] > len(data)):
+                raise TraceFormatError(f"result.json: trace span of cpu {cpu} is {span!r}, not [offset, length] "
+                                       f"inside {name} ({len(data)} bytes)")
+            data = data[span[0]:span[0] + span[1]]
+        yield cpu, data
 
 
 def from_events(events: list[Event], problems: list[str] | None = None, entries: int = 0) -> Trace:

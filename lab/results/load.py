@@ -66,9 +66,10 @@ class Run:
         return self.home(name) / self.dirs.get(name, name)
 
     def trace_files(self, name: str) -> list[Path]:
-        """The raw per-CPU traces of a scenario (one set per run directory)."""
+        """The raw traces of a scenario (trace.raw, or cpuN.raw in runs recorded before it;
+        one set per run directory)."""
         d = self.scenario_dir(name)
-        return sorted(d.glob("cpu*.raw")) + sorted(d.glob("*/cpu*.raw"))
+        return sorted(p for pattern in ("trace.raw", "cpu*.raw", "*/trace.raw", "*/cpu*.raw") for p in d.glob(pattern))
 
     def artefacts(self, name: str) -> list[Path]:
         d = self.scenario_dir(name)

@@ -3,7 +3,6 @@ reproducer VMM from a bug report, a KVM selftest binary copied in with `kvmlab c
 
 from __future__ import annotations
 
-import json
 import secrets
 import shlex
 import time
@@ -57,7 +56,9 @@ def run(lab: Lab, command: list[str], events: list[str], buffer_kb: int, timeout
     result_file = artefacts / "result.json"
     if not result_file.exists():
         raise LabError(f"L1 left no result for the traced command: {output.strip()[-300:]}")
-    result = json.loads(result_file.read_text())
+    result, problem = staging.l1_json(result_file)
+    if result is None:
+        raise LabError(f"tracing in L1 failed: {problem}")
     if result.get("error"):
         raise LabError(f"tracing in L1 failed: {result['error']}")
     trace = tracefile.load(artefacts, result["trace"])

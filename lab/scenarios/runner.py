@@ -7,7 +7,7 @@ run directory moved into the results directory:
 
     RESULTS/summary.json        the run: lab, kernel, QEMU, every scenario's verdict
     RESULTS/l1-console.log      L1's whole console log
-    RESULTS/NAME/               job.json, result.json, cpuN.raw + formats.json (the trace),
+    RESULTS/NAME/               job.json, result.json, trace.raw (every CPU's raw trace pages),
                                 probe.json or l2-console.log, l1.log, verdict.json
 """
 
@@ -173,10 +173,11 @@ class Runner:
         run: dict[str, Any] = {"artefacts": artefacts, "log": l1.log, "mark": l1.mark, "status": l1.status,
                                "output": l1.output, "l1_seconds": l1.seconds, "result": None, "probe": None,
                                "trace": None, "refused": l1.refused, "runner_died": l1.runner_died}
-        if (artefacts / "result.json").exists():
-            run["result"] = json.loads((artefacts / "result.json").read_text())
-        if (artefacts / "probe.json").exists():
-            run["probe"] = json.loads((artefacts / "probe.json").read_text())
+        for key, file in (("result", "result.json"), ("probe", "probe.json")):
+            if (artefacts / file).exists():
+                run[key], problem = staging.l1_json(artefacts / file)
+                if problem:
+                    run["json_error"] = problem
         if run["result"] and "trace" in run["result"]:
             try:
                 run["trace"] = tracefile.load(artefacts, run["result"]["trace"])
@@ -198,6 +199,8 @@ class Runner:
             crashes = crash.scan(run["log"])
             return [staging.runner_died_reason(run["output"])] + (
                 [f"L1 log: {crashes[0].title}", crashes[0].excerpt] if crashes else [])
+        if run.get("json_error") and self.lab.is_up():
+            return [run["json_error"]]
         if run["result"] is None:
             crashes = crash.scan(run["log"])
             how = "is gone"

@@ -6,10 +6,12 @@ runner (lab/scenarios/runner.py) and by `kvmlab trace` (lab/scenarios/adhoc.py).
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lab.builder.build import Tools
 from lab.core.errors import LabError
@@ -88,3 +90,14 @@ def run_in_l1(lab: Lab, tools: Tools, where: RunDir, artefacts: Path, timeout: f
     if output.strip():
         (artefacts / "l1-runner.out").write_text(output)
     return L1Run(artefacts, log, mark, status, output, seconds, taken.refused, error)
+
+
+def l1_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A JSON object L1 left (untrusted: it may be cut short or anything else), or why not."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"L1 left a {path.name} that is not JSON ({exc}): an error, whatever it says"
+    if not isinstance(data, dict):
+        return None, f"L1 left a {path.name} that is not a JSON object but a {type(data).__name__}"
+    return data, None

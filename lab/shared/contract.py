@@ -85,8 +85,13 @@ VMMS = ("probe", "qemu")
 TIMEOUT_STRETCH = 3
 #: In a run directory, beside the raw pages (cpuN.raw): the format of every traced event,
 #: as {"header_page": TEXT, "SYSTEM:EVENT": TEXT}, one file (each file made in the share
-#: costs L1 15-25 ms under TCG; they were a file each before).
+#: costs L1 15-25 ms under TCG; they were a file each before). Runs recorded before
+#: TRACE_RAW; since, the formats are in result.json's trace ("formats").
 TRACE_FORMATS = "formats.json"
+#: In a run directory: every CPU's raw ring-buffer pages in one file, CPU after CPU, where
+#: result.json's trace says ("spans": {CPU: [offset, length]}); one file made in the share
+#: instead of one per CPU plus the formats.
+TRACE_RAW = "trace.raw"
 
 @record
 class L1Settings:

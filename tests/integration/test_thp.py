@@ -97,9 +97,13 @@ def test_results_are_complete(suite):
         for r in runs:
             assert (r / "l1.log").exists()
             result = json.loads((r / "result.json").read_text())
-            for cpu, name in result["trace"]["files"].items():
-                assert (r / name).exists()
-            assert "kvm:kvm_guest_fault" in json.loads((r / "formats.json").read_text()) and (r / "job.json").exists()
+            # every CPU's raw pages in one file (trace.raw), where result.json's spans say,
+            # and the event formats in result.json
+            spans = result["trace"]["spans"]
+            assert set(result["trace"]["files"].values()) == {"trace.raw"} and set(spans) == set(result["trace"]["files"])
+            assert sum(length for _, length in spans.values()) == (r / "trace.raw").stat().st_size > 0
+            assert "kvm:kvm_guest_fault" in result["trace"]["formats"] and (r / "job.json").exists()
+            assert not list(r.glob("cpu*.raw")) and not (r / "formats.json").exists()
 
 
 def test_reports_of_the_run(suite, outputs, tmp_path):

@@ -1,6 +1,7 @@
 """Raw ring-buffer pages: hand-made ones for every header type, and recorded ones."""
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -136,3 +137,46 @@ def test_a_bad_formats_file_is_a_format_error(tmp_path, content):
     (tmp_path / "formats.json").write_text(content)
     with pytest.raises(TraceFormatError):
         load_formats(tmp_path)
+
+
+def one_file_layout(name: str, tmp_path: Path) -> dict:
+    """A recorded run (cpuN.raw, a .format file each) rewritten as L1 writes it since
+    trace.raw: every CPU's pages in one file, the spans and the formats in result.json."""
+    run = TRACES / name
+    info = json.loads((run / "result.json").read_text())["trace"]
+    blob, spans = b"", {}
+    for cpu, file in sorted(info["files"].items()):
+        data = (run / file).read_bytes()
+        spans[cpu] = [len(blob), len(data)]
+        blob += data
+    (tmp_path / "trace.raw").write_bytes(blob)
+    from lab.analysis.ringbuf import format_texts
+
+    return {**info, "files": {cpu: "trace.raw" for cpu in info["files"]}, "spans": spans,
+            "formats": format_texts(run)}
+
+
+def test_one_trace_file_with_spans_decodes_as_a_file_per_cpu(tmp_path):
+    name = "dirty-log-after-blocks"
+    each = tracefile.load(TRACES / name)
+    one = tracefile.load(tmp_path, one_file_layout(name, tmp_path))
+    assert one.complete and each.complete
+    assert [(e.cpu, e.ts, e.name, e.fields) for e in one.events] == [(e.cpu, e.ts, e.name, e.fields) for e in each.events]
+    assert len(one.faults) == len(each.faults) > 4096
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"spans": {"0": [0, 10 ** 9], "1": [0, 0]}}, "trace span of cpu 0"),
+    ({"spans": {"0": [-1, 4096], "1": [0, 0]}}, "trace span of cpu 0"),
+    ({"spans": {"0": "0+4096", "1": [0, 0]}}, "trace span of cpu 0"),
+    ({"spans": {}}, "trace span of cpu 0"),
+    ({"files": {"0": "../../etc/passwd", "1": "trace.raw"}}, "is not a file name"),
+    ({"formats": ["not", "a", "map"]}, "trace.formats is not a map"),
+    ({"formats": {"kvm:kvm_guest_fault": FAULT_FORMAT}}, "no header_page format"),
+])
+def test_what_l1_says_of_its_trace_file_is_checked(tmp_path, change, words):
+    from lab.analysis.ringbuf import TraceFormatError
+
+    info = {**one_file_layout("anon-thp-always", tmp_path), **change}
+    with pytest.raises(TraceFormatError, match=re.escape(words)):
+        tracefile.load(tmp_path, info)

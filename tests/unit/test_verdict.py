@@ -267,3 +267,20 @@ def test_move_pages_with_one_numa_node_is_a_skip_saying_why():
     assert (v.status, v.reasons) == (SKIP, [why])
     probe["mm"][0]["pieces"][0].update(moved=True)
     assert evaluate(scenario, RELEASE, result, trace, probe, []).status != SKIP
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"started": 1, "seconds"', "result.json that is not JSON"),      # cut short
+    (b"\xff\xfe", "result.json that is not JSON"),
+    (b'["a", "list"]', "result.json that is not a JSON object but a list"),
+])
+def test_a_result_l1_left_unreadable_is_an_error_with_the_reason(tmp_path, content, words):
+    # What L1 writes is untrusted: a result.json cut short or of another shape is the
+    # scenario's error, said as such, not the suite's crash.
+    from lab.scenarios.staging import l1_json
+
+    (tmp_path / "result.json").write_bytes(content)
+    data, problem = l1_json(tmp_path / "result.json")
+    assert data is None and problem is not None and words in problem
+    (tmp_path / "result.json").write_text('{"seconds": 1.5}')
+    assert l1_json(tmp_path / "result.json") == ({"seconds": 1.5}, None)

@@ -437,13 +437,13 @@ def run(job: ProbeJob) -> int:
     try:
         probe = Probe(job)
     except kvm.Unsupported as exc:  # n/a on this kernel: said, not an error
-        write_json(job.report, {"na": str(exc), "error": None}, indent=1)
+        write_json(job.report, {"na": str(exc), "error": None}, indent=1, atomic=False)
         return 0
     except kvm.NoDeviceMemory as exc:  # the lab lacks the resource: a skip
-        write_json(job.report, {"skip": str(exc), "error": None}, indent=1)
+        write_json(job.report, {"skip": str(exc), "error": None}, indent=1, atomic=False)
         return 0
     report = probe.run(job.timeout)
-    write_json(job.report, report, indent=1)
+    write_json(job.report, report, indent=1, atomic=False)
     return 0 if report["error"] is None else 1
 
 

@@ -439,7 +439,7 @@ def main(argv: list[str]) -> int:
         settings.restore()
         mark("restored")
         result["seconds"] = round(time.monotonic() - started, 3)
-        write_json(os.path.join(out_dir, "result.json"), result, indent=1)
+        write_json(os.path.join(out_dir, "result.json"), result, indent=1, atomic=False)
     return 0
 
 

@@ -3,19 +3,19 @@
 The ring buffer is sized up front (per CPU), set not to overwrite, and read raw (the
 kernel's binary pages from per_cpu/cpuN/trace_pipe_raw) after tracing stops: no text
 formatting in L1 (slow under TCG), and ~45 bytes per kvm_guest_fault event through the
-share. The host decodes the pages with the event formats copied beside them
-(lab/analysis/ringbuf.py). Before draining, every CPU's stats (entries, overrun, commit
-overrun, dropped events) are saved: the host checks that it decoded exactly `entries`
-events and that nothing was lost.
+share, every CPU's pages in one file (trace.raw). The host decodes the pages with the
+event formats, which go into result.json (lab/analysis/ringbuf.py). Before draining,
+every CPU's stats (entries, overrun, commit overrun, dropped events) are saved: the host
+checks that it decoded exactly `entries` events and that nothing was lost.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
+from typing import BinaryIO
 
-from lab.shared.contract import TRACE_FORMATS
+from lab.shared.contract import TRACE_RAW
 
 TRACING = "/sys/kernel/tracing"
 
@@ -150,23 +150,25 @@ class Capture:
         write("set_event_pid", "")
 
     def dump(self, out_dir: str) -> dict:
-        """Copies stats, the event formats (one file) and raw pages to out_dir; returns the stats."""
+        """Copies every CPU's raw pages into out_dir/trace.raw; returns the stats, where each
+        CPU's pages are in that file, and the event formats."""
         os.makedirs(out_dir, exist_ok=True)
         stats = {cpu: parse_stats(read(f"per_cpu/cpu{cpu}/stats")) for cpu in cpus()}
         formats = {"header_page": read("events/header_page")}
         for event in self.events + ["ftrace:print"]:
             formats[event] = read(os.path.join("events", *event.split(":", 1), "format"))
         page_size = _page_size(formats["header_page"])
-        files = {}
-        for cpu in stats:
-            name = f"cpu{cpu}.raw"
-            files[cpu] = name
-            stats[cpu]["raw_bytes"] = _drain(os.path.join(TRACING, f"per_cpu/cpu{cpu}/trace_pipe_raw"),
-                                             os.path.join(out_dir, name), page_size)
-        with open(os.path.join(out_dir, TRACE_FORMATS), "w") as f:
-            json.dump(formats, f)
-        return {"stats": {str(c): s for c, s in stats.items()}, "files": {str(c): f for c, f in files.items()},
-                "page_size": page_size, "buffer_kb": self.buffer_kb, "events": self.events}
+        spans = {}
+        offset = 0
+        with open(os.path.join(out_dir, TRACE_RAW), "wb", buffering=1 << 20) as out:
+            for cpu in stats:
+                length = _drain(os.path.join(TRACING, f"per_cpu/cpu{cpu}/trace_pipe_raw"), out, page_size)
+                stats[cpu]["raw_bytes"] = length
+                spans[str(cpu)] = [offset, length]
+                offset += length
+        return {"stats": {str(c): s for c, s in stats.items()}, "files": {str(c): TRACE_RAW for c in stats},
+                "spans": spans, "formats": formats, "page_size": page_size, "buffer_kb": self.buffer_kb,
+                "events": self.events}
 
 
 def _page_size(header_page: str) -> int:
@@ -178,22 +180,22 @@ def _page_size(header_page: str) -> int:
     return 4096
 
 
-def _drain(source: str, target: str, page_size: int) -> int:
+def _drain(source: str, out: BinaryIO, page_size: int) -> int:
+    """Reads the CPU's pages into `out`; returns how many bytes."""
     fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
     total = 0
     try:
-        with open(target, "wb", buffering=1 << 20) as out:
-            while True:
-                try:
-                    chunk = os.read(fd, page_size)
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EINTR):
-                        break
-                    raise
-                if not chunk:
+        while True:
+            try:
+                chunk = os.read(fd, page_size)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
                     break
-                out.write(chunk)
-                total += len(chunk)
+                raise
+            if not chunk:
+                break
+            out.write(chunk)
+            total += len(chunk)
     finally:
         os.close(fd)
     return total
