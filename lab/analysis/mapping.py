@@ -20,6 +20,7 @@ Pure functions over decoded faults; lab/analysis/trace.py turns raw traces into 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -135,15 +136,24 @@ def regions_of(faults: list[Fault], size: int = REGION, page: int = PAGE) -> dic
         r = out.get(start)
         if r is None:
             r = out[start] = Region(start, size)
-        d = f.decoded
+        kind, level, write = esr_summary(f.esr)
         r.faults += 1
         r.retried += f.retry
         r.pages.add(f.ipa // page)
-        r.kinds[(d.kind, d.level if d.level is not None else -1)] += 1
-        r.writes += d.write
+        r.kinds[(kind, level if level is not None else -1)] += 1
+        r.writes += write
         if r.first_level is None:
-            r.first_level = d.level
+            r.first_level = level
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def esr_summary(esr: int) -> tuple[str, int | None, bool]:
+    """(kind, level, write) of an ESR value, decoded once: a trace holds thousands of faults
+    and a handful of distinct ESRs (decoding each fault anew was most of the host's
+    analysis time)."""
+    d = Esr(esr)
+    return d.kind, d.level, d.write
 
 
 def classify(region: Region, touched_pages: int | None = None) -> str:
