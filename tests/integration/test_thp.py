@@ -176,7 +176,7 @@ def test_trace_any_command(lab, tmp_path):
     assert run.returncode == 3
     out = run.stdout.decode()
     assert "reproducer" in out and "0 events recorded" in out
-    assert list(tmp_path.glob("*/trace/cpu0.raw"))
+    assert list(tmp_path.glob("*/trace/trace.raw"))
 
 
 def test_trace_reports_lost_events(lab, tmp_path):
