@@ -27,3 +27,23 @@ from l1.tracefs import KEEP_KB, buffer_for  # noqa: E402
 ])
 def test_small_buffers_only_grow_and_big_ones_are_given_back(current, need, size):
     assert buffer_for(current, need) == size
+
+
+STATS = ("entries: {e}\noverrun: 0\ncommit overrun: 0\nbytes: 0\noldest event ts:     0.000000\n"
+         "now ts:   120.415120\ndropped events: {d}\nread events: {r}\n")
+
+
+@pytest.mark.parametrize("cpus, fresh", [
+    ([(0, 0, 0), (0, 0, 0)], True),      # as a clear left them: the next capture skips its own clear
+    ([(0, 0, 0), (0, 0, 4247)], False),  # drained but not cleared: read events counted
+    ([(12, 0, 0), (0, 0, 0)], False),    # events left in a buffer
+    ([(0, 3, 0), (0, 0, 0)], False),     # events dropped since the last clear
+])
+def test_a_buffer_counts_as_fresh_only_as_a_clear_leaves_it(tmp_path, monkeypatch, cpus, fresh):
+    from l1 import tracefs
+
+    for cpu, (e, d, r) in enumerate(cpus):
+        (tmp_path / f"per_cpu/cpu{cpu}").mkdir(parents=True)
+        (tmp_path / f"per_cpu/cpu{cpu}/stats").write_text(STATS.format(e=e, d=d, r=r))
+    monkeypatch.setattr(tracefs, "TRACING", str(tmp_path))
+    assert tracefs.fresh() is fresh

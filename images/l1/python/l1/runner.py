@@ -77,6 +77,7 @@ def _child(directory: str, token: str, job: str, parent: int, number: int) -> No
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         scenario.RUNNER = {"pid": parent, "job": number}  # into result.json: which runner ran it
+        scenario.RESULT_OUT = lambda rc: _tell(directory, token, rc)
         code = scenario.main([job])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -99,10 +100,16 @@ class Runner:
         self.cancelled: dict[str, float] = {}
         #: jobs started so far
         self.jobs = 0
+        #: (token, job) asked for while a scenario's process still ran (its tracefs clean-up
+        #: after its result): started once it has ended, one scenario at a time
+        self.queued: list[tuple[str, str]] = []
 
     def start(self, token: str, job: str) -> None:
         if not token.replace("-", "").isalnum() or token in self.running.values():
             self.log(f"refused a request with token {token!r}")
+            return
+        if self.running:
+            self.queued.append((token, job))
             return
         me = os.getpid()
         self.jobs += 1
@@ -117,6 +124,10 @@ class Runner:
         _write(os.path.join(self.dir, f"{token}.pgid"), f"{pid}\n")
 
     def cancel(self, token: str) -> None:
+        for queued in [q for q in self.queued if q[0] == token]:
+            self.queued.remove(queued)
+            _write(os.path.join(self.dir, f"{token}.rc"), "143\n")
+            _tell(self.dir, token, 143)
         for pid, t in self.running.items():
             if t == token and token not in self.cancelled:
                 self.cancelled[token] = time.monotonic() + GRACE
@@ -127,9 +138,9 @@ class Runner:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             token = self.running.pop(pid, None)
             if token is None:
                 continue
@@ -138,21 +149,14 @@ class Runner:
             self.cancelled.pop(token, None)
             code = os.waitstatus_to_exitcode(status)
             rc = code if code >= 0 else 128 - code
-            _write(os.path.join(self.dir, f"{token}.rc"), f"{rc}\n")
-            self._tell(token, rc)
-
-    def _tell(self, token: str, rc: int) -> None:
-        """The status into the client's FIFO, if the client still waits on it."""
-        try:
-            fd = os.open(os.path.join(self.dir, f"{token}.done"), os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            return  # no client (gone, or it reads TOKEN.rc)
-        try:
-            os.write(fd, f"{rc}\n".encode())
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+            if os.path.exists(os.path.join(self.dir, f"{token}.done")):
+                # (gone when the client, told early, has finished: then nothing to write)
+                _write(os.path.join(self.dir, f"{token}.rc"), f"{rc}\n")
+                _tell(self.dir, token, rc)
+            elif rc:
+                self.log(f"job {token} ended with status {rc} after its client had its result")
+        while self.queued and not self.running:
+            self.start(*self.queued.pop(0))
 
     def escalate(self) -> None:
         now = time.monotonic()
@@ -173,6 +177,23 @@ class Runner:
     def log(self, text: str) -> None:
         sys.stderr.write(f"kvmlab-l1-runner: {text}\n")
         sys.stderr.flush()
+
+
+def _tell(directory: str, token: str, rc: int) -> bool:
+    """The status into the client's FIFO, if the client still waits on it (False if not).
+    The runner tells it when the scenario's process ends; the scenario's process itself,
+    earlier, once its result.json is written (scenario.RESULT_OUT)."""
+    try:
+        fd = os.open(os.path.join(directory, f"{token}.done"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return False  # no client (gone, or it reads TOKEN.rc)
+    try:
+        os.write(fd, f"{rc}\n".encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:
