@@ -130,11 +130,14 @@ class Agent:
                         pass
                     raise
         finally:
-            for path in (spilled, cancel, owner, kvmlab_dir / f"status-{token}"):
+            # (and what QEMU's 9p keeps of a file L1 made, in .virtfs_metadata: one per
+            # command otherwise, for as long as the lab lives)
+            for path in (spilled, cancel, owner, kvmlab_dir / f"status-{token}",
+                         kvmlab_dir / share.METADATA / f"status-{token}"):
                 if path is not None:
                     path.unlink(missing_ok=True)
             for old in orphans:  # they have ended by now: our command ran after them
-                for name in (f"cancel-{old}", f"status-{old}"):
+                for name in (f"cancel-{old}", f"status-{old}", f"{share.METADATA}/status-{old}"):
                     (kvmlab_dir / name).unlink(missing_ok=True)
 
     @staticmethod

@@ -215,9 +215,19 @@ def test_l1_starts_its_scenario_runner_once_ready_before_any_scenario(lab, priva
     assert f"/run/kvmlab/tools-{key}" in (share / "runner-start").read_text()
     script = ("for i in $(seq 600); do [ -s /run/kvmlab/runner/pid ] && break; sleep 0.1; done; "
               "read -r pid k _ < /run/kvmlab/runner/pid; echo $k; tr '\\0' ' ' < /proc/$pid/cmdline; echo; "
+              # the starter gives the lock back at its next look (every 0.1 s) at the runner
+              "for i in $(seq 50); do [ -e /run/kvmlab/start.lock ] || break; sleep 0.1; done; "
               "ls -d /run/kvmlab/start.lock 2>&1 || true")
     result = kvmlab("exec", "--name", "it", "--", "sh", "-c", script, timeout=120)
     said = result.stdout.decode().splitlines()
     assert said[0] == key  # the runner of this kvmlab's tools
     assert "-m l1.runner /run/kvmlab/runner" in said[1]
     assert "No such file" in said[2]  # and the start lock was given back
+
+
+def test_commands_leave_nothing_behind_in_the_share(lab, private_runtime):
+    kvmlab_dir = private_runtime / "labs/it/share/.kvmlab"
+    for _ in range(3):
+        assert kvmlab("exec", "--name", "it", "--", "true").returncode == 0
+    # each command's status file, and what QEMU's 9p kept of it (.virtfs_metadata), is gone
+    assert not list(kvmlab_dir.glob("status-*")) and not list(kvmlab_dir.glob(".virtfs_metadata/status-*"))
