@@ -179,21 +179,20 @@ class Runner:
         sys.stderr.flush()
 
 
-def _tell(directory: str, token: str, rc: int) -> bool:
-    """The status into the client's FIFO, if the client still waits on it (False if not).
-    The runner tells it when the scenario's process ends; the scenario's process itself,
-    earlier, once its result.json is written (scenario.RESULT_OUT)."""
+def _tell(directory: str, token: str, rc: int) -> None:
+    """The status into the client's FIFO, if the client still waits on it. The runner
+    tells it when the scenario's process ends; the scenario's process itself, earlier,
+    once its result.json is written (scenario.RESULT_OUT)."""
     try:
         fd = os.open(os.path.join(directory, f"{token}.done"), os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
-        return False  # no client (gone, or it reads TOKEN.rc)
+        return  # no client (gone, or it reads TOKEN.rc)
     try:
         os.write(fd, f"{rc}\n".encode())
     except OSError:
         pass
     finally:
         os.close(fd)
-    return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -41,7 +41,7 @@ MM = "/sys/kernel/mm"
 RUNNER: dict[str, int] | None = None
 #: Set by the runner too: tells the waiting client the scenario's status as soon as
 #: result.json is written, before the tracefs clean-up that follows it.
-RESULT_OUT: Callable[[int], object] | None = None
+RESULT_OUT: Callable[[int], None] | None = None
 KHUGEPAGED_PARKED_MS = 86_400_000
 
 
