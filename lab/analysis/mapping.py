@@ -92,10 +92,6 @@ class Fault:
     #: the same fault again after KVM gave it up for an mm invalidation (analysis/retry.py)
     retry: bool = False
 
-    @property
-    def decoded(self) -> Esr:
-        return Esr(self.esr)
-
 
 @dataclass
 class Region:

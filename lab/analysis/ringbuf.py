@@ -159,10 +159,8 @@ def load_formats(directory: Path, texts: Any = None) -> tuple[dict[int, EventFor
     """The event formats `l1/tracefs.py` saved (formats by id, data offset, page size):
     `texts` (result.json's trace "formats", since trace.raw), else formats.json, or, in
     runs recorded before it, a *.format file each."""
-    if texts is None:
-        texts = format_texts(directory)
-    elif not isinstance(texts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
-        raise TraceFormatError("result.json: trace.formats is not a map of event names to format texts")
+    texts = format_texts(directory) if texts is None else _format_map(
+        texts, "result.json: trace.formats is not a map of event names to format texts")
     if not isinstance(texts.get("header_page"), str):
         raise TraceFormatError(f"no header_page format in {directory}")
     data_offset, page_size = parse_header_page(texts["header_page"])
@@ -187,6 +185,12 @@ def format_texts(directory: Path) -> dict[str, str]:
         texts = json.loads(bundle.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise TraceFormatError(f"{bundle.name}: not JSON ({exc})") from None
+    return _format_map(texts, f"{bundle.name}: not a map of event names to format texts")
+
+
+def _format_map(texts: Any, problem: str) -> dict[str, str]:
+    """`texts` if it maps event names to format texts (L1 wrote it: untrusted), else
+    TraceFormatError(problem)."""
     if not isinstance(texts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in texts.items()):
-        raise TraceFormatError(f"{bundle.name}: not a map of event names to format texts")
+        raise TraceFormatError(problem)
     return texts
