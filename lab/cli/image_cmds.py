@@ -25,19 +25,25 @@ def images() -> None:
 @click.option("--config", "-c", type=click.Path(dir_okay=False))
 @click.option("--kernel", "-k", "kernels", multiple=True, metavar="KERNEL",
               help="A kernel to build or fetch (repeatable; as for `up --kernel`); default: the config's.")
+@click.option("--no-l2-kernel", is_flag=True,
+              help="Not the L2 Linux guests' kernel (built from source once: minutes the first time).")
 @click.pass_obj
-def images_build(progress: Progress, config, kernels) -> None:
-    """Build (or find cached) the kernel and userspace images."""
+def images_build(progress: Progress, config, kernels, no_l2_kernel) -> None:
+    """Build (or find cached) the kernel and userspace images, and the L2 Linux guests'
+    kernel the thp suite's l2-linux-thp boots."""
     builder = Builder(progress=progress)
     cfg = lab_config(config)
     built: list[Any] = [builder.rootfs(cfg), builder.tools()]
     for suite in kernels or [cfg.kernel]:
         built.append(builder.kernel(lab_config(config, kernel=suite)))
+    l2 = None if no_l2_kernel else builder.l2_kernel(cfg.mirror, cfg.updates)
     for item in built:
         manifest = item.manifest
         where = getattr(item, "image", None) or getattr(item, "root", None) or getattr(item, "path", "")
         click.echo(f"{manifest.get('kind', 'kernel')}: {manifest.get('release') or manifest.get('suite') or 'l1'} "
                    f"{manifest.get('key', '')[:16]}  {where}")
+    if l2 is not None:
+        click.echo(f"l2kernel: {l2}")
 
 
 @images.command("key")

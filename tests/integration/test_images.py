@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,8 @@ def test_second_build_is_a_no_op(built):
     assert b"Building" not in result.stderr
     kernel, rootfs = built
     assert str(rootfs.root) in result.stdout.decode() and str(kernel.image) in result.stdout.decode()
+    # and the L2 Linux guests' kernel the thp suite boots, cached like the images
+    assert re.search(r"^l2kernel: \S+/l2kernel-trixie-\w+/Image$", result.stdout.decode(), re.M)
 
 
 def test_images_list_json(built):
