@@ -25,6 +25,8 @@ THP_MODES = ("always", "madvise", "never")
 #: on the command line); nested lets guests run hypervisors (Linux 6.16+, FEAT_NV2 from an
 #: L0 QEMU 9.0+).
 KVM_MODES = ("vhe", "nvhe", "protected", "nested")
+#: qemu.tcg_threads: how TCG runs L1's vCPUs (configs/lab.yaml)
+TCG_THREADS = ("multi", "single")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 
@@ -127,6 +129,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "cpu": v.text(re.compile(r"^[A-Za-z0-9_.,=-]+$"), "a -cpu value such as max,pauth-impdef=on"),
         "append": v.text(expected="a string"),
         "extra_args": _extra_args,
+        "tcg_threads": v.choice(TCG_THREADS),
     },
     "images": {
         "userspace_suite": v.choice(SUITES),
@@ -164,6 +167,9 @@ class LabConfig:
     device_memory_mib: int = 0
     #: NUMA nodes L1 has (1 or 2): its memory, and its CPUs, split between them
     numa_nodes: int = 1
+    #: TCG's threads: "multi" (a host thread per vCPU) or "single" (one for all of them,
+    #: in turn): configs/lab.yaml says what each costs and changes
+    tcg_threads: str = "multi"
 
     @property
     def machine_mib(self) -> int:
@@ -196,7 +202,7 @@ class LabConfig:
                     "kvm_mode": self.kvm_mode,
                     "boot_timeout": self.boot_timeout, "gdb": self.gdb, "snapshot": self.snapshot},
             "qemu": {"binary": self.qemu_binary, "cpu": self.qemu_cpu, "append": self.append,
-                     "extra_args": self.qemu_extra_args},
+                     "extra_args": self.qemu_extra_args, "tcg_threads": self.tcg_threads},
             "images": {"userspace_suite": self.userspace_suite, "extra_packages": self.extra_packages,
                        "mirror": self.mirror, "updates": self.updates},
         }
@@ -276,7 +282,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         memory_mib=clean["lab.memory"], thp=clean["lab.thp"], boot_timeout=clean["lab.boot_timeout"],
         gdb=clean["lab.gdb"],
         qemu_binary=clean["qemu.binary"], qemu_cpu=clean["qemu.cpu"], append=clean["qemu.append"],
-        qemu_extra_args=clean["qemu.extra_args"], userspace_suite=clean["images.userspace_suite"],
+        qemu_extra_args=clean["qemu.extra_args"], tcg_threads=clean["qemu.tcg_threads"], userspace_suite=clean["images.userspace_suite"],
         extra_packages=clean["images.extra_packages"], mirror=clean["images.mirror"],
         updates=clean["images.updates"], snapshot=clean["lab.snapshot"], kvm_mode=clean["lab.kvm_mode"],
         hugepages_1g=clean["lab.hugepages_1g"], device_memory_mib=clean["lab.device_memory"],

@@ -167,6 +167,8 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         "-pidfile", str(paths.pidfile),
         # The one network listener kvmlab opens, only when asked: gdb on L1's kernel, loopback only.
         *(["-gdb", f"tcp:127.0.0.1:{config.gdb}"] if config.gdb else []),
+        # One host thread for every vCPU (qemu.tcg_threads); QEMU's default is one each.
+        *(["-accel", "tcg,thread=single"] if config.tcg_threads == "single" else []),
         *config.qemu_extra_args,
     ]
 

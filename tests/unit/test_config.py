@@ -45,6 +45,7 @@ def test_user_file_overrides_default_and_cli_overrides_file(tmp_path):
     ("lab:\n  memory: 100M\n", "lab.memory: expected a size from 256M to this machine's"),
     ("lab:\n  memory: 10T\n", "lab.memory: expected a size from 256M"),
     ("lab:\n  thp: sometimes\n", "lab.thp: expected one of always, madvise, never, got 'sometimes'"),
+    ("qemu:\n  tcg_threads: many\n", "qemu.tcg_threads: expected one of multi, single, got 'many'"),
     ("lab:\n  name: 'My Lab'\n", "lab.name: expected a name of lowercase letters"),
     ("lab:\n  kernel: ./nope/Image\n", "lab.kernel: "),
     ("qemu:\n  extra_args: -s\n", "qemu.extra_args: expected a list of strings, got '-s'"),

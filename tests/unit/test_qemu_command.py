@@ -128,3 +128,10 @@ def test_two_numa_nodes_split_memory_and_cpus():
     assert "memory-backend-ram,id=node0,size=1536M" in value_after(cmd, "-object")
     _, _, cmd = command(**{"lab.numa_nodes": 2, "lab.cpus": 1})
     assert value_after(cmd, "-numa")[1] == "node,nodeid=1,memdev=node1"  # memory only
+
+
+
+def test_tcg_threads_single_runs_every_vcpu_in_one_host_thread():
+    assert "-accel" not in command()[2]  # QEMU's own default: a thread per vCPU
+    assert "-accel" not in command(**{"qemu.tcg_threads": "multi"})[2]
+    assert value_after(command(**{"qemu.tcg_threads": "single"})[2], "-accel") == ["tcg,thread=single"]
