@@ -23,6 +23,7 @@ import faulthandler
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -246,17 +247,36 @@ def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> VmmOutcome:
     # slow to reach KVM_RUN (a cold first run, a loaded machine) is still killed while its
     # vCPUs fault, not before. A VMM that never faults meets its timeout instead.
     first_event: float | None = None if kill_after is not None and job.vmm != "command" else started
+    outcome: VmmOutcome = {}
+    if job.vmm == "qemu" and job.qemu is not None:
+        from . import qemu_vmm
+
+        outcome = qemu_vmm.drive(extra, job.qemu, kill_after)  # filled in as the guest runs
+    exited = _pidfd(pid)
+    try:
+        return _watch(pid, exited, job, extra, outcome, started, kill_after, first_event)
+    finally:
+        if exited is not None:
+            os.close(exited)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when `pid` exits (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _watch(pid: int, exited: int | None, job: ScenarioJob, extra: dict[str, Any], outcome: VmmOutcome,
+           started: float, kill_after: float | None, first_event: float | None) -> VmmOutcome:
+    """wait_vmm's loop, until the VMM has exited (`exited`: its pidfd, if any)."""
     timeout = deadline = job.timeout
     window = min(timeout / 2, 10.0)
     progress = Progress(extra.get("out_dir", ""), traced=job.repeat == 1)
     # `kvmlab trace --timeout S` kills its command at S, as it says
     limit = timeout * (TIMEOUT_STRETCH if job.vmm != "command" else 1)
     stretched = ""
-    outcome: VmmOutcome = {}
-    if job.vmm == "qemu" and job.qemu is not None:
-        from . import qemu_vmm
-
-        outcome = qemu_vmm.drive(extra, job.qemu, kill_after)  # filled in as the guest runs
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -283,7 +303,13 @@ def wait_vmm(pid: int, job: ScenarioJob, extra: dict[str, Any]) -> VmmOutcome:
                        else f"nothing moved in the last {window:g} s"))
                 outcome["timeout"] = f"still running after {elapsed:.0f} s ({why}), killed with SIGKILL"
         progress.sample(elapsed)
-        time.sleep(0.01)
+        # Woken at once when the VMM exits (its pidfd); otherwise every 10 ms while a kill
+        # at `kill_after` is due, every 0.1 s for the timeout and the progress samples.
+        pause = 0.01 if kill_after is not None and "killed" not in outcome else 0.1
+        if exited is not None:
+            select.select([exited], [], [], pause)
+        else:
+            time.sleep(0.01)
     outcome["seconds"] = round(time.monotonic() - started, 3)
     fault = _keep_fault_log(pid, extra.get("out_dir", ""))
     if os.WIFSIGNALED(status):
