@@ -77,12 +77,15 @@ class Agent:
                 sock.close()
 
     def run(self, command: list[str] | str, out: BinaryIO, timeout: float | None = None,
-            answer_timeout: float = 15.0) -> int:
+            answer_timeout: float = 15.0, via: Callable[[str, int, str], str] | None = None) -> int:
         """Runs `command` (argv, or a shell script if a string) in L1; streams its output to
         `out`; returns its exit status, or 124 if it ran past `timeout` seconds.
 
         L1's /kvmlab/run does the framing and the timeout, so a stuck command never wedges
-        the channel; Ctrl-C here asks it to interrupt the command, then re-raises.
+        the channel; Ctrl-C here asks it to interrupt the command, then re-raises. `via`
+        makes the line typed from (token, timeout in seconds, the script as /kvmlab/run
+        takes it) instead, for a line that frames its output the same way
+        (lab/machine/l1runner.py job_line).
         """
         script = command if isinstance(command, str) else shlex.join(command)
         token = secrets.token_hex(8)
@@ -108,7 +111,8 @@ class Agent:
                     answer_timeout += UNWIND_SECONDS
                 owner.parent.mkdir(parents=True, exist_ok=True)
                 owner.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
-                child.send(f"/kvmlab/run {token} {seconds} {argument}\n".encode())
+                line = via(token, seconds, argument) if via else f"/kvmlab/run {token} {seconds} {argument}"
+                child.send(f"{line}\n".encode())
                 try:
                     # Anything before our begin marker is left over from an earlier session.
                     child.expect_exact(begin, timeout=answer_timeout)
@@ -162,9 +166,10 @@ class Agent:
                              "running in L1: stopping it\n")
         return gone
 
-    def run_capture(self, command: list[str] | str, timeout: float | None = 60) -> tuple[int, str]:
+    def run_capture(self, command: list[str] | str, timeout: float | None = 60,
+                    via: Callable[[str, int, str], str] | None = None) -> tuple[int, str]:
         out = io.BytesIO()
-        status = self.run(command, out, timeout=timeout)
+        status = self.run(command, out, timeout=timeout, via=via)
         return status, out.getvalue().decode(errors="replace")
 
     def _stream(self, child, end: re.Pattern[bytes], out: BinaryIO, status_file: Path,

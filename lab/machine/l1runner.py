@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from lab.builder.build import Tools
 from lab.core.errors import LabError
@@ -54,6 +55,22 @@ def command(tools: Tools, job: str) -> str:
     return (f"{{ [ -e {here}/.copied ] || sh {GUEST_KVMLAB}/tools/l1/install.sh {here}; }} && cd {here} "
             # sourced, not run: each program started under TCG costs 10-15 ms (env, sh)
             f"&& export {VMM_MALLOC} && set -- {here} {job} && . {here}/l1/submit.sh")
+
+
+def job_line(tools: Tools, job: str) -> Callable[[str, int, str], str]:
+    """Agent.run's `via` for a job of the runner: the line has L1's agent shell source
+    l1/job.sh from the tools' copy in L1's RAM (no program started: /kvmlab/run and
+    submit.sh cost about 40 ms of each scenario in forks under TCG, measured in L1), or,
+    before that copy exists, run command(tools, job) through /kvmlab/run as before."""
+    here = f"/run/kvmlab/tools-{tools.key}"
+    if not tools.key.isalnum() or not all(c.isalnum() or c in "/._-" for c in job):
+        raise LabError(f"job path {job!r} or tools key {tools.key!r} is not a plain path")
+
+    def line(token: str, seconds: int, script: str) -> str:
+        return (f"if [ -e {here}/.copied ] && [ -e {here}/l1/job.sh ]; "
+                f"then . {here}/l1/job.sh {here} {token} {seconds} {job} {script}; "
+                f"else /kvmlab/run {token} {seconds} {script}; fi")
+    return line
 
 
 #: In the share: the command with which L1 starts its runner as soon as it is ready

@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from lab.builder.build import Builder, KernelImage, Rootfs, Tools
 from lab.config import NAME_RE, LabConfig
@@ -334,9 +334,11 @@ class Lab:
     def exec(self, command: list[str] | str, out: BinaryIO, timeout: float | None = None) -> int:
         return self.agent().run(command, out, timeout=timeout)
 
-    def run(self, command: list[str] | str, timeout: float | None = 60) -> tuple[int, str]:
-        """Runs a command in L1 and returns (status, output) — for code and tests."""
-        return self.agent().run_capture(command, timeout=timeout)
+    def run(self, command: list[str] | str, timeout: float | None = 60,
+            via: Callable[[str, int, str], str] | None = None) -> tuple[int, str]:
+        """Runs a command in L1 and returns (status, output) — for code and tests (`via`:
+        Agent.run's)."""
+        return self.agent().run_capture(command, timeout=timeout, via=via)
 
     # -- files ---------------------------------------------------------------------------
     def push(self, src: Path, dst: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from lab.builder.build import Tools
 from lab.core.errors import LabError
 from lab.machine import share
-from lab.machine.l1runner import GUEST_KVMLAB, RUNNER_DIED, command
+from lab.machine.l1runner import GUEST_KVMLAB, RUNNER_DIED, command, job_line
 from lab.machine.lab import Lab
 from lab.machine.logs import read_from, size_of
 
@@ -78,7 +78,8 @@ def run_in_l1(lab: Lab, tools: Tools, where: RunDir, artefacts: Path, timeout: f
     started = time.monotonic()
     error = None
     try:
-        status, output = lab.run(command(tools, f"{where.guest}/job.json"), timeout=timeout)
+        job = f"{where.guest}/job.json"
+        status, output = lab.run(command(tools, job), timeout=timeout, via=job_line(tools, job))
     except LabError as exc:
         status, output, error = -1, str(exc), exc
     seconds = time.monotonic() - started

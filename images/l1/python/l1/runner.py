@@ -11,7 +11,10 @@ scenario.
     python3 -m l1.runner DIR KEY
 
 DIR (in L1's RAM, /run/kvmlab/runner) holds:
-    requests      a FIFO of lines: `run TOKEN JOB.json` or `cancel TOKEN`
+    requests      a FIFO of lines: `run TOKEN JOB.json [agent.done]` or `cancel TOKEN`
+    agent.done    a FIFO L1's agent shell reads, for the jobs that name it (l1/job.sh):
+                  the runner writes "TOKEN STATUS" there, and TOKEN.rc; those jobs'
+                  files go when the next job starts
     pid           "PID KEY START" once the runner is ready (KEY: the tools version it
                   runs; START: field 22 of its /proc/PID/stat, so a reused pid is told apart)
     TOKEN.out     the scenario's stdout and stderr
@@ -43,6 +46,8 @@ from . import kvm, mm, probe, qemu_vmm, scenario, tracefs  # noqa: F401
 
 #: Seconds between a cancel's SIGTERM and the SIGKILL to what is left of the group.
 GRACE = 10.0
+#: The FIFO of L1's agent shell (l1/job.sh): one client at a time, lines "TOKEN STATUS".
+AGENT_REPLY = "agent.done"
 PR_SET_PDEATHSIG = 1
 #: loaded once, here: the forked scenarios find it
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -55,7 +60,7 @@ def _write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _child(directory: str, token: str, job: str, parent: int, number: int) -> None:
+def _child(directory: str, token: str, job: str, parent: int, number: int, reply: str | None) -> None:
     """In the forked scenario process: its own group, SIGTERM should the runner die,
     output to TOKEN.out, then l1.scenario on the job. Never returns."""
     code = 1
@@ -77,7 +82,7 @@ def _child(directory: str, token: str, job: str, parent: int, number: int) -> No
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         scenario.RUNNER = {"pid": parent, "job": number}  # into result.json: which runner ran it
-        scenario.RESULT_OUT = lambda rc: _tell(directory, token, rc)
+        scenario.RESULT_OUT = lambda rc: _tell(directory, token, rc, reply)
         code = scenario.main([job])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -100,22 +105,32 @@ class Runner:
         self.cancelled: dict[str, float] = {}
         #: jobs started so far
         self.jobs = 0
-        #: (token, job) asked for while a scenario's process still ran (its tracefs clean-up
-        #: after its result): started once it has ended, one scenario at a time
-        self.queued: list[tuple[str, str]] = []
+        #: (token, job, reply) asked for while a scenario's process still ran (its tracefs
+        #: clean-up after its result): started once it has ended, one scenario at a time
+        self.queued: list[tuple[str, str, str | None]] = []
+        #: token -> the shared FIFO its client reads (AGENT_REPLY), for such jobs
+        self.reply: dict[str, str] = {}
+        #: such jobs that have ended: their files go when the next job starts
+        self.finished: list[str] = []
 
-    def start(self, token: str, job: str) -> None:
+    def start(self, token: str, job: str, reply: str | None = None) -> None:
         if not token.replace("-", "").isalnum() or token in self.running.values():
             self.log(f"refused a request with token {token!r}")
             return
         if self.running:
-            self.queued.append((token, job))
+            self.queued.append((token, job, reply))
             return
+        for done in self.finished:  # their clients have read them: a new request came
+            for suffix in (".out", ".rc", ".pgid"):
+                _unlink(os.path.join(self.dir, done + suffix))
+        self.finished.clear()
+        if reply:
+            self.reply[token] = reply
         me = os.getpid()
         self.jobs += 1
         pid = os.fork()
         if pid == 0:
-            _child(self.dir, token, job, me, self.jobs)
+            _child(self.dir, token, job, me, self.jobs, reply)
         try:
             os.setpgid(pid, pid)  # also in the child: whichever runs first
         except OSError:
@@ -127,7 +142,9 @@ class Runner:
         for queued in [q for q in self.queued if q[0] == token]:
             self.queued.remove(queued)
             _write(os.path.join(self.dir, f"{token}.rc"), "143\n")
-            _tell(self.dir, token, 143)
+            _tell(self.dir, token, 143, queued[2])
+            if queued[2]:
+                self.finished.append(token)
         for pid, t in self.running.items():
             if t == token and token not in self.cancelled:
                 self.cancelled[token] = time.monotonic() + GRACE
@@ -149,7 +166,13 @@ class Runner:
             self.cancelled.pop(token, None)
             code = os.waitstatus_to_exitcode(status)
             rc = code if code >= 0 else 128 - code
-            if os.path.exists(os.path.join(self.dir, f"{token}.done")):
+            reply = self.reply.pop(token, None)
+            if reply:
+                # (its client may have had the status early and gone: a line it never reads)
+                _write(os.path.join(self.dir, f"{token}.rc"), f"{rc}\n")
+                _tell(self.dir, token, rc, reply)
+                self.finished.append(token)
+            elif os.path.exists(os.path.join(self.dir, f"{token}.done")):
                 # (gone when the client, told early, has finished: then nothing to write)
                 _write(os.path.join(self.dir, f"{token}.rc"), f"{rc}\n")
                 _tell(self.dir, token, rc)
@@ -169,6 +192,8 @@ class Runner:
         words = line.split()
         if len(words) == 3 and words[0] == "run":
             self.start(words[1], words[2])
+        elif len(words) == 4 and words[0] == "run" and words[3] == AGENT_REPLY:
+            self.start(words[1], words[2], AGENT_REPLY)
         elif len(words) == 2 and words[0] == "cancel":
             self.cancel(words[1])
         elif words:
@@ -179,20 +204,29 @@ class Runner:
         sys.stderr.flush()
 
 
-def _tell(directory: str, token: str, rc: int) -> None:
-    """The status into the client's FIFO, if the client still waits on it. The runner
+def _tell(directory: str, token: str, rc: int, reply: str | None = None) -> None:
+    """The status into the client's FIFO, if the client still waits on it: TOKEN.done,
+    or the agent's shared one (`reply`, where the line carries the token). The runner
     tells it when the scenario's process ends; the scenario's process itself, earlier,
     once its result.json is written (scenario.RESULT_OUT)."""
+    path, line = (reply, f"{token} {rc}\n") if reply else (f"{token}.done", f"{rc}\n")
     try:
-        fd = os.open(os.path.join(directory, f"{token}.done"), os.O_WRONLY | os.O_NONBLOCK)
+        fd = os.open(os.path.join(directory, path), os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return  # no client (gone, or it reads TOKEN.rc)
     try:
-        os.write(fd, f"{rc}\n".encode())
+        os.write(fd, line.encode())
     except OSError:
         pass
     finally:
         os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -210,6 +244,8 @@ def serve(directory: str, key: str) -> int:
     except FileNotFoundError:
         pass
     os.mkfifo(requests, 0o600)
+    _unlink(os.path.join(directory, AGENT_REPLY))
+    os.mkfifo(os.path.join(directory, AGENT_REPLY), 0o600)
     # Read and write: the FIFO never reports end-of-file between clients, and a client's
     # write never blocks while this runner lives.
     fifo = os.open(requests, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)

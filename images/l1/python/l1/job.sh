@@ -1,0 +1,82 @@
+# shellcheck shell=sh
+# . TOOLS/l1/job.sh TOOLS TOKEN TIMEOUT JOB SCRIPT: sourced by L1's agent shell (the line
+# lab/machine/l1runner.py's job_line() sends), it has the resident runner of this tools
+# version run JOB and answers as /kvmlab/run would: the begin marker, the job's output,
+# its status in the share and the end marker; TIMEOUT seconds (0: none) or the host's
+# cancel file ask the runner to cancel the job, and the status is then 124.
+#
+# Why: /kvmlab/run and l1/submit.sh start a shell, base64, setsid twice, a watchdog, mkfifo
+# and rm for each job (about 40 ms of each scenario under TCG, measured in L1). Here, on
+# the way a scenario mostly takes, only shell builtins run, in the agent's own shell; the
+# runner reports to a FIFO it made (agent.done) and cleans the job's files up itself.
+# Where the runner is not ready (none yet, another tools version), SCRIPT (what /kvmlab/run
+# takes: base64, or @PATH) runs through /kvmlab/run as before: it starts the runner.
+#
+# Sourced, so: `return`, never `exit`; every name starts with kj_ and is unset at the end.
+kj_dir=/run/kvmlab/runner
+kj_key=${1##*/tools-} kj_token=$2 kj_timeout=$3 kj_job=$4 kj_script=$5
+kj_pid=
+# The runner of this tools version, if it lives: "PID KEY START" in its pid file, START
+# being field 22 of /proc/PID/stat (so a pid reused since is not taken for it).
+if [ -p "$kj_dir/agent.done" ] && read -r kj_pid kj_k kj_started < "$kj_dir/pid" 2>/dev/null &&
+    [ "$kj_k" = "$kj_key" ] && read -r kj_stat < "/proc/$kj_pid/stat" 2>/dev/null; then
+    kj_stat=${kj_stat##*) }  # the fields after (comm): the third of /proc/PID/stat on
+    # shellcheck disable=SC2086  # split on purpose: the stat fields
+    set -- $kj_stat
+    [ $# -ge 20 ] && shift 19 && [ "$1" = "$kj_started" ] || kj_pid=
+else
+    kj_pid=
+fi
+if [ -z "$kj_pid" ]; then
+    /kvmlab/run "$kj_token" "$kj_timeout" "$kj_script"
+else
+    printf '\036B %s\n' "$kj_token"
+    kj_at=$kj_dir/$kj_token kj_rc='' kj_waited=0 kj_cancelled=''
+    echo "run $kj_token $kj_job agent.done" 1<>"$kj_dir/requests"
+    while :; do
+        # Read-write: the open never blocks, and the runner's write finds a reader.
+        # shellcheck disable=SC3045  # busybox sh's read has -t
+        if read -r -t 1 kj_line 0<>"$kj_dir/agent.done" 2>/dev/null; then
+            case $kj_line in
+                "$kj_token "*) kj_rc=${kj_line#* }; break ;;
+            esac
+            continue  # an earlier job's late line
+        fi
+        if [ -e "$kj_at.rc" ] && read -r kj_rc < "$kj_at.rc"; then
+            break
+        fi
+        if ! kill -0 "$kj_pid" 2>/dev/null; then
+            # Its scenario got SIGTERM when it died (PR_SET_PDEATHSIG): let it unwind, then
+            # stop what is left of its group, as l1/submit.sh does.
+            if read -r kj_pgid < "$kj_at.pgid" 2>/dev/null; then
+                kj_left=0
+                while kill -0 -"$kj_pgid" 2>/dev/null && [ $kj_left -lt 150 ]; do
+                    sleep 0.1
+                    kj_left=$((kj_left + 1))
+                done
+                kill -KILL -"$kj_pgid" 2>/dev/null
+            fi
+            [ -s "$kj_at.out" ] && cat "$kj_at.out"
+            echo "kvmlab-l1: L1's scenario runner (pid $kj_pid) died during this scenario; the next one starts a new runner"
+            rm -f "$kj_at".*
+            kj_rc=125
+            break
+        fi
+        [ -p "$kj_dir/agent.done" ] || sleep 1  # (gone: no read waited above)
+        kj_waited=$((kj_waited + 1))
+        if [ -z "$kj_cancelled" ] && { [ -e "/mnt/share/.kvmlab/cancel-$kj_token" ] ||
+                { [ "$kj_timeout" -gt 0 ] && [ $kj_waited -ge "$kj_timeout" ]; }; }; then
+            kj_cancelled=1  # the runner stops the job's group: SIGTERM, SIGKILL 10 s on
+            echo "cancel $kj_token" 1<>"$kj_dir/requests"
+        fi
+    done
+    if [ "$kj_rc" != 125 ]; then
+        [ -s "$kj_at.out" ] && cat "$kj_at.out"
+    fi
+    [ -n "$kj_cancelled" ] && kj_rc=124
+    # As /kvmlab/run: the status in the share too, should the end marker not reach the host.
+    echo "$kj_rc" 2>/dev/null > "/mnt/share/.kvmlab/status-$kj_token"
+    printf '\036E %s %d\n' "$kj_token" "$kj_rc"
+fi
+unset kj_dir kj_key kj_token kj_timeout kj_job kj_script kj_pid kj_k kj_started kj_stat kj_at kj_rc kj_waited \
+    kj_cancelled kj_line kj_pgid kj_left
