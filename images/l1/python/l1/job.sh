@@ -13,7 +13,11 @@
 # takes: base64, or @PATH) runs through /kvmlab/run as before: it starts the runner.
 #
 # Sourced, so: `return`, never `exit`; every name starts with kj_ and is unset at the end.
-kj_dir=/run/kvmlab/runner
+# (KVMLAB_L1_RUNNER, _SHARE and _RUN are set only by tests/unit/test_l1_job.py, which runs
+# this under qemu-user: L1's paths otherwise.)
+kj_dir=${KVMLAB_L1_RUNNER:-/run/kvmlab/runner}
+kj_share=${KVMLAB_L1_SHARE:-/mnt/share/.kvmlab}
+kj_run=${KVMLAB_L1_RUN:-/kvmlab/run}
 kj_key=${1##*/tools-} kj_token=$2 kj_timeout=$3 kj_job=$4 kj_script=$5
 kj_pid=
 # The runner of this tools version, if it lives: "PID KEY START" in its pid file, START
@@ -28,15 +32,17 @@ else
     kj_pid=
 fi
 if [ -z "$kj_pid" ]; then
-    /kvmlab/run "$kj_token" "$kj_timeout" "$kj_script"
+    "$kj_run" "$kj_token" "$kj_timeout" "$kj_script"
 else
     printf '\036B %s\n' "$kj_token"
     kj_at=$kj_dir/$kj_token kj_rc='' kj_waited=0 kj_cancelled=''
+    # The runner's FIFO held open (read-write: the open never blocks) from before the
+    # request to the end, so that no answer of the runner finds no reader (it would be lost).
+    {
     echo "run $kj_token $kj_job agent.done" 1<>"$kj_dir/requests"
     while :; do
-        # Read-write: the open never blocks, and the runner's write finds a reader.
         # shellcheck disable=SC3045  # busybox sh's read has -t
-        if read -r -t 1 kj_line 0<>"$kj_dir/agent.done" 2>/dev/null; then
+        if read -r -t 1 kj_line <&8; then
             case $kj_line in
                 "$kj_token "*) kj_rc=${kj_line#* }; break ;;
             esac
@@ -62,21 +68,25 @@ else
             kj_rc=125
             break
         fi
-        [ -p "$kj_dir/agent.done" ] || sleep 1  # (gone: no read waited above)
         kj_waited=$((kj_waited + 1))
-        if [ -z "$kj_cancelled" ] && { [ -e "/mnt/share/.kvmlab/cancel-$kj_token" ] ||
+        if [ -z "$kj_cancelled" ] && { [ -e "$kj_share/cancel-$kj_token" ] ||
                 { [ "$kj_timeout" -gt 0 ] && [ $kj_waited -ge "$kj_timeout" ]; }; }; then
             kj_cancelled=1  # the runner stops the job's group: SIGTERM, SIGKILL 10 s on
             echo "cancel $kj_token" 1<>"$kj_dir/requests"
         fi
     done
+    } 8<>"$kj_dir/agent.done"
+    if [ -z "$kj_rc" ]; then  # the FIFO could not be opened: the runner went at that moment
+        echo "kvmlab-l1: L1's scenario runner went away as this scenario was sent ($kj_dir/agent.done is gone)"
+        kj_rc=125
+    fi
     if [ "$kj_rc" != 125 ]; then
         [ -s "$kj_at.out" ] && cat "$kj_at.out"
     fi
     [ -n "$kj_cancelled" ] && kj_rc=124
     # As /kvmlab/run: the status in the share too, should the end marker not reach the host.
-    echo "$kj_rc" 2>/dev/null > "/mnt/share/.kvmlab/status-$kj_token"
+    echo "$kj_rc" 2>/dev/null > "$kj_share/status-$kj_token"
     printf '\036E %s %d\n' "$kj_token" "$kj_rc"
 fi
-unset kj_dir kj_key kj_token kj_timeout kj_job kj_script kj_pid kj_k kj_started kj_stat kj_at kj_rc kj_waited \
+unset kj_dir kj_share kj_run kj_key kj_token kj_timeout kj_job kj_script kj_pid kj_k kj_started kj_stat kj_at kj_rc kj_waited \
     kj_cancelled kj_line kj_pgid kj_left
