@@ -72,7 +72,11 @@ def source_job(root: Path, token: str, timeout: int = 0, script: str = "U0NSSVBU
     run.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "KVMLAB_L1_RUNNER": str(root / "runner"), "KVMLAB_L1_SHARE": str(share),
            "KVMLAB_L1_RUN": str(run)}
-    line = f". {JOB_SH} /run/kvmlab/tools-{KEY} {token} {timeout} /mnt/share/.kvmlab/runs/x/job.json {script}; echo after=$?"
+    tools = root / f"tools-{KEY}"  # as in L1's RAM: TOOLS/l1/ (job.sh sources l1/died.sh from there)
+    if not tools.exists():
+        tools.mkdir()
+        (tools / "l1").symlink_to(JOB_SH.parent)
+    line = f". {tools}/l1/job.sh {tools} {token} {timeout} /mnt/share/.kvmlab/runs/x/job.json {script}; echo after=$?"
     return subprocess.run([*busybox(), "sh", "-c", line], capture_output=True, env=env, timeout=60)
 
 

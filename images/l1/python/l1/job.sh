@@ -18,7 +18,7 @@
 kj_dir=${KVMLAB_L1_RUNNER:-/run/kvmlab/runner}
 kj_share=${KVMLAB_L1_SHARE:-/mnt/share/.kvmlab}
 kj_run=${KVMLAB_L1_RUN:-/kvmlab/run}
-kj_key=${1##*/tools-} kj_token=$2 kj_timeout=$3 kj_job=$4 kj_script=$5
+kj_tools=$1 kj_key=${1##*/tools-} kj_token=$2 kj_timeout=$3 kj_job=$4 kj_script=$5
 kj_pid=
 # The runner of this tools version, if it lives: "PID KEY START" in its pid file, START
 # being field 22 of /proc/PID/stat (so a pid reused since is not taken for it).
@@ -52,19 +52,9 @@ else
             break
         fi
         if ! kill -0 "$kj_pid" 2>/dev/null; then
-            # Its scenario got SIGTERM when it died (PR_SET_PDEATHSIG): let it unwind, then
-            # stop what is left of its group, as l1/submit.sh does.
-            if read -r kj_pgid < "$kj_at.pgid" 2>/dev/null; then
-                kj_left=0
-                while kill -0 -"$kj_pgid" 2>/dev/null && [ $kj_left -lt 150 ]; do
-                    sleep 0.1
-                    kj_left=$((kj_left + 1))
-                done
-                kill -KILL -"$kj_pgid" 2>/dev/null
-            fi
-            [ -s "$kj_at.out" ] && cat "$kj_at.out"
-            echo "kvmlab-l1: L1's scenario runner (pid $kj_pid) died during this scenario; the next one starts a new runner"
-            rm -f "$kj_at".*
+            # shellcheck source=images/l1/python/l1/died.sh
+            . "$kj_tools/l1/died.sh"
+            kvmlab_runner_gone "$kj_at" "$kj_pid"
             kj_rc=125
             break
         fi
@@ -88,5 +78,5 @@ else
     echo "$kj_rc" 2>/dev/null > "$kj_share/status-$kj_token"
     printf '\036E %s %d\n' "$kj_token" "$kj_rc"
 fi
-unset kj_dir kj_share kj_run kj_key kj_token kj_timeout kj_job kj_script kj_pid kj_k kj_started kj_stat kj_at kj_rc kj_waited \
-    kj_cancelled kj_line kj_pgid kj_left
+unset kj_dir kj_share kj_run kj_tools kj_key kj_token kj_timeout kj_job kj_script kj_pid kj_k kj_started kj_stat kj_at kj_rc kj_waited \
+    kj_cancelled kj_line

@@ -86,19 +86,9 @@ while :; do
         break
     fi
     if ! kill -0 "$runner" 2>/dev/null; then
-        # Its scenario got SIGTERM when it died (PR_SET_PDEATHSIG): let it unwind (the
-        # VMM killed, L1's settings put back), then stop what is left of its group.
-        if read -r pgid < "$at.pgid" 2>/dev/null; then
-            waited=0
-            while kill -0 -"$pgid" 2>/dev/null && [ $waited -lt 150 ]; do
-                sleep 0.1
-                waited=$((waited + 1))
-            done
-            kill -KILL -"$pgid" 2>/dev/null
-        fi
-        cat "$at.out" 2>/dev/null
-        echo "kvmlab-l1: L1's scenario runner (pid $runner) died during this scenario; the next one starts a new runner"
-        rm -f "$at".*
+        # shellcheck source=images/l1/python/l1/died.sh
+        . "$tools/l1/died.sh"
+        kvmlab_runner_gone "$at" "$runner"
         exit $RUNNER_DIED
     fi
 done
