@@ -6,7 +6,7 @@
 # cancel file ask the runner to cancel the job, and the status is then 124.
 #
 # Why: /kvmlab/run and l1/submit.sh start a shell, base64, setsid twice, a watchdog, mkfifo
-# and rm for each job (about 40 ms of each scenario under TCG, measured in L1). Here, on
+# and rm for each job (about 30 ms more of each scenario, measured from the host). Here, on
 # the way a scenario mostly takes, only shell builtins run, in the agent's own shell; the
 # runner reports to a FIFO it made (agent.done) and cleans the job's files up itself.
 # Where the runner is not ready (none yet, another tools version), SCRIPT (what /kvmlab/run
@@ -24,7 +24,7 @@ kj_pid=
 # being field 22 of /proc/PID/stat (so a pid reused since is not taken for it).
 if [ -p "$kj_dir/agent.done" ] && read -r kj_pid kj_k kj_started < "$kj_dir/pid" 2>/dev/null &&
     [ "$kj_k" = "$kj_key" ] && read -r kj_stat < "/proc/$kj_pid/stat" 2>/dev/null; then
-    kj_stat=${kj_stat##*) }  # the fields after (comm): the third of /proc/PID/stat on
+    kj_stat=${kj_stat##*) }  # the fields after (comm), from field 3 (state) on
     # shellcheck disable=SC2086  # split on purpose: the stat fields
     set -- $kj_stat
     [ $# -ge 20 ] && shift 19 && [ "$1" = "$kj_started" ] || kj_pid=

@@ -239,10 +239,7 @@ def _signal_group(pgid: int, sig: int) -> None:
 def serve(directory: str, key: str) -> int:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     requests = os.path.join(directory, "requests")
-    try:
-        os.unlink(requests)  # a dead runner's unread requests are not this one's
-    except FileNotFoundError:
-        pass
+    _unlink(requests)  # a dead runner's unread requests are not this one's
     os.mkfifo(requests, 0o600)
     _unlink(os.path.join(directory, AGENT_REPLY))
     os.mkfifo(os.path.join(directory, AGENT_REPLY), 0o600)
