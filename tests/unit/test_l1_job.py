@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab.core.paths import cache_dir
+from lab.machine.agent import _start_time as start_time
 
 JOB_SH = Path(__file__).resolve().parents[2] / "images/l1/python/l1/job.sh"
 KEY = "0123abcd"
@@ -26,10 +27,6 @@ def busybox() -> list[str]:
     if not qemu or not found:
         pytest.skip("needs qemu-aarch64 (qemu-user) and a built L1 image's busybox (kvmlab images build)")
     return [qemu, str(found[-1])]
-
-
-def start_time(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
 
 
 class FakeRunner:
