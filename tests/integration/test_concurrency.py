@@ -3,6 +3,7 @@ name race and exactly one wins."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import subprocess
@@ -107,8 +108,19 @@ def test_commands_on_one_lab_at_once_each_get_their_own_output(private_runtime):
 
 
 def test_test_j2_spreads_the_scenarios_over_two_labs_with_the_same_verdicts(alone, tmp_path, private_runtime):
-    spread = kvmlab("test", "--name", "conc-a", "-j", "2", *targets(), "--results", str(tmp_path / "j2"))
-    assert spread.returncode == 0, spread.stdout.decode() + spread.stderr.decode()
+    # The helper lab boots while conc-a already runs scenarios: on a fast host conc-a ran
+    # all five before the helper was up (CI, 2026-12-04). So conc-a is held at its agent's
+    # lock (where concurrent execs queue) until the helper is up: both labs then take some.
+    with open(private_runtime / "labs" / "conc-a" / "agent.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "test", "--name", "conc-a", "-j", "2", *targets(),
+                                 "--results", str(tmp_path / "j2")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while kvmlab("status", "--name", "conc-a-j1").returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "the helper lab conc-a-j1 never came up"
+            time.sleep(0.2)
+    out = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, out
     assert verdicts(tmp_path / "j2") == alone
     [summary] = (tmp_path / "j2").glob("*/summary.json")
     data = json.loads(summary.read_text())
