@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from lab.builder import keep
 from lab.builder.build import Builder
 from lab.builder.store import Store, tree_size
 from lab.cli.base import kernel_options, lab_config, main
@@ -69,15 +70,19 @@ def images_list(as_json) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    current = Builder().current_keys(load_config())
+    current = keep.current_keys(Builder(), load_config())
     table = Table("kind", "suite", "contents", "key", "size", "built", "state", title=str(store.images))
     for entry in entries:
         m = entry.manifest
-        contents = (f"{m['release']}, {len(m['modules'])} modules" if m["kind"] == "kernel"
-                    else f"{len(m['packages'])} packages" if m["kind"] == "rootfs"
-                    else "L1 tools, " + ", ".join(m.get("params_offset", {})))
+        contents = {"kernel": lambda: f"{m['release']}, {len(m['modules'])} modules",
+                    "rootfs": lambda: f"{len(m['packages'])} packages",
+                    "source": lambda: f"{m['package']} {m['version']}",
+                    "l2kernel": lambda: f"L2 Linux {m.get('release', '')}",
+                    "selftests": lambda: f"{len(m.get('tests', []))} KVM selftests",
+                    }.get(m["kind"], lambda: "L1 tools, " + ", ".join(m.get("params_offset", {})))()
+        suite = m.get("suite") or (m.get("label", "-") if m["kind"] in ("l2kernel", "selftests") else "-")
         size = f"{tree_size(entry.path) / 2**20:.0f} MiB"
-        table.add_row(m["kind"], m.get("suite", "-"), contents, m["key"][:12], size,
+        table.add_row(m["kind"], suite, contents, m["key"][:12], size,
                       m["built_at"][:16].replace("T", " "), "current" if m["key"] in current else "stale")
     Console(width=max(100, Console().width)).print(table)
     if any(e.manifest["key"] not in current for e in entries):
@@ -100,8 +105,8 @@ def images_clean(stale, only_snapshots, config) -> None:
         freed = snapshot.clean(None)
         click.echo(f"Removed the L1 snapshots ({freed / 2**20:.0f} MiB).")
         return
-    keep = Builder().current_keys(lab_config(config)) if stale else None
-    freed = Store().clean(keep)
+    kept = keep.current_keys(Builder(), lab_config(config)) if stale else None
+    freed = Store().clean(kept)
     # A snapshot is only good with the images it was taken on.
     left = {str(e.manifest.get("key")) for e in Store().entries()} if stale else None
     freed += snapshot.clean(left)

@@ -123,7 +123,13 @@ def test_clean_stale_keeps_what_this_kvmlab_uses(built, tmp_path):
     shutil.copytree(kernel.image.parent, old, ignore=shutil.ignore_patterns("Image"))
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "key": "0" * 64}))
+    # What `images build` builds from trixie's kernel (cached by test_second_build_is_a_no_op):
+    # the L2 Linux kernel and the source it is built from are current too.
+    cfg = load_config()
+    l2 = Builder().l2_kernel(cfg.mirror, cfg.updates)
+    sources = [e.path for e in store.entries() if e.manifest["kind"] == "source" and e.manifest["suite"] == "trixie"]
     result = kvmlab("images", "clean", "--stale")
     assert result.returncode == 0 and b"Removed stale" in result.stdout
     assert not old.exists()
     assert kernel.image.exists()
+    assert l2.exists() and any(path.exists() for path in sources)
