@@ -4,7 +4,8 @@ Each kernel gets its own lab (named matrix-LABEL), brought up, run and brought d
 up to `jobs` at a time. Images are prepared first, one after another, so builds do not
 race and their progress stays readable. The table has a row per scenario and a column per
 kernel; a cell is the observed mapping without its fault counts (its "signature"), and a
-row whose signatures differ is marked. Everything lands in one results directory:
+row whose signatures differ is marked (≠); a row some kernel did not measure (a skip, an
+error, its lab died) is marked apart (?), its other kernels still compared. Everything lands in one results directory:
 
     RESULTS/matrix.json      kernels, and per scenario each kernel's status, observed, signature
     RESULTS/LABEL/           that kernel's suite results (summary.json, per-scenario artefacts)
@@ -24,7 +25,7 @@ from lab.builder.build import Builder
 from lab.config import LabConfig
 from lab.core.errors import KvmlabError, UserError
 from lab.core.progress import Progress, stamp
-from lab.core.status import NOT_MEASURED, PASS
+from lab.core.status import ERROR, NOT_MEASURED, PASS, SKIP
 from lab.core.versions import versions_match
 from lab.machine.boot import KvmModeUnavailable
 from lab.machine.lab import Lab
@@ -83,12 +84,15 @@ def rows_of(columns: list[tuple[str, dict[str, Any] | None]]) -> list[dict[str, 
                 cells[s["name"]] = {}
             cells[s["name"]][label] = {"status": s["status"], "observed": s.get("observed", ""),
                                        "signature": signature(s), "reasons": s.get("reasons", [])[:1]}
+    ran = [label for label, summary in columns if summary]
     out = []
     for name in names:
         row = cells[name]
-        signatures = {c["signature"] for c in row.values()}
-        out.append({"name": name, "cells": row,
-                    "differs": len(signatures) > 1 or len(row) < sum(1 for _, summary in columns if summary)})
+        # n/a is compared (the kernel lacks what the scenario needs: a difference between
+        # kernels); a skip, an error or a missing cell (the lab died) says nothing either way.
+        unmeasured = [label for label in ran if row.get(label, {}).get("status", ERROR) in (SKIP, ERROR)]
+        signatures = {c["signature"] for label, c in row.items() if label not in unmeasured}
+        out.append({"name": name, "cells": row, "differs": len(signatures) > 1, "unmeasured": unmeasured})
     return out
 
 
@@ -226,6 +230,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
         "results_dir": str(out),
     }
     matrix["differing"] = [r["name"] for r in matrix["scenarios"] if r["differs"]]
+    matrix["unmeasured"] = [r["name"] for r in matrix["scenarios"] if r["unmeasured"]]
     matrix["passed"] = all(k["passed"] for k in matrix["kernels"])
     write_json(out / "matrix.json", matrix)
     return matrix

@@ -51,6 +51,7 @@ def merge(paths: list[str | Path]) -> Run | Matrix:
     matrix: dict[str, Any] = {
         "targets": next(iter(merged.values())).summary.get("targets", []), "kernels": kernels,
         "scenarios": table, "differing": [r["name"] for r in table if r["differs"]],
+        "unmeasured": [r["name"] for r in table if r["unmeasured"]],
         "jobs": len(paths), "seconds": max(k["seconds"] for k in kernels),
         "results_dir": ", ".join(str(p) for p in paths), "passed": all(k["passed"] for k in kernels),
     }

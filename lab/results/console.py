@@ -96,7 +96,7 @@ def print_matrix(matrix: dict[str, Any]) -> None:
     table = Table("≠", Column("scenario", no_wrap=True),
                   *[f"{k['label']}\n{k['release'] or '-'}" for k in kernels],
                   title="observed stage-2 mapping per kernel (✗: the scenario's expectation failed; "
-                        "≠: kernels differ)")
+                        "≠: kernels differ; ?: not measured on every kernel)")
     for row in matrix["scenarios"]:
         cells = []
         for k in kernels:
@@ -107,15 +107,19 @@ def print_matrix(matrix: dict[str, Any]) -> None:
             text = cell["signature"] + MARK[cell["status"]]
             style = CELL_STYLE.get(cell["status"], "")
             cells.append(f"[{style}]{rich_escape(text)}[/]" if style else rich_escape(text))
-        table.add_row("[bold magenta]≠[/]" if row["differs"] else "", rich_escape(row["name"]), *cells)
+        mark = "[bold magenta]≠[/]" if row["differs"] else "[yellow]?[/]" if row.get("unmeasured") else ""
+        table.add_row(mark, rich_escape(row["name"]), *cells)
     console.print(table)
     for k in kernels:
         if k["error"]:
             console.print(f"[bold red]{k['label']}[/]: {rich_escape(k['error'])}", soft_wrap=True)
         if k.get("skipped"):
             console.print(f"[yellow]{k['label']}[/]: skipped: {rich_escape(k['skipped'])}", soft_wrap=True)
+    unmeasured = matrix.get("unmeasured", [])
     console.print(f"{len(matrix['differing'])} of {len(matrix['scenarios'])} scenarios differ between kernels"
                   + (f" ({rich_escape(', '.join(matrix['differing']))})" if matrix["differing"] else "")
+                  + (f"; {len(unmeasured)} not measured on every kernel ({rich_escape(', '.join(unmeasured))})"
+                     if unmeasured else "")
                   + f"; {matrix['seconds']:.0f} s with -j{matrix['jobs']}; results: {matrix['results_dir']}",
                   soft_wrap=True)
 

@@ -42,6 +42,7 @@ table { border-collapse: collapse; margin: .6em 0 1.2em; } th, td { padding: .25
 .pass { background: #2e7d32; } .fail, .error { background: #c62828; } .skip { background: #f9a825; color: #212121; }
 .na { background: #9e9e9e; }
 .differs { color: #8e24aa; font-weight: 700; }
+.unmeasured { color: #b26a00; font-weight: 700; }
 section.scenario { border: 1px solid #e0e0e0; border-left: 6px solid #9e9e9e; border-radius: .4em; padding: .8em 1em;
   margin: 1em 0; } section.scenario.s-pass { border-left-color: #2e7d32; }
 section.scenario.s-fail, section.scenario.s-error { border-left-color: #c62828; }
@@ -187,7 +188,8 @@ class _Writer:
         kernels = m.get("kernels", [])
         head = [f"<h1>kvmlab matrix: {e('+'.join(m.get('targets') or ['thp']))} on {len(kernels)} kernels</h1>",
                 f"<p class=\"meta\">{len(m.get('differing', []))} of {len(m.get('scenarios', []))} scenarios map "
-                f"differently between kernels (<span class=\"differs\">&ne;</span>); {m.get('seconds', 0):.0f} s "
+                f"differently between kernels (<span class=\"differs\">&ne;</span>), "
+                f"{len(m.get('unmeasured', []))} were not measured on every kernel (?); {m.get('seconds', 0):.0f} s "
                 f"with -j{m.get('jobs', 1)}. A cell is the observed mapping without fault counts; its colour is the "
                 f"scenario's verdict on that kernel.</p>"]
         rows = ["<table id=\"matrix\"><tr><th></th><th>scenario</th>" + "".join(
@@ -204,7 +206,9 @@ class _Writer:
                 cells.append(f"<td class=\"cell-{_css(cell['status'])}\" data-kernel=\"{e(k['label'])}\" "
                              f"title=\"{e('; '.join(cell.get('reasons') or []))}\"><a href=\"{e(href)}\">"
                              f"{e(cell.get('signature') or STATUS.get(cell['status'], ''))}</a></td>")
-            mark = "<span class=\"differs\">&ne;</span>" if row.get("differs") else ""
+            mark = ("<span class=\"differs\">&ne;</span>" if row.get("differs") else
+                    "<span class=\"unmeasured\" title=\"not measured on every kernel\">?</span>"
+                    if row.get("unmeasured") else "")
             rows.append(f"<tr id=\"scenario-{e(_slug(row['name']))}\" data-scenario=\"{e(row['name'])}\">"
                         f"<td>{mark}</td>"
                         f"<td>{e(row['name'])}</td>{''.join(cells)}</tr>")

@@ -42,7 +42,7 @@ def matrix_summary(matrix: Matrix) -> str:
         for k in kernels:
             cell = row["cells"].get(k) or {}
             cells.append(f"{ICON.get(cell.get('status', ''), '-')} {_cell(cell.get('signature') or '')}".strip())
-        mark = " ≠" if row.get("differs") else ""
+        mark = " ≠" if row.get("differs") else " ?" if row.get("unmeasured") else ""
         lines.append(f"| {_cell(row['name'])}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -127,9 +127,16 @@ def test_rows_mark_where_kernels_differ():
     table = {r["name"]: r for r in rows([old, new])}
     assert [n for n, r in table.items() if r["differs"]] == ["moved"]
     assert table["moved"]["cells"]["bullseye"]["signature"] == "8 page"
-    # A scenario missing from one kernel's run (that kernel's lab died) differs too.
-    died = column("sid", [scenario("same", "pass", "8 block (1 fault each)")])
-    assert {r["name"] for r in rows([old, died]) if r["differs"]} == {"moved", "noisy"}
+    # A scenario missing from one kernel's run (that kernel's lab died), skipped or in
+    # error there is not a difference: it is marked unmeasured, the others still compared.
+    died = column("sid", [scenario("same", "pass", "8 block (1 fault each)"),
+                          scenario("moved", "error", "")])
+    table = {r["name"]: r for r in rows([old, new, died])}
+    assert [n for n, r in table.items() if r["differs"]] == ["moved"]
+    assert {n: r["unmeasured"] for n, r in table.items()} == {"same": [], "moved": ["sid"], "noisy": ["sid"]}
+    # n/a is compared: the kernel lacks what the scenario needs.
+    lacks = column("bullseye", [scenario("same", "n/a", "")])
+    assert rows([lacks, new])[0]["differs"] and rows([lacks, new])[0]["unmeasured"] == []
 
 
 def test_smaps_expectations_by_kernel_version():
