@@ -112,11 +112,36 @@ def plan(kernels: list[str], base_config: Callable[[str, str], LabConfig],
             label = f"{kernel_label}-{mode}" if mode else kernel_label
             if any(c.label == label for c in columns):
                 raise UserError(f"--kernels: {text} is given twice (as {label})")
-            config = base_config(text, f"matrix-{label}"[:32].rstrip("-."))
+            config = base_config(text, lab_name(label))
             if mode:
                 config.kvm_mode = mode
             columns.append(KernelColumn(text, label, config))
     return columns
+
+
+def lab_name(label: str, n: int = 1) -> str:
+    """The lab of a column: matrix-LABEL, or matrixN-LABEL for the Nth matrix at once."""
+    return f"matrix{n if n > 1 else ''}-{label}"[:32].rstrip("-.")
+
+
+def take_free_names(columns: list[KernelColumn], echo: Callable[[str], None]) -> None:
+    """Labs matrix-LABEL, or matrix2-LABEL, matrix3-LABEL... when a lab of those names
+    runs (another matrix, or one left up): two matrices at once each get labs of their own."""
+    def names(n: int) -> list[str]:
+        return [lab_name(c.label, n) for c in columns]
+
+    def in_use(n: int) -> list[str]:
+        return [name for name in names(n) if Lab(name).is_up() or Lab(name).running()]
+
+    n, taken = 1, in_use(1)
+    if taken:
+        n = next((k for k in range(2, 100) if not in_use(k)), 0)
+        if not n:
+            raise UserError("labs matrix-LABEL to matrix99-LABEL are all in use; `kvmlab status` lists them")
+        echo(f"labs {', '.join(taken)} are in use (another matrix, or left up): this run uses "
+             f"{', '.join(names(n))}")
+    for column, name in zip(columns, names(n)):
+        column.config.name = name
 
 
 def default_jobs(columns: int, cpus: int) -> int:
@@ -153,10 +178,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
         work: Work | None = None) -> dict[str, Any]:
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    busy = [c.config.name for c in columns if Lab(c.config.name).is_up()]
-    if busy:
-        raise UserError(f"labs {', '.join(busy)} are up (a matrix uses labs of these names); "
-                        f"`kvmlab down --name {busy[0]}` first")
+    take_free_names(columns, echo)
     builder = Builder(progress=progress)
     builder.tools()
     for column in columns:  # builds, one at a time, before any lab starts

@@ -209,6 +209,9 @@ def test_a_matrix_takes_down_only_the_labs_it_brought_up(monkeypatch, tmp_path):
         def pid(self):
             return up.get(self.name)
 
+        def running(self):
+            return self.name in up
+
         def up(self, config, builder=None):
             if self.name in up:
                 raise LabBusy(f"lab {self.name!r} is already up")
@@ -228,6 +231,13 @@ def test_a_matrix_takes_down_only_the_labs_it_brought_up(monkeypatch, tmp_path):
     mx.run(columns, [], ["thp"], tmp_path, 1, Progress(quiet=True), lambda text: None)
     assert downs == ["matrix-trixie"] and up == {"matrix-sid": 999}
     assert "already up" in columns[1].error
+    # A matrix started while that lab runs takes labs of other names, and runs every column.
+    said = []
+    columns = mx.plan(["trixie", "sid"], lambda k, name: load_config(None, {"lab.kernel": k, "lab.name": name}))
+    mx.run(columns, [], ["thp"], tmp_path / "second", 1, Progress(quiet=True), said.append)
+    assert [c.config.name for c in columns] == ["matrix2-trixie", "matrix2-sid"]
+    assert [c.error for c in columns] == ["", ""] and up == {"matrix-sid": 999}
+    assert said[0].startswith("labs matrix-sid are in use")
 
 
 def test_with_labs_at_once_the_longest_expected_column_starts_first():
