@@ -25,6 +25,8 @@ THP_MODES = ("always", "madvise", "never")
 #: on the command line); nested lets guests run hypervisors (Linux 6.16+, FEAT_NV2 from an
 #: L0 QEMU 9.0+).
 KVM_MODES = ("vhe", "nvhe", "protected", "nested")
+#: nothing added to L1's command line: the kernel's own default (VHE where the CPU has it)
+DEFAULT_KVM_MODE = "vhe"
 #: qemu.tcg_threads: how TCG runs L1's vCPUs (configs/lab.yaml)
 TCG_THREADS = ("multi", "single")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
@@ -160,7 +162,7 @@ class LabConfig:
     updates: bool
     #: Restore L1 from a saved ready state (made by the first such `up`) instead of booting.
     snapshot: bool = False
-    kvm_mode: str = "vhe"
+    kvm_mode: str = DEFAULT_KVM_MODE
     #: 1 GiB huge pages L1 reserves at boot, in memory QEMU adds to `memory_mib`
     hugepages_1g: int = 0
     #: MiB of device memory in L1: an ivshmem-plain PCI device's BAR (0: none)

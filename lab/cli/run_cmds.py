@@ -161,12 +161,15 @@ def report_command(progress: Progress, results_dirs, json_file, junit_file, html
 @click.option("--trace", is_flag=True, help="With --selftests: record and judge stage-2 faults, as selftests --trace.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 16),
               help="Labs at a time (default: 2, or one per 2 host CPUs beyond 4, as CPUs and memory allow).")
+@click.option("--snapshot/--no-snapshot", default=None,
+              help="Restore each kernel's lab from its snapshot (the first matrix saves it). Default: on for "
+                   "Debian kernels in the default KVM mode, else as the config's lab.snapshot.")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Lab config for every kernel's lab.")
 @click.option("--results", type=click.Path(file_okay=False), help="Where to keep results (default ./kvmlab-results).")
 @output_options
 @click.pass_obj
 def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_mode_list, shard, selftests, trace,
-           jobs, config, results, json_file, junit_file, html_dir, markdown_file) -> None:
+           jobs, snapshot, config, results, json_file, junit_file, html_dir, markdown_file) -> None:
     """Run a suite (default: thp) on several kernels; show the mappings side by side.
 
     \b
@@ -208,6 +211,7 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
         # nested mode, as `kvmlab test nested` does; a kernel that cannot is a skipped column.
         modes = ["nested"]
     columns = mx.plan(kernels, lambda kernel, lab_name: lab_config(config, kernel=kernel, name=lab_name), modes)
+    mx.choose_snapshots(columns, snapshot)
     if not jobs:
         from lab.orchestrate import pool
 

@@ -125,11 +125,12 @@ class Lab:
                 self.progress.note(f"lab {self.name!r}: {cleaned}")
             if self.is_up():
                 raise self._already_up()
-            launch = self._pre_launch(config, binary, kernel, rootfs)
+            tools = builder.tools()
+            launch = self._pre_launch(config, binary, kernel, rootfs, tools)
             if not launch.restoring:
                 # L1 starts its scenario runner as soon as it is ready (a snapshot has it already)
-                launch.tools = builder.tools()
-                l1runner.start_early(self.paths.share, launch.tools)
+                launch.tools = tools
+                l1runner.start_early(self.paths.share, tools)
             l0 = L0Process(launch.command, self.paths.qemu_log)
             try:
                 ready = self._launch(l0, config, binary, launch)
@@ -142,7 +143,8 @@ class Lab:
             self._brought_up = True
             return ready
 
-    def _pre_launch(self, config: LabConfig, binary: str, kernel: KernelImage, rootfs: Rootfs) -> _Launch:
+    def _pre_launch(self, config: LabConfig, binary: str, kernel: KernelImage, rootfs: Rootfs,
+                    tools: Tools) -> _Launch:
         """A fresh private directory, the initrd, the L0 command line, the snapshot if any."""
         if os.path.lexists(self.paths.dir):
             private_dir(self.paths.dir)  # ours, a real directory: only then is it emptied
@@ -159,7 +161,7 @@ class Lab:
         snap = None
         if config.snapshot:
             key, inputs = snapshots.key_for(command, self.paths.dir, self.name, kernel.manifest.get("key", ""),
-                                            rootfs.manifest["key"], binary)
+                                            rootfs.manifest["key"], tools.key, binary)
             snap = snapshots.lookup(key, inputs)
         restoring = snap is not None and snap.exists()
         if restoring:

@@ -82,9 +82,12 @@ def qemu_identity(binary: str) -> dict[str, Any]:
     return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": qemu_version(binary)}
 
 
-def key_for(command: list[str], lab_dir: Path, name: str, kernel_key: str, rootfs_key: str,
+def key_for(command: list[str], lab_dir: Path, name: str, kernel_key: str, rootfs_key: str, tools_key: str,
             binary: str) -> tuple[str, dict[str, Any]]:
-    inputs = {"format": FORMAT, "kernel": kernel_key, "rootfs": rootfs_key, "qemu": qemu_identity(binary),
+    # The tools too: a snapshot holds L1's scenario runner, started from them; restored
+    # with other tools, its first scenario waited 4-5 s for the runner's restart (measured).
+    inputs = {"format": FORMAT, "kernel": kernel_key, "rootfs": rootfs_key, "tools": tools_key,
+              "qemu": qemu_identity(binary),
               "command": machine_command(command[1:], lab_dir, name)}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return digest[:24], inputs

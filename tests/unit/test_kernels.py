@@ -259,3 +259,26 @@ def test_a_matrix_runs_two_labs_at_once_by_default_and_one_per_2_cpus_on_big_hos
     from lab.orchestrate.matrix import default_jobs
 
     assert default_jobs(columns, cpus) == jobs  # before the host's CPUs and memory cap it
+
+
+def test_a_matrix_restores_debian_kernels_from_snapshots_unless_told(tmp_path):
+    from lab.config import load_config
+    from lab.orchestrate import matrix as mx
+
+    image = tmp_path / "Image"
+    image.write_bytes(b"\0" * 0x38 + b"ARM\x64" + b"\0" * 4)
+
+    def columns(*kernels, modes=None):
+        return mx.plan(list(kernels), lambda k, name: load_config(None, {"lab.kernel": k, "lab.name": name}), modes)
+
+    plain = columns("bullseye", "6.1.0-50", str(image))
+    mx.choose_snapshots(plain, None)
+    assert [c.config.snapshot for c in plain] == [True, True, False]  # a user's Image boots
+    moded = columns("trixie", modes=["vhe", "nested"])
+    mx.choose_snapshots(moded, None)
+    assert [c.config.snapshot for c in moded] == [True, False]
+    told = columns("bullseye", str(image))
+    mx.choose_snapshots(told, False)
+    assert [c.config.snapshot for c in told] == [False, False]
+    mx.choose_snapshots(told, True)
+    assert [c.config.snapshot for c in told] == [True, True]
