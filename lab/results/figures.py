@@ -1,6 +1,7 @@
 """PNG pictures of one scenario's stage-2 faults (matplotlib, no display needed).
 
-- fault_map: the touched IPA space as a grid of 2 MiB regions, one cell each, coloured by
+- fault_map: the touched IPA space as a grid of block-sized regions (2 MiB with 4 KiB pages,
+  32 MiB with 16 KiB, as the results' regions say), one cell each, coloured by
   how stage 2 mapped it (block, pages, split, ...), each cell with its fault count, rows
   labelled with their first IPA;
 - kinds_histogram: how many faults of each kind (translation, access flag, permission) at
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from lab.shared.files import replacing
+from lab.shared.units import human_size
 
-#: Mapping -> (colour, legend text). The order is the legend's.
+#: Mapping -> (colour, legend text, for 4 KiB pages: see legend()). The order is the legend's.
 COLOURS = {
     "block": ("#2e7d32", "2 MiB block"),
     "block-1g": ("#1b5e20", "inside a 1 GiB block"),
@@ -45,8 +47,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def legend(region_size: int) -> dict[str, str]:
+    """COLOURS' legend texts for regions of `region_size` (a level-2 block: 2 MiB with
+    4 KiB pages, 32 MiB with 16 KiB, 512 MiB with 64 KiB; the page is the square root of
+    eight blocks, a table of 8-byte entries filling one page)."""
+    page = math.isqrt(region_size * 8)
+    texts = {m: text for m, (_, text) in COLOURS.items()}
+    texts["block"] = f"{human_size(region_size)} block"
+    texts["page"] = f"{human_size(page)} pages"
+    return texts
+
+
 def fault_map(regions: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """One cell per 2 MiB region, `COLUMNS` to a row; colour = mapping, text = faults."""
+    """One cell per region, `COLUMNS` to a row; colour = mapping, text = faults."""
     plt = _pyplot()
     from matplotlib.patches import Patch, Rectangle
 
@@ -74,11 +87,14 @@ def fault_map(regions: list[dict[str, Any]], path: Path, title: str = "") -> Pat
         ax.spines[side].set_visible(False)
     ax.tick_params(left=False)
     counts = Counter(r["mapping"] for r in regions)
-    handles = [Patch(color=c, label=f"{label} ({counts[m]})") for m, (c, label) in COLOURS.items() if counts[m]]
+    size = (regions[0].get("size") if regions else None) or 2 << 20  # older results have no size
+    texts = legend(size)
+    handles = [Patch(color=c, label=f"{texts[m]} ({counts[m]})") for m, (c, _) in COLOURS.items() if counts[m]]
     if handles:
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(4, len(handles)),
                   fontsize=7, frameon=False)
-    ax.set_title(title or f"{len(regions)} regions of 2 MiB (IPA), faults per region", fontsize=9, loc="left")
+    ax.set_title(title or f"{len(regions)} regions of {human_size(size)} (IPA), faults per region", fontsize=9,
+                 loc="left")
     fig.tight_layout()
     try:
         return _save(fig, path)

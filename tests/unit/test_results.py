@@ -146,6 +146,12 @@ def test_fault_map_colours_each_region(tmp_path):
     assert 0.1 < _non_white(path) < 0.9
 
 
+def test_fault_map_legend_follows_the_granule():
+    # 16 KiB pages: the regions are 32 MiB level-2 blocks, and pages are 16 KiB
+    assert figures.legend(32 << 20)["block"] == "32 MiB block" and figures.legend(32 << 20)["page"] == "16 KiB pages"
+    assert figures.legend(2 << 20)["block"] == "2 MiB block" and figures.legend(2 << 20)["page"] == "4 KiB pages"
+
+
 def test_kinds_histogram(tmp_path):
     regions = [{"kinds": {"translation L2": 16, "permission L2": 16}}, {"kinds": {"translation L3": 8176}}]
     assert figures.kinds(regions) == {"translation L2": 16, "permission L2": 16, "translation L3": 8176}
