@@ -15,7 +15,6 @@ binaries reach L1 through the share once per build, into L1's RAM.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -215,10 +214,11 @@ class SelftestRunner:
         if l1.runner_died:
             out.reasons = [staging.runner_died_reason(l1.output)]
             return self._finish(out, artefacts, started, {})
-        try:
-            result = json.loads((artefacts / "result.json").read_text())
-        except (OSError, ValueError):
-            out.reasons = [f"L1 left no result: {l1.output.strip()[-300:]}"]
+        left = artefacts / "result.json"
+        no_result = f"L1 left no result: {l1.output.strip()[-300:]}"
+        result, bad = staging.l1_json(left) if left.is_file() else (None, no_result)
+        if result is None:
+            out.reasons = [str(bad)]
             return self._finish(out, artefacts, started, {})
         if result.get("error"):
             out.reasons = [f"L1's runner failed: {result['error']}"]
