@@ -53,12 +53,39 @@ class FakeRunner:
                 return
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
+                if line == STOP:
+                    return
                 self.lines.append(line.decode())
                 reply = self.answer(self, line.decode())
                 if reply:
                     fd = os.open(self.dir / "agent.done", os.O_WRONLY | os.O_NONBLOCK)
                     os.write(fd, reply.encode())
                     os.close(fd)
+
+
+    def stop(self) -> None:
+        """Ends serve() (the FIFO never reads EOF: this side holds it open) and closes it."""
+        os.write(self.fd, STOP + b"\n")
+        self.thread.join(10)
+        os.close(self.fd)
+
+
+#: The line that ends a FakeRunner's thread (no real request looks like it).
+STOP = b"fake-runner-stop"
+
+
+@pytest.fixture
+def fake_runner():
+    """FakeRunner(root, pid, answer), each stopped when the test ends."""
+    made: list[FakeRunner] = []
+
+    def make(root: Path, pid: int, answer) -> FakeRunner:
+        made.append(FakeRunner(root, pid, answer))
+        return made[-1]
+
+    yield make
+    for runner in made:
+        runner.stop()
 
 
 def source_job(root: Path, token: str, timeout: int = 0, script: str = "U0NSSVBU") -> subprocess.CompletedProcess:
@@ -77,24 +104,24 @@ def source_job(root: Path, token: str, timeout: int = 0, script: str = "U0NSSVBU
     return subprocess.run([*busybox(), "sh", "-c", line], capture_output=True, env=env, timeout=60)
 
 
-def test_a_job_is_framed_and_answered_and_an_earlier_jobs_line_is_skipped(tmp_path):
+def test_a_job_is_framed_and_answered_and_an_earlier_jobs_line_is_skipped(tmp_path, fake_runner):
     def answer(runner, line):
         token = line.split()[1]
         (runner.dir / f"{token}.out").write_text("what the scenario said\n")
         return f"earlier 7\n{token} 3\n"
 
-    runner = FakeRunner(tmp_path, os.getpid(), answer)
+    runner = fake_runner(tmp_path, os.getpid(), answer)
     done = source_job(tmp_path, "tok1")
     assert done.stdout.decode() == "\x1eB tok1\nwhat the scenario said\n\x1eE tok1 3\nafter=0\n", done.stderr
     assert runner.lines == ["run tok1 /mnt/share/.kvmlab/runs/x/job.json agent.done"]
     assert (tmp_path / "share/status-tok1").read_text() == "3\n"
 
 
-def test_the_hosts_cancel_asks_the_runner_and_the_status_is_124(tmp_path):
+def test_the_hosts_cancel_asks_the_runner_and_the_status_is_124(tmp_path, fake_runner):
     def answer(runner, line):
         return f"{line.split()[1]} 143\n" if line.startswith("cancel ") else ""
 
-    runner = FakeRunner(tmp_path, os.getpid(), answer)
+    runner = fake_runner(tmp_path, os.getpid(), answer)
     (tmp_path / "share").mkdir()
     (tmp_path / "share/cancel-tok2").touch()
     done = source_job(tmp_path, "tok2")
@@ -102,7 +129,7 @@ def test_the_hosts_cancel_asks_the_runner_and_the_status_is_124(tmp_path):
     assert runner.lines == ["run tok2 /mnt/share/.kvmlab/runs/x/job.json agent.done", "cancel tok2"]
 
 
-def test_a_runner_that_dies_during_the_job_is_status_125_with_the_reason(tmp_path):
+def test_a_runner_that_dies_during_the_job_is_status_125_with_the_reason(tmp_path, fake_runner):
     doomed = subprocess.Popen(["sleep", "60"])
 
     def answer(runner, line):
@@ -110,17 +137,17 @@ def test_a_runner_that_dies_during_the_job_is_status_125_with_the_reason(tmp_pat
         doomed.wait()
         return ""
 
-    FakeRunner(tmp_path, doomed.pid, answer)
+    fake_runner(tmp_path, doomed.pid, answer)
     done = source_job(tmp_path, "tok3")
     out = done.stdout.decode()
     assert out.endswith("\x1eE tok3 125\nafter=0\n"), out
     assert f"L1's scenario runner (pid {doomed.pid}) died during this scenario" in out
 
 
-def test_without_a_ready_runner_the_job_goes_through_kvmlab_run(tmp_path):
+def test_without_a_ready_runner_the_job_goes_through_kvmlab_run(tmp_path, fake_runner):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    FakeRunner(tmp_path, os.getpid(), lambda runner, line: "")
+    fake_runner(tmp_path, os.getpid(), lambda runner, line: "")
     (tmp_path / "runner/pid").write_text(f"{gone.pid} {KEY} 1\n")  # dead: /kvmlab/run starts a runner
     done = source_job(tmp_path, "tok4", 30, "QkFTRTY0")
     assert done.stdout.decode() == "fallback tok4 30 QkFTRTY0\nafter=0\n"
@@ -128,10 +155,10 @@ def test_without_a_ready_runner_the_job_goes_through_kvmlab_run(tmp_path):
     assert source_job(tmp_path, "tok5").stdout.decode().startswith("fallback tok5 ")
 
 
-def test_a_status_missed_on_the_fifo_is_read_from_the_rc_file(tmp_path):
+def test_a_status_missed_on_the_fifo_is_read_from_the_rc_file(tmp_path, fake_runner):
     def answer(runner, line):
         (runner.dir / f"{line.split()[1]}.rc").write_text("5\n")  # and nothing on the FIFO
         return ""
 
-    FakeRunner(tmp_path, os.getpid(), answer)
+    fake_runner(tmp_path, os.getpid(), answer)
     assert source_job(tmp_path, "tok6").stdout.decode() == "\x1eB tok6\n\x1eE tok6 5\nafter=0\n"
