@@ -1,11 +1,13 @@
 """`kvmlab matrix`: one suite on several kernels, side by side.
 
-Each kernel gets its own lab (named matrix-LABEL), brought up, run and brought down;
-up to `jobs` at a time. Images are prepared first, one after another, so builds do not
-race and their progress stays readable. The table has a row per scenario and a column per
-kernel; a cell is the observed mapping without its fault counts (its "signature"), and a
-row whose signatures differ is marked (≠); a row some kernel did not measure (a skip, an
-error, its lab died) is marked apart (?), its other kernels still compared. Everything lands in one results directory:
+Each kernel gets its own lab (named matrix-LABEL; matrix2-LABEL... when those are in use),
+brought up (a Debian kernel's restored from its snapshot), run and brought down; up to
+`jobs` at a time. Images are prepared first, one after another, so builds do not race and
+their progress stays readable. The table has a row per scenario and a column per kernel; a
+cell is the observed mapping without its fault counts (its "signature"), and a row whose
+signatures differ is marked (≠); a row some kernel did not measure (a skip, an error, its
+lab died) is marked apart (?), its other kernels still compared. Everything lands in one
+results directory:
 
     RESULTS/matrix.json      kernels, and per scenario each kernel's status, observed, signature
     RESULTS/LABEL/           that kernel's suite results (summary.json, per-scenario artefacts)

@@ -49,8 +49,8 @@ def _save(fig, path: Path) -> Path:
 
 def legend(region_size: int) -> dict[str, str]:
     """COLOURS' legend texts for regions of `region_size` (a level-2 block: 2 MiB with
-    4 KiB pages, 32 MiB with 16 KiB, 512 MiB with 64 KiB; the page is the square root of
-    eight blocks, a table of 8-byte entries filling one page)."""
+    4 KiB pages, 32 MiB with 16 KiB, 512 MiB with 64 KiB: a page holds page / 8 entries,
+    so block = page * page / 8, and page = sqrt(8 * block))."""
     page = math.isqrt(region_size * 8)
     texts = {m: text for m, (_, text) in COLOURS.items()}
     texts["block"] = f"{human_size(region_size)} block"
