@@ -31,6 +31,10 @@ from lab.shared import contract, stage2
 from lab.shared.files import replacing
 
 L2_INIT = L2_IMAGE_DIR / "init"
+#: Seconds the probe VMM's own wait runs past the longest L1's runner gives it (the timeout
+#: stretched): the runner's kill decides, rather than racing the probe's own end (and its
+#: report, written as it ends) at the same instant.
+PROBE_BACKSTOP = 5
 L2_APPLETS = ("sh", "mount", "echo", "cut", "cat", "dd", "poweroff", "sync", "rm", "sleep", "head", "sha256sum")
 
 
@@ -66,9 +70,9 @@ def make_probe_job(scenario: Scenario, run_guest: str) -> contract.ProbeJob:
         vcpus=scenario.guest.vcpus, code_ipa=PROBE_CODE_IPA, uart=UART, el2=el2,
         payload=f"{run_guest}/{'gh.bin' if el2 else 'touch.bin'}", report=f"{run_guest}/probe.json",
         memslots=list(scenario.memslots),
-        # The probe's own wait is the longest L1 may give a guest that still moves; the
-        # scenario's timeout proper is L1's runner's (l1.scenario.wait_vmm)
-        actions=scenario.actions, timeout=scenario.timeout * contract.TIMEOUT_STRETCH,
+        # The probe's own wait is a backstop past the longest L1 may give a guest that still
+        # moves; the scenario's timeout proper is L1's runner's (l1.scenario.wait_vmm)
+        actions=scenario.actions, timeout=scenario.timeout * contract.TIMEOUT_STRETCH + PROBE_BACKSTOP,
         eager_split=scenario.eager_split, folios=bool(scenario.folios))
 
 

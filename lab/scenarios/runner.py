@@ -173,11 +173,9 @@ class Runner:
         run: dict[str, Any] = {"artefacts": artefacts, "log": l1.log, "mark": l1.mark, "status": l1.status,
                                "output": l1.output, "l1_seconds": l1.seconds, "result": None, "probe": None,
                                "trace": None, "refused": l1.refused, "runner_died": l1.runner_died}
-        for key, file in (("result", "result.json"), ("probe", "probe.json")):
-            if (artefacts / file).exists():
-                run[key], problem = staging.l1_json(artefacts / file)
-                if problem:
-                    run["json_error"] = problem
+        run["result"], run["probe"], problem = staging.l1_reports(artefacts)
+        if problem:
+            run["json_error"] = problem
         if run["result"] and "trace" in run["result"]:
             try:
                 run["trace"] = tracefile.load(artefacts, run["result"]["trace"])

@@ -93,6 +93,25 @@ def run_in_l1(lab: Lab, tools: Tools, where: RunDir, artefacts: Path, timeout: f
     return L1Run(artefacts, log, mark, status, output, seconds, taken.refused, error)
 
 
+def l1_reports(artefacts: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+    """result.json (L1's runner's) and probe.json (the VMM's) as L1 left them, and the
+    first problem with them. The VMM writes its report in place as it ends: when L1's
+    runner killed it (the timeout, or a kill the scenario asks for) the kill can land in
+    that write, so a probe.json cut short then is no report, not a problem (CI,
+    2026-12-04: a VMM at the end of its stretched timeout ended and was killed at once)."""
+    found: dict[str, dict[str, Any] | None] = {"result.json": None, "probe.json": None}
+    problems: dict[str, str] = {}
+    for name in found:
+        if (artefacts / name).exists():
+            found[name], problem = l1_json(artefacts / name)
+            if problem:
+                problems[name] = problem
+    vmm = (found["result.json"] or {}).get("vmm")
+    if "probe.json" in problems and isinstance(vmm, dict) and ("timeout" in vmm or "killed" in vmm):
+        del problems["probe.json"]
+    return found["result.json"], found["probe.json"], next(iter(problems.values()), None)
+
+
 def l1_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """A JSON object L1 left (untrusted: it may be cut short or anything else), or why not."""
     try:

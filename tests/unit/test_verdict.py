@@ -284,3 +284,23 @@ def test_a_result_l1_left_unreadable_is_an_error_with_the_reason(tmp_path, conte
     assert data is None and problem is not None and words in problem
     (tmp_path / "result.json").write_text('{"seconds": 1.5}')
     assert l1_json(tmp_path / "result.json") == ({"seconds": 1.5}, None)
+
+
+@pytest.mark.parametrize("vmm, expected", [
+    ({"timeout": "still running after 12 s (...), killed with SIGKILL", "signal": 9}, None),
+    ({"killed": "SIGKILL 1.50 s after its first stage-2 fault", "signal": 9}, None),
+    ({"exit_code": 0}, "probe.json that is not JSON"),  # it ended by itself: a report cut short is an error
+])
+def test_a_probe_report_cut_short_by_the_runners_kill_is_no_report(tmp_path, vmm, expected):
+    # The VMM writes probe.json in place as it ends; L1's runner may kill it in that write
+    # (its timeout reached just as the probe gave up too): then there is no report, not a
+    # broken one, and the scenario's reason stays the timeout or the kill.
+    from lab.scenarios.staging import l1_reports
+
+    (tmp_path / "result.json").write_text(json.dumps({"vmm": vmm}))
+    (tmp_path / "probe.json").write_bytes(b"")
+    result, probe, problem = l1_reports(tmp_path)
+    assert result == {"vmm": vmm} and probe is None
+    assert (problem is None) if expected is None else (expected in problem)
+    (tmp_path / "result.json").write_bytes(b'{"vmm":')  # the runner's own report is never excused
+    assert "result.json that is not JSON" in l1_reports(tmp_path)[2]
