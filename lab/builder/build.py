@@ -270,35 +270,41 @@ class Builder:
         }
 
     def _pack_modules(self, modules_root: Path, work: Path) -> dict[str, Any]:
-        """work/modules.cpio (the required modules) and work/late/ (the optional ones)."""
+        """work/modules.cpio (what the initramfs loads) and work/late/ (the optional modules)."""
         tree = ModuleTree(modules_root)
         wanted = self.recipe["modules"]
-        required = tree.load_order(wanted["required"])
-        modules = tree.load_order(wanted["required"], wanted["optional"])
-        # Required modules go into modules.cpio, loaded by the initramfs before L1's root is
-        # mounted; `order` has one line per dependency depth, whose modules load in
-        # parallel. The others go to late/, copied into the lab's share at `up` and loaded
-        # by L1 once it is ready.
+        root = tree.load_order(wanted["root"])
+        share = [m for m in tree.load_order(wanted["share"]) if m not in root]
+        if any(d in {m.name for m in root} for m in share for d in m.depends):
+            root, share = root + share, []  # the share's modules need the root's: one chain
+        modules = tree.load_order(wanted["root"] + wanted["share"], wanted["optional"])
+        # The initramfs loads two chains at once: `root` (what mounts L1's root) and
+        # `share` (9p), each file one line per dependency depth whose modules load in
+        # parallel. The optional modules go to late/, copied into the lab's share at `up`
+        # and loaded by L1 once it is ready.
         writer = CpioWriter()
         late = work / "late"
         late.mkdir()
-        levels: dict[int, list[str]] = {}
+        chains: dict[str, dict[int, list[str]]] = {"root": {}, "share": {}}
         late_names: list[str] = []
         depth: dict[str, int] = {}
         for i, module in enumerate(modules):  # dependencies come first in `modules`
             depth[module.name] = 1 + max((depth.get(d, 0) for d in module.depends), default=0)
             name = f"{i:02d}-{module.name}.ko"
-            if module in required:
+            chain = "root" if module in root else "share" if module in share else None
+            if chain:
                 writer.add_bytes(f"lib/modules/kvmlab/{name}", decompress(module.path))
-                levels.setdefault(depth[module.name], []).append(name)
+                chains[chain].setdefault(depth[module.name], []).append(name)
             else:
                 (late / name).write_bytes(decompress(module.path))
                 late_names.append(name)
-        writer.add_bytes("lib/modules/kvmlab/order",
-                         "".join(" ".join(levels[d]) + "\n" for d in sorted(levels)).encode())
+        for chain, levels in chains.items():
+            writer.add_bytes(f"lib/modules/kvmlab/{chain}",
+                             "".join(" ".join(levels[d]) + "\n" for d in sorted(levels)).encode())
         (late / "order").write_text("".join(n + "\n" for n in late_names))
         (work / "modules.cpio").write_bytes(writer.getvalue())
-        return {"modules": [m.name for m in modules], "modules_late": [m.name for m in modules if m not in required]}
+        early = root + share
+        return {"modules": [m.name for m in modules], "modules_late": [m.name for m in modules if m not in early]}
 
     # -- tools (what runs in L1, and the L2 payloads) ------------------------------------
     def tools_inputs(self) -> dict[str, Any]:

@@ -74,9 +74,11 @@ class CpioWriter:
         return b"".join(self._parts + trailer._parts)
 
 
-def read_names(data: bytes) -> list[str]:
-    """Names of the entries in a newc archive (used by tests and `images list`)."""
-    names, pos = [], 0
+def read_entries(data: bytes) -> dict[str, bytes]:
+    """The entries of a newc archive (or of concatenated ones), name -> contents; a later
+    entry of a name wins, as in the kernel's unpacking."""
+    entries: dict[str, bytes] = {}
+    pos = 0
     while pos < len(data):
         if data[pos:pos + 6] != b"070701":
             # Concatenated archives may be padded with zeros between them.
@@ -89,8 +91,15 @@ def read_names(data: bytes) -> list[str]:
         name = data[pos + 110: pos + 110 + namesize - 1].decode()
         pos += 110 + namesize
         pos += -pos % 4
+        body = data[pos:pos + filesize]
         pos += filesize
         pos += -pos % 4
         if name != _TRAILER:
-            names.append(name)
-    return names
+            entries.pop(name, None)
+            entries[name] = body
+    return entries
+
+
+def read_names(data: bytes) -> list[str]:
+    """Names of the entries in a newc archive (used by tests and `images list`)."""
+    return list(read_entries(data))

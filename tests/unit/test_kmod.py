@@ -75,3 +75,51 @@ def test_missing_required_module_names_the_chain(tree):
 
 def test_missing_optional_module_is_left_out(tree):
     assert [m.name for m in tree.load_order(["netfs"], ["virtio_rng"])] == ["netfs"]
+
+
+def pack(tmp_path, modules: dict[str, str], recipe: dict):
+    """Builder._pack_modules on a hand-made tree: (the initramfs's entries, late/'s order)."""
+    from types import SimpleNamespace
+
+    from lab.builder.build import Builder
+    from lab.builder.cpio import read_entries
+
+    root = tmp_path / "lib/modules/6.12.0-test"
+    for name, deps in modules.items():
+        path = root / f"kernel/{name}.ko"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(elf_module(name, deps))
+    (root / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    Builder._pack_modules(SimpleNamespace(recipe={"modules": recipe}), root, work)
+    return read_entries((work / "modules.cpio").read_bytes()), (work / "late/order").read_text().split()
+
+
+DEBIAN_6_12 = {"virtio_blk": "", "squashfs": "", "netfs": "", "9pnet": "netfs", "9pnet_virtio": "9pnet",
+               "9p": "9pnet,netfs", "gpio_keys": ""}
+RECIPE = {"root": ["virtio_pci", "virtio_blk", "squashfs"], "share": ["9pnet_virtio", "9p"], "optional": ["gpio_keys"]}
+
+
+def chain(entries: dict[str, bytes], name: str) -> list[list[str]]:
+    """A chain file's lines, module names without the index and .ko."""
+    lines = entries[f"lib/modules/kvmlab/{name}"].decode().splitlines()
+    return [[n.split("-", 1)[1][:-3] for n in line.split()] for line in lines]
+
+
+def test_the_initramfs_loads_the_root_and_share_chains_by_depth(tmp_path):
+    entries, late = pack(tmp_path, DEBIAN_6_12, RECIPE)
+    assert chain(entries, "root") == [["virtio_blk", "squashfs"]]
+    assert chain(entries, "share") == [["netfs"], ["9pnet"], ["9pnet_virtio", "9p"]]
+    named = {n.rsplit("/", 1)[1] for n in entries if n.endswith(".ko")}
+    assert {n.split("-", 1)[1][:-3] for n in named} == set(DEBIAN_6_12) - {"gpio_keys"}
+    for line in chain(entries, "root") + chain(entries, "share"):  # every name in a chain is a file
+        assert all(any(n.endswith(f"-{m}.ko") for n in named) for m in line)
+    assert [n.split("-", 1)[1] for n in late] == ["gpio_keys.ko"]
+
+
+def test_a_share_module_that_needs_a_root_module_makes_one_chain(tmp_path):
+    modules = dict(DEBIAN_6_12, **{"9pnet": "netfs,squashfs"})  # (not so in any kernel)
+    entries, _ = pack(tmp_path, modules, RECIPE)
+    assert chain(entries, "root") == [["virtio_blk", "squashfs", "netfs"], ["9pnet"], ["9pnet_virtio", "9p"]]
+    assert chain(entries, "share") == []
