@@ -7,6 +7,7 @@ own status); 2 bad input (a config key, a value, a path); 130 interrupted.
 from __future__ import annotations
 
 import errno
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -44,7 +45,28 @@ def symlink_loop(exc: BaseException) -> str | None:
     return None
 
 
+#: The module (lab/cli/NAME.py) that registers each command. A command's module is imported
+#: only when that command runs (or when --help lists them all): `kvmlab up` does not pay
+#: for the image builder's imports, nor `kvmlab exec` for the scenarios'.
+COMMANDS = {
+    "up": "lab_cmds", "down": "lab_cmds", "status": "lab_cmds", "exec": "lab_cmds", "console": "lab_cmds",
+    "qmp": "lab_cmds", "cp": "lab_cmds",
+    "test": "run_cmds", "report": "run_cmds", "matrix": "run_cmds", "trace": "run_cmds",
+    "images": "image_cmds", "kernel": "kernel_cmds", "bisect": "kernel_cmds", "selftests": "selftests_cmds",
+}
+
+
 class Kvmlab(click.Group):
+    def get_command(self, ctx, cmd_name):
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            importlib.import_module(f"lab.cli.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        for module in sorted(set(COMMANDS.values())):
+            importlib.import_module(f"lab.cli.{module}")
+        return super().list_commands(ctx)
+
     def invoke(self, ctx):
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGHUP, _terminate)
