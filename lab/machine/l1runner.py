@@ -85,11 +85,14 @@ EARLY_START = "runner-start"
 
 
 def start_early(share: Path, tools: Tools) -> None:
-    """Before L1 boots: the tools into the share, and the command L1 runs once it is ready
+    """While L1 boots: the tools into the share, and the command L1 runs once it is ready
     to start its runner in the background (python's start and the imports took 2.4-4.2 s
     of the first scenario under TCG)."""
     sync_tools(share, tools)
-    (share / ".kvmlab" / EARLY_START).write_text(command(tools, "-") + "\n")
+    start = share / ".kvmlab" / EARLY_START
+    partial = start.with_name(start.name + ".partial")
+    partial.write_text(command(tools, "-") + "\n")
+    partial.rename(start)
 
 
 def start(paths: LabPaths, tools: Tools, timeout: float = 180) -> None:

@@ -55,6 +55,15 @@ class _Launch:
     tools: Tools | None = None
 
 
+def incoming_uri(vmstate: Path, binary: str) -> str:
+    """-incoming for a saved state: QEMU reads the file itself where it can (file:, QEMU
+    8.2 on; measured with QEMU 10 and a 155 MB state: running 0.19 s after the start
+    against 0.25-0.42 s through `cat`)."""
+    if (qemu.l0_version(qemu.qemu_version(binary)) or (0, 0)) >= (8, 2) and "," not in str(vmstate):
+        return f"file:{vmstate}"
+    return f"exec:cat {shlex.quote(str(vmstate))}"
+
+
 class Lab:
     def __init__(self, name: str = "default", progress: Progress | None = None):
         if not NAME_RE.match(name):
@@ -130,7 +139,6 @@ class Lab:
             if not launch.restoring:
                 # L1 starts its scenario runner as soon as it is ready (a snapshot has it already)
                 launch.tools = tools
-                l1runner.start_early(self.paths.share, tools)
             l0 = L0Process(launch.command, self.paths.qemu_log)
             try:
                 ready = self._launch(l0, config, binary, launch)
@@ -167,7 +175,7 @@ class Lab:
         if restoring:
             assert snap is not None
             # QEMU loads the saved state instead of booting; L1 runs on from where it was saved.
-            command = [*command, "-incoming", f"exec:cat {shlex.quote(str(snap.vmstate))}"]
+            command = [*command, "-incoming", incoming_uri(snap.vmstate, binary)]
         elif kernel.late_modules is not None and kernel.late_modules.is_dir():
             shutil.copytree(kernel.late_modules, self.paths.ready.parent / "modules")
         return _Launch(command, kernel, rootfs, snap, restoring)
@@ -181,6 +189,9 @@ class Lab:
                 f"Booting L1 ({kernel.label}, {config.cpus} CPUs, {config.memory_words}, THP {config.thp})")
         with self.progress.step(what) as step:
             pid = l0.start()
+            if launch.tools is not None:
+                # Wanted once L1 is ready (images/l1/rootfs/kvmlab/late): copied while it boots.
+                l1runner.start_early(self.paths.share, launch.tools)
             # Remembered per binary; the first time, asked while L1 boots.
             state.update(pid=pid, started_at=time.time(), qemu_version=qemu.qemu_version(binary))
             self.files.write(state)

@@ -135,3 +135,18 @@ def test_tcg_threads_single_runs_every_vcpu_in_one_host_thread():
     assert "-accel" not in command()[2]  # QEMU's own default: a thread per vCPU
     assert "-accel" not in command(**{"qemu.tcg_threads": "multi"})[2]
     assert value_after(command(**{"qemu.tcg_threads": "single"})[2], "-accel") == ["tcg,thread=single"]
+
+
+def test_a_snapshot_is_read_by_qemu_itself_from_8_2_and_through_cat_before(monkeypatch):
+    from lab.machine import lab as labmod
+
+    state = Path("/cache/snapshots/abc/vmstate")
+    for line, uri in (("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)", f"file:{state}"),
+                      ("QEMU emulator version 8.2.0", f"file:{state}"),
+                      ("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u16)", f"exec:cat {state}"),
+                      ("unknown", f"exec:cat {state}")):
+        monkeypatch.setattr(labmod.qemu, "qemu_version", lambda binary, line=line: line)
+        assert labmod.incoming_uri(state, "qemu-system-aarch64") == uri
+    # file: takes options after a comma: such a path goes through cat
+    odd = Path("/home/a,b/vmstate")
+    assert labmod.incoming_uri(odd, "qemu-system-aarch64") == "exec:cat /home/a,b/vmstate"
