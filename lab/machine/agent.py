@@ -24,10 +24,10 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
-import pexpect
-import pexpect.fdpexpect
+if TYPE_CHECKING:
+    import pexpect.fdpexpect
 
 from lab.core.errors import LabError
 from lab.machine import share
@@ -61,6 +61,9 @@ class Agent:
 
     @contextmanager
     def _connect(self) -> Iterator[pexpect.fdpexpect.fdspawn]:
+        # (imported here: `kvmlab up` reaches L1 through the share, and pexpect's import is 5 ms of it)
+        import pexpect.fdpexpect
+
         # The socket takes one client at a time: concurrent execs queue on this lock.
         with flock(self.paths.dir / "agent.lock"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -87,6 +90,8 @@ class Agent:
         takes it) instead, for a line that frames its output the same way
         (lab/machine/l1runner.py job_line).
         """
+        import pexpect
+
         script = command if isinstance(command, str) else shlex.join(command)
         token = secrets.token_hex(8)
         begin = RS + f"B {token}\n".encode()
@@ -174,6 +179,8 @@ class Agent:
 
     def _stream(self, child, end: re.Pattern[bytes], out: BinaryIO, status_file: Path,
                 limit: float | None = None) -> int:
+        import pexpect
+
         buf = child.buffer if isinstance(child.buffer, bytes) else b""
         child.buffer = b""
         deadline = None if limit is None else time.monotonic() + limit
