@@ -15,7 +15,7 @@ from lab.config import LabConfig
 from lab.core.errors import LabError, LaunchError
 from lab.core.progress import Progress
 from lab.machine import snapshot as snapshots
-from lab.machine.agent import Agent
+from lab.machine.agent import GUEST_SHARE, Agent
 from lab.machine.boot import ReadyInfo, private_sockets, wait_flags
 from lab.machine.logs import detail, read_from, size_of
 from lab.machine.qemu import L0Process, LabPaths
@@ -109,9 +109,12 @@ def resume(paths: LabPaths) -> float:
     command = f"/kvmlab/snapshot resume {time.time_ns()} {secrets.token_hex(64)}"
 
     def direct(token: str, seconds: int, script: str) -> str:
-        # Typed straight into the agent's shell, framed as /kvmlab/run frames it: run
-        # through /kvmlab/run (its decoding, session and watchdog) it took 40-55 ms more.
-        return f"printf '\\036B %s\\n' {token}; {command} </dev/null 2>&1; printf '\\036E %s %d\\n' {token} $?"
+        # Typed straight into the agent's shell, framed as /kvmlab/run frames it, its status
+        # left in the share as /kvmlab/run leaves it (the host's fallback should the end
+        # marker be lost): through /kvmlab/run (its decoding, session and watchdog) it took
+        # 40-55 ms more.
+        return (f"printf '\\036B %s\\n' {token}; {command} </dev/null 2>&1; rc=$?; "
+                f"echo $rc 2>/dev/null > {GUEST_SHARE}/.kvmlab/status-{token}; printf '\\036E %s %d\\n' {token} $rc")
 
     status, output = Agent(paths).run_capture(command, timeout=30, via=direct)
     if status != 0:
