@@ -84,11 +84,15 @@ class ModuleTree:
         self.builtin: set[str] = set()
         if builtin.exists():
             self.builtin = {module_name(line.rsplit("/", 1)[-1]) for line in builtin.read_text().split()}
+        #: each module's .modinfo read once (a decompression each), whatever asks how often
+        self._modules: dict[str, Module] = {}
 
     def module(self, name: str) -> Module:
-        path = self.files[name]
-        depends = modinfo(decompress(path)).get("depends", [""])[0]
-        return Module(name, path, tuple(d.replace("-", "_") for d in depends.split(",") if d))
+        if name not in self._modules:
+            path = self.files[name]
+            depends = modinfo(decompress(path)).get("depends", [""])[0]
+            self._modules[name] = Module(name, path, tuple(d.replace("-", "_") for d in depends.split(",") if d))
+        return self._modules[name]
 
     def load_order(self, wanted: list[str], optional: list[str] | tuple[str, ...] = ()) -> list[Module]:
         """Modules to insmod, dependencies first; built-in ones are skipped.

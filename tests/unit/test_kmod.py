@@ -123,3 +123,17 @@ def test_a_share_module_that_needs_a_root_module_makes_one_chain(tmp_path):
     entries, _ = pack(tmp_path, modules, RECIPE)
     assert chain(entries, "root") == [["virtio_blk", "squashfs", "netfs"], ["9pnet"], ["9pnet_virtio", "9p"]]
     assert chain(entries, "share") == []
+
+
+def test_each_modules_modinfo_is_read_once(tree, monkeypatch):
+    # the initramfs's two chains and the whole list all ask for 9pnet and netfs: each is
+    # decompressed once, not once per question
+    import lab.builder.kmod as kmod
+
+    read = []
+    real = kmod.decompress
+    monkeypatch.setattr(kmod, "decompress", lambda path: read.append(path.name) or real(path))
+    tree.load_order(["9p"])
+    tree.load_order(["9pnet_virtio"])
+    tree.load_order(["9p", "9pnet_virtio"], ["gpio_keys"])
+    assert sorted(read) == ["9p.ko.xz", "9pnet.ko.xz", "9pnet_virtio.ko.xz", "gpio-keys.ko", "netfs.ko.xz"]
