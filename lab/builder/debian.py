@@ -8,6 +8,7 @@ files out. No mirror is named here: mmdebstrap's default is used unless the conf
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 import shutil
@@ -61,6 +62,14 @@ def require_tool(name: str, package: str) -> str:
     if path is None:
         raise UserError(f"{name} is not installed; run scripts/setup (or apt-get install {package})")
     return path
+
+
+@functools.cache
+def version_line(program: str) -> str:
+    """`program --version`'s first line ("" if it says nothing): a cache key's input, asked
+    once per process (an image listing or a suite reads the keys of every kind)."""
+    out = subprocess.run([program, "--version"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0] if out else ""
 
 
 def _host_apt_options() -> list[str]:

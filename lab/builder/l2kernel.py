@@ -16,11 +16,11 @@ machine; with ccache warm, a fraction of that.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from lab.builder import debian
 from lab.core.paths import CONFIGS_DIR
 from lab.core.progress import Progress
 from lab.kernels import source as kernel_build
@@ -33,8 +33,7 @@ FRAGMENT = CONFIGS_DIR / "kernel" / "l2.config"
 def compiler() -> str:
     """The cross compiler's version line (a key input); one clear line if it is missing."""
     kernel_build.check_tools("building the L2 Linux guests' kernel (from Debian's source, once)")
-    out = subprocess.run([f"{kernel_build.CROSS}gcc", "--version"], capture_output=True, text=True).stdout
-    return out.splitlines()[0] if out else ""
+    return debian.version_line(f"{kernel_build.CROSS}gcc")
 
 
 def inputs(source_manifest: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab.builder import debian
 from lab.core.errors import ImageError, UserError
 from lab.core.paths import cache_dir
 
@@ -61,8 +62,7 @@ def toolchain() -> str:
     if gcc is None or shutil.which("make") is None:
         raise UserError(f"building the KVM selftests needs make and {CROSS}gcc; install them: "
                         "apt-get install make gcc-aarch64-linux-gnu (scripts/setup does)")
-    out = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=False).stdout
-    return out.splitlines()[0] if out else gcc
+    return debian.version_line(gcc) or gcc
 
 
 def tree_digest(tree: Path) -> str:

@@ -40,3 +40,16 @@ def test_busybox_applet_table():
 
     blob = b"\x7fELF...junk\0" + b"[\0[[\0cat\0insmod\0mount\0sh\0zcat\0\0more junk"
     assert busybox_applets(blob) == ["[", "[[", "cat", "insmod", "mount", "sh", "zcat"]
+
+
+def test_a_tools_version_line_is_asked_once(tmp_path):
+    # a cache key's compiler version: `gcc --version` once per process, not per key
+    from lab.builder.debian import version_line
+
+    calls = tmp_path / "calls"
+    tool = tmp_path / "fake-gcc"
+    tool.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'fake-gcc (Debian 12.2.0-14) 12.2.0'\necho more\n")
+    tool.chmod(0o755)
+    assert version_line(str(tool)) == "fake-gcc (Debian 12.2.0-14) 12.2.0"
+    assert version_line(str(tool)) == "fake-gcc (Debian 12.2.0-14) 12.2.0"
+    assert calls.read_text() == "x\n"
