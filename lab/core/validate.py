@@ -196,17 +196,22 @@ class _Refused(Exception):
     """What a YAML file may not hold, said with its line."""
 
 
-class _NoAliases(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases: `*name` expands an anchored node in place, so
-    a few lines nesting aliases ("billion laughs") become gigabytes. Refused at the first
-    one, before anything is expanded; no kvmlab file needs them."""
+#: libyaml's parser when PyYAML has it (its wheels do): the suites' 61 files parse in 8 ms
+#: with it, 48 ms in Python, and every `kvmlab test` reads them all.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.events.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise _Refused(f"line {event.start_mark.line + 1}: a YAML alias (*{event.anchor}); "
+
+def _refuse_aliases(content: str) -> None:
+    """Refuses a YAML alias at its first event, before anything is built: `*name`
+    expands an anchored node in place, so a few lines nesting aliases ("billion laughs")
+    become gigabytes. No kvmlab file needs them."""
+    if "*" not in content:
+        return
+    for event in yaml.parse(content, Loader=_LOADER):
+        if isinstance(event, yaml.events.AliasEvent):
+            mark = event.start_mark  # (both parsers give one)
+            raise _Refused(f"line {mark.line + 1 if mark is not None else '?'}: a YAML alias (*{event.anchor}); "
                            "aliases are not accepted, write the value out")
-        return super().compose_node(parent, index)
 
 
 def read_yaml(path: Path, missing: str, fix: str = "fix the file") -> Any:
@@ -223,7 +228,8 @@ def read_yaml(path: Path, missing: str, fix: str = "fix the file") -> Any:
         raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB, not a kvmlab file; {fix}")
     content = raw.decode(errors="replace")
     try:
-        return yaml.load(content, Loader=_NoAliases)  # a SafeLoader, less aliases
+        _refuse_aliases(content)
+        return yaml.load(content, Loader=_LOADER)  # a safe loader: plain data only
     except _Refused as exc:
         raise ConfigError(f"{path}: {exc}; {fix}") from None
     except yaml.YAMLError as exc:
