@@ -62,6 +62,34 @@ def kvmlab(*args: str, timeout: float = 600, env: dict | None = None,
                           env={**os.environ, **(env or {})}, input=input)
 
 
+#: How many of a file's pages are in L1's page cache (mincore on a mapping of it), and its
+#: page count: L1's python3 and ctypes (L1 has no fincore).
+RESIDENT = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size, page = os.fstat(fd).st_size, os.sysconf("SC_PAGE_SIZE")
+addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+vec = (ctypes.c_ubyte * ((size + page - 1) // page))()
+assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) == 0, ctypes.get_errno()
+print(sum(v & 1 for v in vec), len(vec))
+"""
+
+
+def l1_cached(lab: str, path: str, wait: int = 60) -> tuple[int, int]:
+    """(pages of L1's `path` in its page cache, its pages), once all are there or after
+    `wait` seconds of looking."""
+    script = (f"cat > /tmp/kvmlab-resident.py <<'EOF'\n{RESIDENT}EOF\n"
+              f"for i in $(seq {wait}); do set -- $(python3 /tmp/kvmlab-resident.py {path}); "
+              "[ $1 -eq $2 ] && break; sleep 1; done; echo $1 $2")
+    result = kvmlab("exec", "--name", lab, "--timeout", str(wait * 3), "--", "sh", "-c", script, timeout=wait * 4)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    cached, pages = map(int, result.stdout.decode().split())
+    return cached, pages
+
+
 def qemu_pids_in(directory: Path) -> list[int]:
     """QEMU processes whose command line mentions `directory` (a lab's or a runtime's)."""
     pids = []

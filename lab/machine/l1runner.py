@@ -84,15 +84,26 @@ def job_line(tools: Tools, job: str) -> Callable[[str, int, str], str]:
 EARLY_START = "runner-start"
 
 
-def start_early(share: Path, tools: Tools) -> None:
+#: In the share: there, L1 reads its QEMU into the page cache once its runner has started
+#: (images/l1/rootfs/kvmlab/warm, run by late): not when the host saves L1 next.
+WARM = "warm"
+
+
+def start_early(share: Path, tools: Tools, warm: bool = True) -> None:
     """While L1 boots: the tools into the share, and the command L1 runs once it is ready
     to start its runner in the background (python's start and the imports took 2.4-4.2 s
-    of the first scenario under TCG)."""
+    of the first scenario under TCG); with `warm`, L1 then reads its QEMU's files (a lab
+    about to be saved does that after the save: they would make its state larger)."""
     sync_tools(share, tools)
     start = share / ".kvmlab" / EARLY_START
     partial = start.with_name(start.name + ".partial")
     partial.write_text(command(tools, "-") + "\n")
     partial.rename(start)
+    flag = share / ".kvmlab" / WARM
+    if warm:
+        flag.touch()
+    else:
+        flag.unlink(missing_ok=True)
 
 
 def start(paths: LabPaths, tools: Tools, timeout: float = 180) -> None:

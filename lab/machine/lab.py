@@ -191,7 +191,8 @@ class Lab:
             pid = l0.start()
             if launch.tools is not None:
                 # Wanted once L1 is ready (images/l1/rootfs/kvmlab/late): copied while it boots.
-                l1runner.start_early(self.paths.share, launch.tools)
+                # (A lab saved after its boot reads QEMU's files after the save, in resume.)
+                l1runner.start_early(self.paths.share, launch.tools, warm=snap is None or launch.restoring)
             # Remembered per binary; the first time, asked while L1 boots.
             state.update(pid=pid, started_at=time.time(), qemu_version=qemu.qemu_version(binary))
             self.files.write(state)

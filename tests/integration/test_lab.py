@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from lab.machine.agent import MAX_LINE
-from tests.conftest import kvmlab, qemu_pids_in
+from tests.conftest import kvmlab, l1_cached, qemu_pids_in
 
 pytestmark = pytest.mark.boot
 
@@ -223,6 +223,15 @@ def test_l1_starts_its_scenario_runner_once_ready_before_any_scenario(lab, priva
     assert said[0] == key  # the runner of this kvmlab's tools
     assert "-m l1.runner /run/kvmlab/runner" in said[1]
     assert "No such file" in said[2]  # and the start lock was given back
+
+
+def test_l1_reads_its_qemu_into_the_page_cache_once_its_runner_has_started(lab, private_runtime):
+    """A booted lab that is not saved next: kvmlab up leaves .kvmlab/warm in the share, and
+    L1's late start-up runs /kvmlab/warm after the runner's start. (This module runs no
+    scenario whose VMM is QEMU: nothing else reads the binary.)"""
+    assert (private_runtime / "labs/it/share/.kvmlab/warm").exists()
+    cached, pages = l1_cached("it", "/usr/bin/qemu-system-aarch64")
+    assert pages > 1000 and cached == pages, f"{cached} of {pages} pages of L1's QEMU in its page cache"
 
 
 def test_commands_leave_nothing_behind_in_the_share(lab, private_runtime):
