@@ -12,6 +12,7 @@ from typing import Any
 from lab.config import LabConfig
 from lab.core.errors import LaunchError, UserError
 from lab.core.versions import version_tuple
+from lab.core.watch import Waker
 from lab.machine import qemu, share
 from lab.machine.agent import Agent
 from lab.machine.logs import detail, signame, tail
@@ -159,23 +160,26 @@ def wait_ready(paths: LabPaths, l0: L0Process, config: LabConfig, started: float
     deadline = started + config.boot_timeout
     checked_console = 0.0
     private = False
-    while not _ready_written(paths):
-        if not private and all(p.exists() for p in paths.sockets()):
-            private_sockets(paths)
-            private = True
-        code = l0.exit_code()
-        if code is not None:
-            how = f"was killed by signal {-code} ({signame(-code)})" if code < 0 else f"exited with status {code}"
-            raise LaunchError(f"QEMU {how} before L1 was ready", command=l0.command, exit_code=code,
-                              detail=detail(paths, qemu_output=True))
-        if time.monotonic() - checked_console > 0.5:
-            checked_console = time.monotonic()
-            if FATAL_BOOT.search(tail(paths.console_log, 60)):
-                raise LaunchError("L1 failed to boot", command=l0.command, detail=detail(paths))
-        if time.monotonic() > deadline:
-            raise LaunchError(f"L1 was not ready after {config.boot_timeout:g} s (lab.boot_timeout)",
-                              command=l0.command, detail=detail(paths))
-        time.sleep(0.005)  # a look costs the host about 0.1 ms; `up` returns a look after L1 is ready
+    # Woken when L1 writes in the share's .kvmlab (the ready file, or anything else) or QEMU
+    # ends, and at least every 0.1 s for the console and the sockets (lab/core/watch.py).
+    with Waker(paths.ready.parent, l0.pid) as waker:
+        while not _ready_written(paths):
+            if not private and all(p.exists() for p in paths.sockets()):
+                private_sockets(paths)
+                private = True
+            code = l0.exit_code()
+            if code is not None:
+                how = f"was killed by signal {-code} ({signame(-code)})" if code < 0 else f"exited with status {code}"
+                raise LaunchError(f"QEMU {how} before L1 was ready", command=l0.command, exit_code=code,
+                                  detail=detail(paths, qemu_output=True))
+            if time.monotonic() - checked_console > 0.5:
+                checked_console = time.monotonic()
+                if FATAL_BOOT.search(tail(paths.console_log, 60)):
+                    raise LaunchError("L1 failed to boot", command=l0.command, detail=detail(paths))
+            if time.monotonic() > deadline:
+                raise LaunchError(f"L1 was not ready after {config.boot_timeout:g} s (lab.boot_timeout)",
+                                  command=l0.command, detail=detail(paths))
+            waker.wait(0.1)
     seconds = time.monotonic() - started
     if not private:
         private_sockets(paths)

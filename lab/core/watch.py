@@ -1,0 +1,94 @@
+"""Sleeping until something happens instead of looking every few milliseconds.
+
+`kvmlab up` waits about two seconds for L1's ready file. Looking for it every 5 ms woke the
+host 200 times a second while QEMU's threads wanted both of its cores: in sixteen
+interleaved boots, L1 became ready a median 0.02 s sooner (guest time) when the host looked
+every 50 ms instead. Waking only when a file in the directory is written, or when QEMU
+ends, costs the boot nothing and sees the file at once.
+
+inotify (through the C library) and pidfd_open are Linux's; where either is missing, the
+wait falls back to sleeping, at most `fallback` seconds at a time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import select
+from pathlib import Path
+
+#: inotify's event bits (linux/inotify.h): a file written and closed, moved in, created.
+IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100
+IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+class Waker:
+    """Wakes `wait()` when a file in `directory` is created, written or moved in, or when
+    process `pid` ends; otherwise after the timeout. Close it (or use `with`)."""
+
+    def __init__(self, directory: Path | None = None, pid: int | None = None, fallback: float = 0.005):
+        self.fallback = fallback
+        self._fds: list[int] = []
+        self._inotify = -1
+        libc = _libc() if directory is not None else None
+        if libc is not None and directory is not None:
+            fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+            if fd >= 0:
+                mask = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+                if libc.inotify_add_watch(fd, os.fsencode(directory), mask) >= 0:
+                    self._inotify = fd
+                    self._fds.append(fd)
+                else:
+                    os.close(fd)
+        self.watching_pid = False
+        if pid is not None and hasattr(os, "pidfd_open"):
+            try:
+                self._fds.append(os.pidfd_open(pid))
+                self.watching_pid = True
+            except OSError:  # gone already, or a kernel older than 5.3
+                pass
+
+    @property
+    def watching_directory(self) -> bool:
+        return self._inotify >= 0
+
+    def wait(self, timeout: float) -> bool:
+        """Sleeps until an event or `timeout` seconds (the fallback's at most, without
+        inotify); True if something happened. Events are read and dropped: the caller
+        looks. Once the process has ended, every wait returns at once."""
+        if not self.watching_directory:
+            timeout = min(timeout, self.fallback)
+        poller = select.poll()
+        for fd in self._fds:
+            poller.register(fd, select.POLLIN)
+        ready = [fd for fd, _ in poller.poll(max(timeout, 0) * 1000)]
+        if self._inotify in ready:
+            try:
+                while os.read(self._inotify, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+        return bool(ready)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        self._inotify = -1
+
+    def __enter__(self) -> Waker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
