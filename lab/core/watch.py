@@ -12,18 +12,22 @@ wait falls back to sleeping, at most `fallback` seconds at a time.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import select
 from pathlib import Path
+from typing import Any
 
 #: inotify's event bits (linux/inotify.h): a file written and closed, moved in, created.
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 
 
-def _libc() -> ctypes.CDLL | None:
+def _libc() -> Any:
+    """The C library with inotify's calls declared, or None (imported here: ctypes.util
+    brings tempfile and shutil, which `up` does not need before QEMU starts)."""
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.inotify_init1.argtypes = [ctypes.c_int]
@@ -41,9 +45,9 @@ class Waker:
         self.fallback = fallback
         self._fds: list[int] = []
         self._inotify = -1
-        libc = _libc() if directory is not None else None
-        if libc is not None and directory is not None:
-            fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if directory is not None:
+            libc = _libc()
+            fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC) if libc is not None else -1
             if fd >= 0:
                 mask = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
                 if libc.inotify_add_watch(fd, os.fsencode(directory), mask) >= 0:
@@ -58,6 +62,9 @@ class Waker:
                 self.watching_pid = True
             except OSError:  # gone already, or a kernel older than 5.3
                 pass
+        self._poller = select.poll()
+        for fd in self._fds:
+            self._poller.register(fd, select.POLLIN)
 
     @property
     def watching_directory(self) -> bool:
@@ -69,10 +76,7 @@ class Waker:
         looks. Once the process has ended, every wait returns at once."""
         if not self.watching_directory:
             timeout = min(timeout, self.fallback)
-        poller = select.poll()
-        for fd in self._fds:
-            poller.register(fd, select.POLLIN)
-        ready = [fd for fd, _ in poller.poll(max(timeout, 0) * 1000)]
+        ready = [fd for fd, _ in self._poller.poll(max(timeout, 0) * 1000)]
         if self._inotify in ready:
             try:
                 while os.read(self._inotify, 65536):
@@ -83,6 +87,7 @@ class Waker:
 
     def close(self) -> None:
         for fd in self._fds:
+            self._poller.unregister(fd)
             os.close(fd)
         self._fds = []
         self._inotify = -1
