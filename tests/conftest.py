@@ -49,6 +49,7 @@ def private_runtime(tmp_path_factory):
             if (lab / "lab.json").exists():
                 subprocess.run([sys.executable, "-m", "lab.cli", "down", "--name", lab.name],
                                capture_output=True, timeout=60)
+    kill_qemus_in(runtime)  # and any a killed `up` left without a state file
     if old is None:
         os.environ.pop("KVMLAB_RUNTIME_DIR", None)
     else:
@@ -104,6 +105,16 @@ def qemu_pids_in(directory: Path) -> list[int]:
         if "qemu-system" in cmdline and str(directory) in cmdline and state != "Z":
             pids.append(int(proc.name))
     return pids
+
+
+def kill_qemus_in(directory: Path) -> None:
+    """SIGKILLs the QEMUs qemu_pids_in(directory) finds: what a failing test must not leave
+    to the tests after it."""
+    for pid in qemu_pids_in(directory):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

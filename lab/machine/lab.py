@@ -189,12 +189,16 @@ class Lab:
                 f"Booting L1 ({kernel.label}, {config.cpus} CPUs, {config.memory_words}, THP {config.thp})")
         with self.progress.step(what) as step:
             pid = l0.start()
+            # QEMU's pid on record first: a kvmlab killed from here on leaves a QEMU that the
+            # next command finds and stops (State.reap_stale_locked).
+            state.update(pid=pid, started_at=time.time())
+            self.files.write(state)
             if launch.tools is not None:
                 # Wanted once L1 is ready (images/l1/rootfs/kvmlab/late): copied while it boots.
                 # (A lab saved after its boot reads QEMU's files after the save, in resume.)
                 l1runner.start_early(self.paths.share, launch.tools, warm=snap is None or launch.restoring)
             # Remembered per binary; the first time, asked while L1 boots.
-            state.update(pid=pid, started_at=time.time(), qemu_version=qemu.qemu_version(binary))
+            state["qemu_version"] = qemu.qemu_version(binary)
             self.files.write(state)
             if launch.restoring and snap is not None:
                 ready = snapshotting.restore(self.paths, l0, config, started, snap)

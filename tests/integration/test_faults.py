@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import kvmlab, qemu_pids_in
+from tests.conftest import kill_qemus_in, kvmlab, qemu_pids_in
 
 pytestmark = pytest.mark.boot
 
@@ -310,6 +310,33 @@ def test_a_killed_kvmlab_test_is_cleaned_up_by_the_next_command(shared_lab, tmp_
     assert took < 60  # not after the orphan's own 300 s timeout
     assert not list((lab_dir / "share/.kvmlab").glob("owner-*"))
     assert not list((lab_dir / "share/.kvmlab").glob("cancel-*"))
+
+
+#: `kvmlab up` killed (SIGKILL) just after it started QEMU: in the middle of copying the
+#: tools into the share, the first thing it does while L1 boots.
+KILLED_AFTER_THE_START = """
+import os, signal, sys
+from lab.machine import l1runner
+from lab.machine.lab import Lab
+from lab.cli.base import lab_config
+l1runner.start_early = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+Lab(sys.argv[1]).up(lab_config(None, name=sys.argv[1]))
+"""
+
+
+def test_a_qemu_started_by_an_up_killed_at_once_is_stopped_by_the_next_command(private_runtime):
+    name = "f-orphan-early"
+    lab_dir = private_runtime / "labs" / name
+    try:
+        killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_START, name], capture_output=True,
+                                timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+        [orphan] = qemu_pids_in(lab_dir)
+        status = kvmlab("status", "--name", name)
+        assert f"QEMU (pid {orphan}) left starting by a kvmlab that was killed: stopped".encode() in status.stdout
+        assert qemu_pids_in(lab_dir) == []
+    finally:
+        kill_qemus_in(lab_dir)
 
 
 def test_a_qemu_left_starting_by_a_killed_up_is_stopped_by_the_next_command(private_runtime):
