@@ -23,13 +23,13 @@ IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 
 
 def _libc() -> Any:
-    """The C library with inotify's calls declared, or None (imported here: ctypes.util
-    brings tempfile and shutil, which `up` does not need before QEMU starts)."""
+    """The C library with inotify's calls declared, or None. The symbols Python itself
+    was linked with (dlopen of NULL): ctypes.util.find_library("c") would run
+    `ldconfig -p` in a new process while QEMU boots L1 on the host's cores."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.inotify_init1.argtypes = [ctypes.c_int]
         libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         return libc
