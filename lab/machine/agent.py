@@ -33,7 +33,7 @@ from lab.core.errors import LabError
 from lab.machine import share
 from lab.machine.qemu import LabPaths
 
-#: Guest path of the lab's share (mounted by the initramfs, images/l1/initramfs/fstab).
+#: Guest path of the lab's share (mounted by L1's agent once ready, images/l1/rootfs/etc/fstab).
 GUEST_SHARE = "/mnt/share"
 #: Canonical-mode tty lines stop at 4095 bytes; longer scripts travel through the share.
 MAX_LINE = 3000

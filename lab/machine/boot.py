@@ -19,7 +19,7 @@ from lab.machine.logs import detail, signame, tail
 from lab.machine.qemu import L0Process, LabPaths
 
 #: Console lines that mean L1 will not become ready: stop waiting at once.
-FATAL_BOOT = re.compile(r"Kernel panic|kvmlab-initramfs: FAILED|Unable to handle kernel|Internal error:")
+FATAL_BOOT = re.compile(r"Kernel panic|kvmlab-(?:initramfs|agent): FAILED|Unable to handle kernel|Internal error:")
 #: A panic in L1 once it is up: whatever was waiting for L1 stops waiting.
 PANIC = re.compile(r"Kernel panic - not syncing:[^\n]*")
 
@@ -147,9 +147,15 @@ def _read_ready(paths: LabPaths) -> str:
     return share.read_text(paths.share, ".kvmlab/ready", 64 * 1024)
 
 
+def ready_complete(text: str) -> bool:
+    """Whether L1's ready report is whole: its line end=1 is there (the agent appends more
+    lines later, share_uptime= once its share is mounted)."""
+    return "end=1" in text.splitlines()
+
+
 def _ready_written(paths: LabPaths) -> bool:
     try:
-        return _read_ready(paths).endswith("end=1\n")
+        return ready_complete(_read_ready(paths))
     except FileNotFoundError:
         return False
 

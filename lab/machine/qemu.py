@@ -150,6 +150,11 @@ def build_command(config: LabConfig, paths: LabPaths, kernel: Path, rootfs: Path
         "-device", "virtio-serial-pci,id=vser0",
         *chardev_socket("agent", paths.agent),
         "-device", "virtconsole,chardev=agent,name=kvmlab.agent",
+        # The port kvmlab.ready: what L1's agent reports once ready (and once its share is
+        # mounted, after), appended by QEMU to the share's .kvmlab/ready, which the host
+        # watches; so L1 is ready before its share's modules are in.
+        "-chardev", f"file,id=ready,path={str(paths.ready).replace(',', ',,')},append=on",
+        "-device", "virtserialport,chardev=ready,name=kvmlab.ready",
         # L1's root: the image's squashfs, read-only (a disk migrates; a mounted 9p export
         # would block snapshots). The share: bulk files both ways.
         "-drive", f"file={str(rootfs).replace(',', ',,')},if=none,id=root,format=raw,readonly=on",

@@ -208,6 +208,21 @@ def test_a_device_node_and_a_setuid_file_made_in_l1_are_private_plain_files_on_t
         kvmlab("exec", "--name", "it", "--", "rm", "-f", "/mnt/share/dev", "/mnt/share/suid")
 
 
+def test_l1_is_ready_before_its_share_and_the_agent_answers_once_the_share_is_mounted(lab, private_runtime):
+    """The ready report comes through the port kvmlab.ready, before the share's modules are
+    in (images/l1/rootfs/kvmlab/agent); the agent's shell starts only with the share mounted."""
+    report = (private_runtime / "labs/it/share/.kvmlab/ready").read_text()
+    values = dict(line.split("=", 1) for line in report.splitlines())
+    assert report.index("end=1\n") < report.index("share_uptime=")  # ready first, then the share
+    assert float(values["share_uptime"]) >= float(values["uptime"])
+    log = (private_runtime / "labs/it/console.log").read_text(errors="replace")
+    assert log.index("kvmlab: L1 ready") < log.index("kvmlab: share mounted")
+    # the first command (this module's first, or this one) found the share there
+    result = kvmlab("exec", "--name", "it", "--", "sh", "-c", "grep -c ' /mnt/share 9p ' /proc/mounts; "
+                    "ls /sys/class/virtio-ports/*/name | wc -l")
+    assert result.stdout.decode().split() == ["1", "2"]  # hvc0 and kvmlab.ready
+
+
 def test_l1_starts_its_scenario_runner_once_ready_before_any_scenario(lab, private_runtime):
     # kvmlab up leaves the start command in the share; L1's late start-up runs it
     share = private_runtime / "labs/it/share/.kvmlab"

@@ -64,7 +64,10 @@ def test_kvm_mode_is_kvm_arm_mode_on_the_command_line_except_the_default():
 def test_every_socket_is_a_unix_socket_in_the_lab_directory():
     _, paths, cmd = command()
     chardevs = value_after(cmd, "-chardev")
-    assert len(chardevs) == 3
+    # the fourth: L1's ready report, appended to the share's ready file (the host's only)
+    assert chardevs[3:] == [f"file,id=ready,path={paths.ready},append=on"]
+    assert "virtserialport,chardev=ready,name=kvmlab.ready" in value_after(cmd, "-device")
+    chardevs = chardevs[:3]
     for spec in chardevs:
         fields = dict(f.split("=", 1) for f in spec.split(",")[1:] if "=" in f)
         assert spec.startswith("socket,")

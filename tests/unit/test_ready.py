@@ -3,12 +3,14 @@
 import pytest
 
 from lab.machine.boot import (
+    FATAL_BOOT,
     KVM_MODE_REPORTS,
     ipa_limit,
     kvm_messages,
     kvm_mode,
     kvm_mode_refusal,
     parse_ready,
+    ready_complete,
     thp_mode,
 )
 
@@ -26,6 +28,24 @@ def test_parse_ready():
     assert values["kvm_device"] == "yes"
     assert values["thp"] == "[always] madvise never"
     assert values["end"] == "1"
+
+
+def test_the_ready_report_is_whole_at_its_end_line_and_later_lines_keep_it_whole():
+    # what the agent appends in two writes: ready, then the share once it is mounted
+    assert not ready_complete("")
+    assert not ready_complete(READY.replace("end=1\n", ""))
+    assert not ready_complete(READY.replace("end=1\n", "end=1"[:4]))  # a line cut short
+    assert not ready_complete("xend=1\n")
+    assert ready_complete(READY)
+    later = READY + "share_uptime=2.01\n"
+    assert ready_complete(later)
+    assert parse_ready(later)["share_uptime"] == "2.01"
+
+
+def test_a_failure_of_the_initramfs_or_of_the_agent_ends_the_boot_wait():
+    assert FATAL_BOOT.search("kvmlab-initramfs: FAILED: cannot mount the L1 root filesystem")
+    assert FATAL_BOOT.search("[    1.9] kvmlab-agent: FAILED: cannot mount the share (9p, mount tag share)")
+    assert not FATAL_BOOT.search("kvmlab-l2: done 0.4 s")
 
 
 def test_kvm_mode_from_each_kernel_generation():
