@@ -10,6 +10,8 @@ from lab.machine.qemu import LabPaths
 
 _ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: Console lines that say why L1 stopped: a start-up step that failed, or a panic.
+_WHY_STOPPED = re.compile(r"kvmlab-(?:initramfs|agent): FAILED[^\n]*|Kernel panic - not syncing:[^\n]*")
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -22,6 +24,13 @@ def tail(path: Path, lines: int = 25) -> str:
     text = data.decode(errors="replace").replace("\r", "")
     text = _CONTROL.sub("", _ESCAPES.sub("", text))
     return "\n".join(text.splitlines()[-lines:])
+
+
+def why_stopped(console_log: Path) -> str:
+    """The console's last line that says why L1 stopped ('' if none does): for a lab found
+    down, such as one whose agent could not mount the share after `up` had returned."""
+    found = _WHY_STOPPED.findall(tail(console_log, 200))
+    return found[-1].strip() if found else ""
 
 
 def read_from(path: Path, offset: int) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from lab.core.errors import LabBusy, LabError
 from lab.core.paths import private_dir, runtime_dir
 from lab.machine import qemu
+from lab.machine.logs import why_stopped
 from lab.machine.qemu import LabPaths
 from lab.shared.files import write_atomic
 
@@ -61,10 +62,13 @@ class LabState:
         """The state of a lab that is up; a lab that is not (or still starting) is an error."""
         state = self.read()
         if not state or self.pid() is None or not state.get("ready"):
+            # L1 was up, and its QEMU is gone: the console may say why
+            why = why_stopped(self.paths.console_log) if state and state.get("ready") else ""
             if state and not self.reap_stale():
                 raise LabBusy(f"lab {self.name!r} is still starting (another kvmlab is bringing it up); "
                               "wait for it, or pick another --name")
-            raise LabError(f"lab {self.name!r} is not up; start it with `kvmlab up --name {self.name}`")
+            raise LabError(f"lab {self.name!r} is not up" + (f" (L1 stopped: {why})" if why else "")
+                           + f"; start it with `kvmlab up --name {self.name}`")
         return state
 
     def reap_stale(self) -> str | None | bool:
