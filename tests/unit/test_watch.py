@@ -1,7 +1,9 @@
 """lab/core/watch.py: `up` sleeps until L1 writes in the share or QEMU ends."""
 
+import os
 import subprocess
 import threading
+from pathlib import Path
 
 from lab.core.watch import Waker
 
@@ -57,3 +59,28 @@ def test_without_a_directory_it_sleeps_in_short_steps(tmp_path):
         assert missing.wait(5) is False
     finally:
         missing.close()
+
+
+def test_closed_wakers_leave_one_inotify_descriptor_at_most_without_its_watch(tmp_path):
+    def inotify_fds():
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if "inotify" in os.readlink(f"/proc/self/fd/{fd}"):
+                    found.append(fd)
+            except FileNotFoundError:  # listdir's own descriptor
+                pass
+        return found
+
+    before = inotify_fds()
+    for _ in range(20):
+        with Waker(tmp_path):
+            pass
+    left = [fd for fd in inotify_fds() if fd not in before]
+    assert len(left) <= 1  # the last one, parked: the next Waker or the exit closes it
+    for fd in left:
+        info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        assert "inotify wd:" not in info  # its watch is gone: nothing wakes through it
+    with Waker(tmp_path) as waker:  # and a new Waker works as before
+        (tmp_path / "ready").write_text("end=1\n")
+        assert waker.wait(60) is True
