@@ -5,6 +5,6 @@ Exit status: 0 done; 1 the lab failed (or the command run in L1 failed, for `exe
 own status); 2 bad input (a config key, a value, a path); 130 interrupted.
 """
 
-from lab.cli.base import main  # each command's module is imported when it runs (base.COMMANDS)
+from lab.cli.base import main, run  # each command's module is imported when it runs (base.COMMANDS)
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

@@ -1,5 +1,5 @@
 """`python -m lab.cli`: the same as the `kvmlab` command."""
 
-from lab.cli import main
+from lab.cli import run
 
-main()
+run()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lab.cli.base import default_name, kernel_options, lab_config, main, name_option
+from lab.cli.base import EXIT_AT_ONCE, default_name, kernel_options, lab_config, main, name_option
 from lab.config import KVM_MODES, THP_MODES
 from lab.core.errors import UserError
 from lab.core.progress import Progress
@@ -62,6 +62,7 @@ def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, kvm
         rows.append(("gdb", f"target remote 127.0.0.1:{cfg.gdb}  (L1's kernel; vmlinux from its debug package)"))
     for key, value in rows:
         click.echo(f"  {key:<8} {value}")
+    EXIT_AT_ONCE.append(True)  # the lab runs on, its state written: nothing left to tidy
 
 
 @main.command()
