@@ -15,13 +15,13 @@ from lab.core.versions import version_tuple
 from lab.core.watch import Waker
 from lab.machine import qemu, share
 from lab.machine.agent import Agent
-from lab.machine.logs import detail, signame, tail
+from lab.machine.logs import FAILED_STEP, PANIC_LINE, detail, signame, tail
 from lab.machine.qemu import L0Process, LabPaths
 
 #: Console lines that mean L1 will not become ready: stop waiting at once.
-FATAL_BOOT = re.compile(r"Kernel panic|kvmlab-(?:initramfs|agent): FAILED|Unable to handle kernel|Internal error:")
+FATAL_BOOT = re.compile(rf"Kernel panic|{FAILED_STEP}|Unable to handle kernel|Internal error:")
 #: A panic in L1 once it is up: whatever was waiting for L1 stops waiting.
-PANIC = re.compile(r"Kernel panic - not syncing:[^\n]*")
+PANIC = re.compile(PANIC_LINE)
 
 
 @dataclass

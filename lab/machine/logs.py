@@ -10,8 +10,11 @@ from lab.machine.qemu import LabPaths
 
 _ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-#: Console lines that say why L1 stopped: a start-up step that failed, or a panic.
-_WHY_STOPPED = re.compile(r"kvmlab-(?:initramfs|agent): FAILED[^\n]*|Kernel panic - not syncing:[^\n]*")
+#: What L1's start-up prints when a step fails (images/l1/initramfs/init, kvmlab/agent),
+#: and a panic's line: the console lines that say why L1 stopped.
+FAILED_STEP = r"kvmlab-(?:initramfs|agent): FAILED"
+PANIC_LINE = r"Kernel panic - not syncing:[^\n]*"
+_WHY_STOPPED = re.compile(rf"{FAILED_STEP}[^\n]*|{PANIC_LINE}")
 
 
 def tail(path: Path, lines: int = 25) -> str:
