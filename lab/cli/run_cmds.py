@@ -220,7 +220,8 @@ def matrix(progress: Progress, targets, kernel_list, kernel_opts, keyword, kvm_m
     out = results_dir(results, label[:40])
     what = "the KVM selftests" if selftests else f"{len(scenarios)} scenarios"
     click.echo(f"Running {what} on {len(columns)} kernels ({', '.join(c.label for c in columns)}), "
-               f"{jobs} lab{'s' if jobs > 1 else ''} at a time; results in {out}")
+               f"{jobs} lab{'s' if jobs > 1 else ''} at a time{', the first up served first' if jobs > 1 else ''}; "
+               f"results in {out}")
     result = mx.run(columns, scenarios, ["selftests"] if selftests else list(targets), out, jobs, progress, click.echo,
                     shard_record, work)
     report.print_matrix(result)

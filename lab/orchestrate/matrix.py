@@ -26,6 +26,7 @@ from typing import Any, Callable
 from lab.builder.build import Builder
 from lab.config import DEFAULT_KVM_MODE, LabConfig
 from lab.core.errors import KvmlabError, UserError
+from lab.core.precedence import Precedence
 from lab.core.progress import Progress, stamp
 from lab.core.status import ERROR, NOT_MEASURED, PASS, SKIP
 from lab.core.versions import versions_match
@@ -205,6 +206,9 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
     if columns and work is None:
         l2_kernel(builder, columns[0].config.as_dict()["images"], scenarios)
     lock = threading.Lock()
+    # With more than one lab at a time, the first to come up is served first by the host's
+    # CPUs and the others take what it leaves (lab/core/precedence.py).
+    precedence = Precedence()
 
     def say(text: str) -> None:
         with lock:
@@ -216,6 +220,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
         try:
             info = lab.up(column.config, builder=Builder())
             column.pid = lab.pid()
+            precedence.enter(column.pid)
             column.release = info.release
             say(f"[{column.label}] up: {info.release} in {info.seconds:.1f} s")
 
@@ -234,6 +239,7 @@ def run(columns: list[KernelColumn], scenarios: list[Scenario], targets: list[st
             column.error = exc.message
             say(f"[{column.label}] ERROR {exc.message}")
         finally:
+            precedence.leave(column.pid)
             if column.ours():
                 lab.down()
             column.seconds = round(time.monotonic() - t0, 1)

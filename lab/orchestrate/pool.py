@@ -14,6 +14,7 @@ from typing import Callable
 from lab.builder.build import Tools
 from lab.config import LabConfig, meminfo_mib
 from lab.core.errors import LabError, UserError
+from lab.core.precedence import Precedence
 from lab.core.progress import Progress
 from lab.core.status import ERROR
 from lab.machine.lab import Lab
@@ -82,8 +83,21 @@ def run_pooled(self: Runner, scenarios: list[Scenario], helpers: list[Callable[[
     stop = threading.Event()
     died: list[Scenario] = []
     self.summary["labs"] = [self.lab.name]
+    # The main lab is served first by the host's CPUs, the helpers take what it leaves,
+    # each coming forward as the labs before it run out of scenarios (lab/core/precedence.py).
+    precedence = Precedence()
+    precedence.enter(self.lab.pid())
 
     def work(runner: Runner) -> None:
+        pid = runner.lab.pid()
+        if runner is not self:
+            precedence.enter(pid)
+        try:
+            take(runner)
+        finally:
+            precedence.leave(pid)
+
+    def take(runner: Runner) -> None:
         while not stop.is_set():
             with lock:
                 if not queue:
