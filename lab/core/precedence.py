@@ -4,13 +4,13 @@ Two labs on two host CPUs overcommit them: a lab's QEMU runs a thread per L1 vCP
 keeps about one host CPU busy on average, both at its peaks. Under TCG an L1 vCPU that waits
 for its sibling (a lock its preempted thread holds, a call across CPUs) spins, since
 multi-threaded TCG runs WFE as a no-op, so an overcommitted lab does more work, not only
-slower. Measured on 2 CPUs (2026-12-05): a bookworm thp suite's QEMU used 24 s of CPU alone,
-45 s beside a second lab, 39 s beside two busy loops.
+slower. Measured on 2 CPUs (2026-12-05): a bookworm thp suite's vCPU threads used 24 s of
+CPU alone, 45 s beside a second lab, 39 s beside two busy loops.
 
 So the first lab to start that is still running is in the foreground (nice 0) and the
 others in the background (nice 19). The foreground runs almost as if alone, and the
-background takes the CPU time it leaves. The 4-kernel thp matrix took 79-81 s this way,
-against 98-99 s with all labs equal, with the same cells. A background lab's vCPUs are
+background takes the CPU time it leaves. The 4-kernel thp matrix took 77-83 s this way
+(six runs), against 98-99 s with all labs equal, with the same cells. A background lab's vCPUs are
 preempted more often. That is a scheduling difference, not a different kernel, but where a
 kernel's fault handling is sensitive to it (5.10 retries a fault during any invalidation in
 the VMM's mm) its counts move: bullseye's l2-linux-thp took 10-13 faults with THP always in
