@@ -46,7 +46,7 @@ def test_background_and_back_to_the_foreground(sessions):
         assert own == FOREGROUND
 
 
-def test_our_own_autogroup_is_never_changed(sessions):
+def test_our_own_autogroup_is_never_changed():
     """A process that shares our autogroup gets only its own nice: ours stays."""
     before = nice_of(os.getpid())[0]
     child = subprocess.Popen(["sleep", "60"])
