@@ -15,9 +15,11 @@ from pathlib import Path
 
 import click
 
+from lab.cli import terminate
 from lab.config import SUITES, LabConfig, load_config
 from lab.core.errors import KvmlabError, UserError
 from lab.core.progress import Progress
+from lab.machine.prestart import Prestart
 
 
 def fail(exc: KvmlabError) -> None:
@@ -28,12 +30,6 @@ def fail(exc: KvmlabError) -> None:
     if command:
         click.echo("L0 command: " + " ".join(command), err=True)
     sys.exit(exc.exit_status)
-
-
-def _terminate(signum, frame):
-    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so QEMUs being started
-    # are stopped and reaped and half-built images removed.
-    raise KeyboardInterrupt
 
 
 def symlink_loop(exc: BaseException) -> str | None:
@@ -69,8 +65,8 @@ class Kvmlab(click.Group):
         return super().list_commands(ctx)
 
     def invoke(self, ctx):
-        signal.signal(signal.SIGTERM, _terminate)
-        signal.signal(signal.SIGHUP, _terminate)
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGHUP, terminate)
         try:
             return super().invoke(ctx)
         except KvmlabError as exc:
@@ -81,8 +77,20 @@ class Kvmlab(click.Group):
                 raise
             fail(UserError(f"{loop}: a symlink loop (too many levels of symbolic links); give the real path"))
         except KeyboardInterrupt:
-            click.echo("kvmlab: interrupted", err=True)
-            sys.exit(130)
+            interrupted()
+
+    def make_context(self, *args, **kwargs):
+        # Ctrl-C while the arguments are read: as in a command (click would say "Aborted!"
+        # and exit 1), now that `up` may have a QEMU started by then (lab/machine/prestart.py)
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            interrupted()
+
+
+def interrupted() -> None:
+    click.echo("kvmlab: interrupted", err=True)
+    sys.exit(130)
 
 
 #: Set by a command that leaves nothing to tidy once it has printed its result (`up`):
@@ -91,8 +99,14 @@ class Kvmlab(click.Group):
 EXIT_AT_ONCE: list[bool] = []
 
 
-def run() -> None:
-    """The `kvmlab` command (the console script, `python -m lab.cli`)."""
+#: `kvmlab up`'s head start (lab/machine/prestart.py), for the `up` command to take.
+PRESTART: list[Prestart] = []
+
+
+def run(prestart: Prestart | None = None) -> None:
+    """The `kvmlab` command, once lab.cli.run has given `up` its head start."""
+    if prestart is not None:
+        PRESTART.append(prestart)
     try:
         main()
     except SystemExit as done:

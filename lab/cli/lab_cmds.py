@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lab.cli.base import EXIT_AT_ONCE, default_name, kernel_options, lab_config, main, name_option
+from lab.cli.base import EXIT_AT_ONCE, PRESTART, default_name, kernel_options, lab_config, main, name_option
 from lab.config import KVM_MODES, THP_MODES
 from lab.core.errors import UserError
 from lab.core.progress import Progress
@@ -39,7 +39,7 @@ def up(progress: Progress, config, name, kernel, modules, cpus, memory, thp, kvm
     cfg = lab_config(config, name=name, kernel=kernel, modules=modules, cpus=cpus, memory=memory, thp=thp, gdb=gdb,
                      snapshot=snapshot, kvm_mode="nested" if nested else kvm_mode)
     lab = Lab(cfg.name, progress)
-    info = lab.up(cfg)
+    info = lab.up(cfg, prestart=PRESTART[0] if PRESTART else None)
     state = lab.state() or {}
     how = {"restored": "restored from its snapshot", "saved": "booted, snapshot saved"}.get(
         (state.get("snapshot") or {}).get("how", ""), "L1 ready")

@@ -17,25 +17,23 @@ power off, then QEMU to quit, then kills it.
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from lab.builder.build import Builder, KernelImage, Rootfs, Tools
 from lab.config import NAME_RE, LabConfig
 from lab.core.errors import LabBusy, LabError, UserError
-from lab.core.paths import private_dir
 from lab.core.progress import Progress
 from lab.machine import boot, l1runner, qemu, share, snapshotting, transfer
 from lab.machine import snapshot as snapshots
 from lab.machine.agent import Agent, flock
 from lab.machine.boot import PANIC, ReadyInfo
 from lab.machine.logs import size_of
+from lab.machine.prestart import Prestart, prepare_dir
 from lab.machine.qemu import L0Process, LabPaths
 from lab.machine.state import LabState, labs_root, list_labs
 
@@ -53,6 +51,12 @@ class _Launch:
     restoring: bool
     #: L1's tools (booting, not restoring): L1 starts its runner with them once ready
     tools: Tools | None = None
+    #: the initrd's parts and the modules L1 loads once ready (what a head start must match)
+    initrd_parts: list[str] = field(default_factory=list)
+    late_modules: str | None = None
+    #: the head start's QEMU, taken over (prestart.py), and when it started (monotonic)
+    started: L0Process | None = None
+    started_at: float = 0.0
 
 
 def incoming_uri(vmstate: Path, binary: str) -> str:
@@ -110,9 +114,17 @@ class Lab:
         return self.files.reap_stale()
 
     # -- up ------------------------------------------------------------------------------
-    def up(self, config: LabConfig, builder: Builder | None = None) -> ReadyInfo:
+    def up(self, config: LabConfig, builder: Builder | None = None, prestart: Prestart | None = None) -> ReadyInfo:
+        """Boots L1 (or restores it) and waits until it is ready. `prestart` (`kvmlab up`):
+        a QEMU already started from the last such `up`'s command, taken over if it is the one
+        this config asks for, else stopped (prestart.py); and the record for the next."""
+        if prestart is not None and prestart.holds_lock:
+            return self._up(config, builder, prestart)
         if self.is_up():
             raise self._already_up()
+        return self._up(config, builder, prestart)
+
+    def _up(self, config: LabConfig, builder: Builder | None, prestart: Prestart | None) -> ReadyInfo:
         # Input first (QEMU, the kernel, the images): a mistake there leaves no trace in
         # the runtime directory. The image cache has locks of its own.
         binary = qemu.find_qemu(config.qemu_binary)
@@ -128,18 +140,25 @@ class Lab:
         if refusal:
             raise boot.KvmModeUnavailable(refusal)
         rootfs = builder.rootfs(config)
-        with self.files.lock():
-            cleaned = self.files.reap_stale_locked()
-            if cleaned:
-                self.progress.note(f"lab {self.name!r}: {cleaned}")
-            if self.is_up():
-                raise self._already_up()
+        # The lock: held by the head start already (for this lab: else it is stopped here)
+        guessed = prestart is not None and prestart.holds_lock
+        if guessed and prestart is not None and prestart.files is not None and prestart.files.name != self.name:
+            prestart.discard()
+            prestart.release()
+            guessed = False
+        with (nullcontext() if guessed else self.files.lock()):
+            if not guessed:
+                cleaned = self.files.reap_stale_locked()
+                if cleaned:
+                    self.progress.note(f"lab {self.name!r}: {cleaned}")
+                if self.is_up():
+                    raise self._already_up()
             tools = builder.tools()
-            launch = self._pre_launch(config, binary, kernel, rootfs, tools)
+            launch = self._pre_launch(config, binary, kernel, rootfs, tools, prestart if guessed else None)
             if not launch.restoring:
                 # L1 starts its scenario runner as soon as it is ready (a snapshot has it already)
                 launch.tools = tools
-            l0 = L0Process(launch.command, self.paths.qemu_log)
+            l0 = launch.started or L0Process(launch.command, self.paths.qemu_log)
             try:
                 ready = self._launch(l0, config, binary, launch)
             except BaseException:
@@ -149,22 +168,16 @@ class Lab:
                 raise
             l0.detach()
             self._brought_up = True
+            if prestart is not None and not launch.restoring and launch.snap is None:
+                prestart.remember(self.name, launch.command, launch.initrd_parts, launch.late_modules,
+                                  self.files.read() or {})
             return ready
 
     def _pre_launch(self, config: LabConfig, binary: str, kernel: KernelImage, rootfs: Rootfs,
-                    tools: Tools) -> _Launch:
-        """A fresh private directory, the initrd, the L0 command line, the snapshot if any."""
-        if os.path.lexists(self.paths.dir):
-            private_dir(self.paths.dir)  # ours, a real directory: only then is it emptied
-        self.files.clean(keep_logs=False)
-        private_dir(self.paths.dir)
-        self.paths.share.mkdir(mode=0o700)
-        self.paths.ready.parent.mkdir()
-        # initramfs (busybox, /init) followed by the kernel's modules: one initrd.
-        with open(self.paths.initrd, "wb", opener=qemu.private_opener) as initrd:
-            initrd.write(rootfs.initramfs.read_bytes())
-            if kernel.modules_cpio is not None:
-                initrd.write(kernel.modules_cpio.read_bytes())
+                    tools: Tools, prestart: Prestart | None = None) -> _Launch:
+        """The L0 command line, the snapshot if any; a fresh private directory with the
+        initrd, unless the head start's QEMU (prestart) is this very command: then it is
+        taken over (else stopped, and its directory emptied here)."""
         command = qemu.build_command(config, self.paths, kernel.image, rootfs.image, binary)
         snap = None
         if config.snapshot:
@@ -176,22 +189,34 @@ class Lab:
             assert snap is not None
             # QEMU loads the saved state instead of booting; L1 runs on from where it was saved.
             command = [*command, "-incoming", incoming_uri(snap.vmstate, binary)]
-        elif kernel.late_modules is not None and kernel.late_modules.is_dir():
-            shutil.copytree(kernel.late_modules, self.paths.ready.parent / "modules")
-        return _Launch(command, kernel, rootfs, snap, restoring)
+        # initramfs (busybox, /init) followed by the kernel's modules: one initrd.
+        parts = [str(rootfs.initramfs)] + ([str(kernel.modules_cpio)] if kernel.modules_cpio is not None else [])
+        late = (str(kernel.late_modules) if not restoring and kernel.late_modules is not None
+                and kernel.late_modules.is_dir() else None)
+        launch = _Launch(command, kernel, rootfs, snap, restoring, initrd_parts=parts, late_modules=late)
+        if prestart is not None:
+            if snap is None and prestart.fits(command, parts, late):
+                launch.started, launch.started_at = prestart.adopt(), prestart.started
+                return launch
+            prestart.discard()
+        prepare_dir(self.files, parts, late)
+        return launch
 
     def _launch(self, l0: L0Process, config: LabConfig, binary: str, launch: _Launch) -> ReadyInfo:
         """Starts QEMU and waits for L1: booted (and saved, with --snapshot) or restored."""
         kernel, snap = launch.kernel, launch.snap
-        started = time.monotonic()
+        started = launch.started_at or time.monotonic()
         state = self._state_record(config, launch)
         what = (f"Restoring L1 from its snapshot ({kernel.label}, {snap.key[:12]})" if launch.restoring and snap else
                 f"Booting L1 ({kernel.label}, {config.cpus} CPUs, {config.memory_words}, THP {config.thp})")
         with self.progress.step(what) as step:
-            pid = l0.start()
+            # (started already when it is the head start's QEMU: prestart.py)
+            pid = l0.pid if launch.started is not None else l0.start()
             # QEMU's pid on record first: a kvmlab killed from here on leaves a QEMU that the
             # next command finds and stops (State.reap_stale_locked).
-            state.update(pid=pid, started_at=time.time())
+            state.update(pid=pid, started_at=time.time() - (time.monotonic() - started))
+            if launch.started is not None:
+                state["prestarted"] = True
             self.files.write(state)
             if launch.tools is not None:
                 # Wanted once L1 is ready (images/l1/rootfs/kvmlab/late): copied while it boots.

@@ -15,10 +15,13 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lab.config import LabConfig
 from lab.core.errors import LaunchError, UserError
 from lab.shared.files import write_atomic
+
+if TYPE_CHECKING:  # not imported at run time: `kvmlab up` starts QEMU before it reads YAML (prestart.py)
+    from lab.config import LabConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,223 @@
+"""`kvmlab up` starts L1's QEMU before it has read its config: the command that the last
+`up` with the same arguments ran, started first and checked once the config is read.
+
+Python's start and kvmlab's imports (click, PyYAML, the image builder) take 60-75 ms
+before `up` can build QEMU's command; L1's kernel boots in that time instead when the
+last command starts first. The guess is never trusted. `Lab.up` builds the command as
+always and adopts the QEMU started here only when it is the very same command, with the
+same initrd parts and late modules (image paths are content-addressed: the same path is
+the same bytes) and no snapshot; otherwise that QEMU is killed and reaped, the lab's
+directory emptied, and the boot starts as it did before. The CLI discards it too when it
+ends without `up` having taken it (bad input, Ctrl-C): nothing is left running.
+
+Only `kvmlab up` from the command line does this; Python's `Lab.up` boots as before. The
+record is written after an `up` that booted (not restored) L1, next to the lab's lock in
+the private runtime directory (mode 0600), and is read only when it is the user's own and
+private: it holds a command line that this module runs. While the guess runs, the lab's
+lock is held and its state file names QEMU's pid, so a kvmlab killed at that moment
+leaves a QEMU that the next command finds and stops (state.py), as a killed `up` always
+did. Imports stay light here (no YAML, no click): this runs before them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import stat
+import time
+import zlib
+from pathlib import Path
+from typing import IO, Any
+
+from lab.core.paths import private_dir
+from lab.machine.qemu import L0Process, LabPaths, kill_pid, private_opener
+from lab.machine.state import LabState, labs_root
+from lab.shared.files import write_atomic
+
+#: Options that may come before `up` (the group's own).
+GROUP_FLAGS = ("-q", "--quiet")
+#: With these `up` does not boot from a remembered command (help, or a snapshot restored).
+NEVER = ("-h", "--help", "--snapshot")
+VERSION = 1
+#: Records kept (one per way of calling `up`: arguments, directory, environment).
+KEEP = 16
+
+
+def launch_key(argv: list[str]) -> dict[str, Any] | None:
+    """What makes two `kvmlab up` runs the same run: the arguments, the directory (relative
+    config paths), kvmlab's own environment and the user; None when `argv` is not an `up`
+    that may be guessed."""
+    args = list(argv)
+    while args and args[0] in GROUP_FLAGS:
+        args.pop(0)
+    if not args or args[0] != "up" or any(a in NEVER or a.startswith("--snapshot") for a in args):
+        return None
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None
+    env = {k: v for k, v in sorted(os.environ.items())
+           if k.startswith("KVMLAB_") or k in ("HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR", "TMPDIR")}
+    return {"version": VERSION, "argv": list(argv), "cwd": cwd, "env": env, "uid": os.geteuid()}
+
+
+def record_path(key: dict[str, Any]) -> Path:
+    digest = zlib.crc32(json.dumps(key, sort_keys=True).encode())
+    return labs_root() / f".up-{digest:08x}.json"
+
+
+def file_mark(path: str | None) -> list[Any] | None:
+    """A file's identity for the record: its path, size and modification time."""
+    if path is None:
+        return None
+    st = os.stat(path)
+    return [path, st.st_size, st.st_mtime_ns]
+
+
+def prepare_dir(files: LabState, initrd_parts: list[str], late_modules: str | None) -> None:
+    """The lab's directory as a boot wants it: emptied (logs too), private, the share and
+    its .kvmlab, the initrd (the initramfs followed by the kernel's modules), the modules
+    L1 loads once it is ready. Shared by a boot and the guess (the same steps)."""
+    paths = files.paths
+    if os.path.lexists(paths.dir):
+        private_dir(paths.dir)  # ours, a real directory: only then is it emptied
+    files.clean(keep_logs=False)
+    private_dir(paths.dir)
+    paths.share.mkdir(mode=0o700)
+    paths.ready.parent.mkdir()
+    with open(paths.initrd, "wb", opener=private_opener) as initrd:
+        for part in initrd_parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, initrd, 1 << 20)
+    if late_modules is not None:
+        shutil.copytree(late_modules, paths.ready.parent / "modules")
+
+
+class Prestart:
+    """One `kvmlab up`'s key, and the QEMU started from its record, if any."""
+
+    def __init__(self, key: dict[str, Any] | None):
+        self.key = key
+        self.l0: L0Process | None = None
+        self.files: LabState | None = None
+        self.started = 0.0
+        self.record: dict[str, Any] = {}
+        self._lock: IO | None = None
+
+    # -- the guess ---------------------------------------------------------------------
+    def start(self) -> bool:
+        """Starts the remembered command if its record is ours and its files unchanged,
+        and the lab is free and down; True if QEMU runs."""
+        record = self._read()
+        if record is None:
+            return False
+        try:
+            if [file_mark(p[0]) for p in record["initrd"]] != record["initrd"] or \
+                    file_mark(record["late"][0] if record["late"] else None) != record["late"] or \
+                    file_mark(record["command"][0]) != record["qemu"]:
+                return False
+        except (OSError, KeyError, TypeError, IndexError):
+            return False
+        paths = LabPaths(labs_root() / record["name"])
+        files = LabState(record["name"], paths)
+        lock = open(labs_root() / f".{record['name']}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            return False  # another kvmlab has the lab: `up` says so, as before
+        self._lock, self.files, self.record = lock, files, record
+        try:
+            if files.read() is not None:
+                self.release()  # up, starting, or stale: `up` deals with it, as before
+                return False
+            prepare_dir(files, [p[0] for p in record["initrd"]], record["late"][0] if record["late"] else None)
+            self.started = time.monotonic()
+            self.l0 = L0Process(record["command"], paths.qemu_log)
+            pid = self.l0.start()
+            # Its pid on record at once: a kvmlab killed from here on leaves a QEMU that the
+            # next command stops (state.py: never ready, and nobody holds the lock).
+            files.write({**record["state"], "pid": pid, "started_at": time.time(), "prestarted": True})
+        except BaseException:
+            self.discard()
+            raise
+        return True
+
+    def _read(self) -> dict[str, Any] | None:
+        if self.key is None:
+            return None
+        path = record_path(self.key)
+        try:
+            root = os.lstat(path.parent)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            uid = os.getuid()
+            # It holds a command that is run: only a private file in a private directory, ours.
+            if not stat.S_ISDIR(root.st_mode) or root.st_uid != uid or root.st_mode & 0o077 or \
+                    not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077 or st.st_size > 1 << 20:
+                return None
+            record = json.loads(os.read(fd, st.st_size + 1))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        if not isinstance(record, dict) or record.get("key") != self.key:
+            return None
+        return record
+
+    def fits(self, command: list[str], initrd_parts: list[str], late_modules: str | None) -> bool:
+        """The QEMU started here is the one `up` would start now."""
+        return (self.l0 is not None and self.l0.exit_code() is None and self.record["command"] == command
+                and [p[0] for p in self.record["initrd"]] == initrd_parts
+                and (self.record["late"][0] if self.record["late"] else None) == late_modules)
+
+    def adopt(self) -> L0Process:
+        """`up` takes the QEMU over (it reaps it from now on)."""
+        assert self.l0 is not None
+        l0, self.l0 = self.l0, None
+        return l0
+
+    def discard(self) -> None:
+        """Kills and reaps the QEMU started here, and empties the lab's directory; the lock
+        is kept (`up` goes on under it, or `release` lets it go)."""
+        if self.l0 is not None:
+            if self.l0.proc is not None:
+                kill_pid(self.l0.proc.pid, self.l0.proc)
+            self.l0 = None
+            if self.files is not None:
+                self.files.clean(keep_logs=False)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock is not None
+
+    # -- the record ----------------------------------------------------------------------
+    def remember(self, name: str, command: list[str], initrd_parts: list[str], late_modules: str | None,
+                 state: dict[str, Any]) -> None:
+        """After an `up` that booted L1: what the next `up` with the same key starts first."""
+        if self.key is None:
+            return
+        try:
+            record = {"key": self.key, "name": name, "command": command,
+                      "initrd": [file_mark(p) for p in initrd_parts], "late": file_mark(late_modules),
+                      "qemu": file_mark(command[0]),
+                      "state": {k: v for k, v in state.items()
+                                if k not in ("pid", "started_at", "ready", "prestarted")}}
+            path = record_path(self.key)
+            write_atomic(path, json.dumps(record) + "\n", mode=0o600)
+            # One record per way of calling `up`: the most recent KEEP are kept.
+            records = sorted(path.parent.glob(".up-*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+            for old in records[KEEP:]:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass  # only the next up's head start is lost

@@ -1,0 +1,171 @@
+"""lab/machine/prestart.py on real processes (a `sleep` stands in for QEMU): which records
+are trusted, what a head start leaves, and that a discarded one is reaped."""
+
+import fcntl
+import json
+import os
+import time
+
+import pytest
+
+from lab.core.paths import private_dir
+from lab.machine.prestart import Prestart, launch_key, record_path
+from lab.machine.qemu import pid_alive
+from lab.machine.state import labs_root
+
+ARGV = ["-q", "up", "--name", "pre"]
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVMLAB_RUNTIME_DIR", str(tmp_path / "rt"))
+    private_dir(labs_root())
+    return tmp_path
+
+
+@pytest.fixture
+def remembered(runtime):
+    """The record an `up --name pre` leaves: its 'QEMU' a sleep, two initrd parts, late modules."""
+    parts = [runtime / "initramfs.cpio", runtime / "modules.cpio"]
+    parts[0].write_bytes(b"A" * 3000)
+    parts[1].write_bytes(b"B" * 5)
+    late = runtime / "late"
+    late.mkdir()
+    (late / "order").write_text("07-evdev.ko\n")
+    command = ["/usr/bin/sleep", "60"]
+    Prestart(launch_key(ARGV)).remember("pre", command, [str(p) for p in parts], str(late),
+                                        {"name": "pre", "command": command, "pid": 1, "ready": {"uptime": 1}})
+    return command, [str(p) for p in parts], str(late)
+
+
+def started(prestart):
+    """Starts it; the test ends with its process reaped whatever happens."""
+    try:
+        assert prestart.start()
+    except BaseException:
+        prestart.discard()
+        raise
+    return prestart
+
+
+def test_only_an_up_without_a_snapshot_has_a_key():
+    assert launch_key(["status"]) is None
+    assert launch_key(["-q", "test", "thp"]) is None
+    assert launch_key(["up", "--snapshot"]) is None
+    assert launch_key(["up", "--snapshot=on"]) is None
+    assert launch_key(["up", "--help"]) is None
+    key = launch_key(ARGV)
+    assert key is not None and key["argv"] == ARGV and key["cwd"] == os.getcwd()
+
+
+def test_the_key_holds_kvmlabs_environment_and_not_the_rest(monkeypatch):
+    monkeypatch.setenv("KVMLAB_CACHE_DIR", "/somewhere")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "x")
+    key = launch_key(ARGV)
+    assert key["env"]["KVMLAB_CACHE_DIR"] == "/somewhere" and "UNRELATED_VARIABLE" not in key["env"]
+
+
+def test_a_remembered_up_starts_its_command_with_the_lab_prepared(remembered, runtime):
+    command, parts, late = remembered
+    prestart = started(Prestart(launch_key(ARGV)))
+    try:
+        pid = prestart.l0.pid
+        assert pid_alive(pid) and open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:2] == [b"/usr/bin/sleep",
+                                                                                                   b"60"]
+        lab_dir = labs_root() / "pre"
+        assert (lab_dir / "initrd.cpio").read_bytes() == b"A" * 3000 + b"B" * 5
+        assert (lab_dir / "share/.kvmlab/modules/order").read_text() == "07-evdev.ko\n"
+        state = json.loads((lab_dir / "lab.json").read_text())
+        # its pid on record, never ready: a kvmlab killed now leaves a QEMU the next command stops
+        assert state["pid"] == pid and state["prestarted"] is True and "ready" not in state
+        assert (lab_dir.stat().st_mode & 0o777) == 0o700
+        assert prestart.fits(command, parts, late)
+        assert not prestart.fits([*command, "-smp", "1"], parts, late)
+        assert not prestart.fits(command, parts[:1], late)
+        assert not prestart.fits(command, parts, None)
+    finally:
+        prestart.discard()
+        prestart.release()
+    assert not pid_alive(pid) and not (labs_root() / "pre").exists()
+
+
+def test_a_taken_over_qemu_is_not_discarded(remembered):
+    prestart = started(Prestart(launch_key(ARGV)))
+    l0 = prestart.adopt()
+    prestart.discard()
+    try:
+        assert pid_alive(l0.pid) and (labs_root() / "pre/lab.json").exists()
+    finally:
+        l0.kill()
+        prestart.release()
+
+
+@pytest.mark.parametrize("spoil", ["group-readable", "another-users", "symlink", "other-key", "garbage"])
+def test_a_record_not_private_or_not_this_ups_is_ignored(spoil, remembered, runtime):
+    path = record_path(launch_key(ARGV))
+    if spoil == "group-readable":
+        path.chmod(0o640)
+    elif spoil == "another-users":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the file away")
+        os.chown(path, 65534, 65534)
+    elif spoil == "symlink":
+        target = runtime / "elsewhere.json"
+        path.rename(target)
+        path.symlink_to(target)
+    elif spoil == "other-key":
+        record = json.loads(path.read_text())
+        record["key"]["argv"] = ["up", "--name", "other"]
+        path.write_text(json.dumps(record))
+    else:
+        path.write_text("{not json")
+    prestart = Prestart(launch_key(ARGV))
+    assert not prestart.start()
+    assert prestart.l0 is None and not (labs_root() / "pre").exists()
+
+
+def test_a_changed_input_file_is_not_guessed(remembered):
+    _, parts, _ = remembered
+    time.sleep(0.01)
+    with open(parts[1], "ab") as f:
+        f.write(b"C")
+    prestart = Prestart(launch_key(ARGV))
+    assert not prestart.start() and not (labs_root() / "pre").exists()
+
+
+def test_a_lab_with_state_or_a_held_lock_is_left_to_up(remembered):
+    lab_dir = labs_root() / "pre"
+    private_dir(lab_dir)
+    (lab_dir / "lab.json").write_text('{"name": "pre", "pid": 1}')
+    prestart = Prestart(launch_key(ARGV))
+    assert not prestart.start() and not prestart.holds_lock
+    assert (lab_dir / "lab.json").exists()  # untouched: `up` reaps or refuses, as before
+    (lab_dir / "lab.json").unlink()
+    with open(labs_root() / ".pre.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert not Prestart(launch_key(ARGV)).start()
+
+
+def test_an_interrupt_wrapped_by_python_counts_as_an_interrupt():
+    from lab.cli import caused_by_interrupt
+
+    class Named:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    with pytest.raises(RuntimeError) as wrapped:
+        type("Taken", (), {"field": Named()})
+    assert caused_by_interrupt(wrapped.value)
+    assert not caused_by_interrupt(RuntimeError("Symlink loop from 'x'"))
+
+
+def test_only_the_most_recent_records_are_kept(runtime):
+    from lab.machine import prestart as module
+
+    for i in range(module.KEEP + 5):
+        Prestart(launch_key(["up", "--name", f"n{i}"])).remember(f"n{i}", ["/usr/bin/true"], [], None, {})
+        time.sleep(0.002)
+    kept = sorted(labs_root().glob(".up-*.json"))
+    assert len(kept) == module.KEEP
+    assert record_path(launch_key(["up", "--name", f"n{module.KEEP + 4}"])) in kept
+    assert record_path(launch_key(["up", "--name", "n0"])) not in kept
