@@ -32,7 +32,8 @@ def test_measures(kvm_lab):
 
 FAILING = '''
 def test_fails_after_booting(kvm_lab):
-    kvm_lab.run("anon-thp-always")
+    result = kvm_lab.run("anon-thp-always")
+    assert result.passed, result
     assert False, "this test fails on purpose"
 '''
 
@@ -60,6 +61,9 @@ def test_kvm_lab_runs_scenarios_and_goes_down(pytester, monkeypatch, tmp_path, p
 def test_a_failing_test_still_takes_the_lab_down(pytester, monkeypatch, tmp_path, private_runtime):
     result, _ = _inner(pytester, monkeypatch, tmp_path, FAILING, "--kvmlab-name", "plugin-b")
     result.assert_outcomes(failed=1)
+    # failed where it fails on purpose, after a scenario that passed (not on a scenario's
+    # error or timeout: once in CI, the scenario took the host's 300 s timeout unseen)
+    result.stdout.fnmatch_lines(["*AssertionError: this test fails on purpose*"])
     assert not Lab("plugin-b").is_up()
     assert qemu_pids_in(private_runtime / "labs/plugin-b") == []
 

@@ -88,14 +88,15 @@ def fake_runner():
         runner.stop()
 
 
-def source_job(root: Path, token: str, timeout: int = 0, script: str = "U0NSSVBU") -> subprocess.CompletedProcess:
+def source_job(root: Path, token: str, timeout: int = 0, script: str = "U0NSSVBU",
+               grace: int | None = None) -> subprocess.CompletedProcess:
     share = root / "share"
     share.mkdir(exist_ok=True)
     run = root / "run"
     run.write_text('#!/bin/sh\necho "fallback $*"\n')
     run.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "KVMLAB_L1_RUNNER": str(root / "runner"), "KVMLAB_L1_SHARE": str(share),
-           "KVMLAB_L1_RUN": str(run)}
+           "KVMLAB_L1_RUN": str(run), **({"KVMLAB_L1_CANCEL_GRACE": str(grace)} if grace is not None else {})}
     tools = root / f"tools-{KEY}"  # as in L1's RAM: TOOLS/l1/ (job.sh sources l1/died.sh from there)
     if not tools.exists():
         tools.mkdir()
@@ -142,6 +143,23 @@ def test_a_runner_that_dies_during_the_job_is_status_125_with_the_reason(tmp_pat
     out = done.stdout.decode()
     assert out.endswith("\x1eE tok3 125\nafter=0\n"), out
     assert f"L1's scenario runner (pid {doomed.pid}) died during this scenario" in out
+
+
+def test_a_runner_that_never_answers_a_cancel_is_killed_and_the_job_ends(tmp_path, fake_runner):
+    stuck = subprocess.Popen(["sleep", "600"])  # the runner: alive, and answering nothing
+    try:
+        runner = fake_runner(tmp_path, stuck.pid, lambda runner, line: "")
+        (tmp_path / "share").mkdir()
+        (tmp_path / "share/cancel-tok7").touch()
+        done = source_job(tmp_path, "tok7", grace=2)
+        out = done.stdout.decode()
+        assert out.endswith("\x1eE tok7 124\nafter=0\n"), out
+        assert f"L1's scenario runner (pid {stuck.pid}) did not answer the cancel in 2 s; it was killed" in out
+        assert stuck.wait(timeout=10) == -9
+        assert runner.lines == ["run tok7 /mnt/share/.kvmlab/runs/x/job.json agent.done", "cancel tok7"]
+    finally:
+        stuck.kill()
+        stuck.wait()
 
 
 def test_without_a_ready_runner_the_job_goes_through_kvmlab_run(tmp_path, fake_runner):

@@ -18,6 +18,11 @@
 kj_dir=${KVMLAB_L1_RUNNER:-/run/kvmlab/runner}
 kj_share=${KVMLAB_L1_SHARE:-/mnt/share/.kvmlab}
 kj_run=${KVMLAB_L1_RUN:-/kvmlab/run}
+# After a cancel the runner stops the job's group within 10 s (SIGTERM, then SIGKILL) and
+# answers: one that has not answered after this many seconds is stuck, and is killed here
+# (the job is then a timeout with the reason; the next job starts a new runner), rather
+# than leaving the host to wait out its own, far longer, timeout.
+kj_grace=${KVMLAB_L1_CANCEL_GRACE:-30}
 kj_tools=$1 kj_key=${1##*/tools-} kj_token=$2 kj_timeout=$3 kj_job=$4 kj_script=$5
 kj_pid=
 # The runner of this tools version, if it lives: "PID KEY START" in its pid file, START
@@ -59,9 +64,18 @@ else
             break
         fi
         kj_waited=$((kj_waited + 1))
+        if [ -n "$kj_cancelled" ] && [ $((kj_waited - kj_cancelled)) -gt "$kj_grace" ]; then
+            echo "kvmlab-l1: L1's scenario runner (pid $kj_pid) did not answer the cancel in $kj_grace s; it was killed"
+            kill -KILL "$kj_pid" 2>/dev/null
+            # shellcheck source=images/l1/python/l1/died.sh
+            . "$kj_tools/l1/died.sh"
+            kvmlab_runner_gone "$kj_at" "$kj_pid"
+            kj_rc=125
+            break
+        fi
         if [ -z "$kj_cancelled" ] && { [ -e "$kj_share/cancel-$kj_token" ] ||
                 { [ "$kj_timeout" -gt 0 ] && [ $kj_waited -ge "$kj_timeout" ]; }; }; then
-            kj_cancelled=1  # the runner stops the job's group: SIGTERM, SIGKILL 10 s on
+            kj_cancelled=$kj_waited  # the runner stops the job's group: SIGTERM, SIGKILL 10 s on
             echo "cancel $kj_token" 1<>"$kj_dir/requests"
         fi
     done
@@ -78,5 +92,5 @@ else
     echo "$kj_rc" 2>/dev/null > "$kj_share/status-$kj_token"
     printf '\036E %s %d\n' "$kj_token" "$kj_rc"
 fi
-unset kj_dir kj_share kj_run kj_tools kj_key kj_token kj_timeout kj_job kj_script kj_pid kj_k kj_started kj_stat kj_at kj_rc kj_waited \
+unset kj_dir kj_share kj_run kj_grace kj_tools kj_key kj_token kj_timeout kj_job kj_script kj_pid kj_k kj_started kj_stat kj_at kj_rc kj_waited \
     kj_cancelled kj_line
