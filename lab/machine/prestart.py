@@ -120,9 +120,12 @@ class Prestart:
                 return False
         except (OSError, KeyError, TypeError, IndexError):
             return False
-        paths = LabPaths(labs_root() / record["name"])
-        files = LabState(record["name"], paths)
-        lock = open(labs_root() / f".{record['name']}.lock", "w")
+        name = record.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return False
+        paths = LabPaths(labs_root() / name)
+        files = LabState(name, paths)
+        lock = open(labs_root() / f".{name}.lock", "w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -142,6 +145,7 @@ class Prestart:
             files.write({**record["state"], "pid": pid, "started_at": time.time(), "prestarted": True})
         except BaseException:
             self.discard()
+            self.release()  # `up` goes its usual way, its own checks first
             raise
         return True
 

@@ -21,6 +21,19 @@ def state_of(lab_dir):
     return json.loads((lab_dir / "lab.json").read_text())
 
 
+def booted_once(name, *args):
+    """`kvmlab up ARGS` booted, then down: the next `up` with these arguments is guessed."""
+    result = kvmlab("up", *args)
+    assert result.returncode == 0, result.stderr
+    assert kvmlab("down", "--name", name).returncode == 0
+
+
+def configured(tmp_path, name, text=""):
+    config = tmp_path / "lab.yaml"
+    config.write_text(f"lab:\n  name: {name}\n{text}")
+    return config
+
+
 def wait_for_qemu(proc, lab_dir):
     deadline = time.monotonic() + 60
     while not qemu_pids_in(lab_dir):
@@ -49,11 +62,9 @@ def test_a_second_up_takes_over_the_qemu_started_from_the_first_ones_command(pri
 
 def test_a_changed_config_stops_the_guess_and_boots_what_it_asks(tmp_path, private_runtime):
     lab_dir = private_runtime / "labs/changed"
-    config = tmp_path / "lab.yaml"
-    config.write_text("lab:\n  name: changed\n  cpus: 2\n")
-    assert kvmlab("up", "--config", str(config)).returncode == 0
-    assert kvmlab("down", "--name", "changed").returncode == 0
-    config.write_text("lab:\n  name: changed\n  cpus: 1\n")
+    config = configured(tmp_path, "changed", "  cpus: 2\n")
+    booted_once("changed", "--config", str(config))
+    configured(tmp_path, "changed", "  cpus: 1\n")
     result = kvmlab("up", "--config", str(config))
     assert result.returncode == 0, result.stderr
     try:
@@ -67,11 +78,9 @@ def test_a_changed_config_stops_the_guess_and_boots_what_it_asks(tmp_path, priva
 
 def test_bad_input_after_a_guess_leaves_nothing_running(tmp_path, private_runtime):
     lab_dir = private_runtime / "labs/badguess"
-    config = tmp_path / "lab.yaml"
-    config.write_text("lab:\n  name: badguess\n")
-    assert kvmlab("up", "--config", str(config)).returncode == 0
-    assert kvmlab("down", "--name", "badguess").returncode == 0
-    config.write_text("lab:\n  name: badguess\n  cpus: lots\n")
+    config = configured(tmp_path, "badguess")
+    booted_once("badguess", "--config", str(config))
+    configured(tmp_path, "badguess", "  cpus: lots\n")
     result = kvmlab("up", "--config", str(config))
     err = result.stderr.decode()
     assert result.returncode == 2 and len(err.splitlines()) == 1 and "lab.cpus" in err, err
@@ -82,8 +91,7 @@ def test_bad_input_after_a_guess_leaves_nothing_running(tmp_path, private_runtim
 def test_a_signal_during_a_guessed_up_reaps_qemu(sig, private_runtime):
     name = f"guess-{sig.name.lower()}"
     lab_dir = private_runtime / "labs" / name
-    assert kvmlab("up", "--name", name).returncode == 0
-    assert kvmlab("down", "--name", name).returncode == 0
+    booted_once(name, "--name", name)
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", "--name", name],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_qemu(proc, lab_dir)
@@ -95,8 +103,7 @@ def test_a_signal_during_a_guessed_up_reaps_qemu(sig, private_runtime):
 
 def test_a_kvmlab_killed_during_a_guess_leaves_a_qemu_the_next_up_stops(private_runtime):
     lab_dir = private_runtime / "labs/guess-killed"
-    assert kvmlab("up", "--name", "guess-killed").returncode == 0
-    assert kvmlab("down", "--name", "guess-killed").returncode == 0
+    booted_once("guess-killed", "--name", "guess-killed")
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", "--name", "guess-killed"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     [orphan] = wait_for_qemu(proc, lab_dir)

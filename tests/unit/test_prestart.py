@@ -100,7 +100,7 @@ def test_a_taken_over_qemu_is_not_discarded(remembered):
         prestart.release()
 
 
-@pytest.mark.parametrize("spoil", ["group-readable", "another-users", "symlink", "other-key", "garbage"])
+@pytest.mark.parametrize("spoil", ["group-readable", "another-users", "symlink", "other-key", "garbage", "a-path"])
 def test_a_record_not_private_or_not_this_ups_is_ignored(spoil, remembered, runtime):
     path = record_path(launch_key(ARGV))
     if spoil == "group-readable":
@@ -116,6 +116,10 @@ def test_a_record_not_private_or_not_this_ups_is_ignored(spoil, remembered, runt
     elif spoil == "other-key":
         record = json.loads(path.read_text())
         record["key"]["argv"] = ["up", "--name", "other"]
+        path.write_text(json.dumps(record))
+    elif spoil == "a-path":
+        record = json.loads(path.read_text())
+        record["name"] = "../pre"
         path.write_text(json.dumps(record))
     else:
         path.write_text("{not json")
