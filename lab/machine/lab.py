@@ -168,9 +168,9 @@ class Lab:
                 raise
             l0.detach()
             self._brought_up = True
-            if prestart is not None and not launch.restoring and launch.snap is None:
+            if prestart is not None and (launch.snap is None or launch.restoring):
                 prestart.remember(self.name, launch.command, launch.initrd_parts, launch.late_modules,
-                                  self.files.read() or {})
+                                  self.files.read() or {}, str(launch.snap.vmstate) if launch.snap else None)
             return ready
 
     def _pre_launch(self, config: LabConfig, binary: str, kernel: KernelImage, rootfs: Rootfs,
@@ -195,7 +195,8 @@ class Lab:
                 and kernel.late_modules.is_dir() else None)
         launch = _Launch(command, kernel, rootfs, snap, restoring, initrd_parts=parts, late_modules=late)
         if prestart is not None:
-            if snap is None and prestart.fits(command, parts, late):
+            if (snap is None or restoring) and prestart.fits(command, parts, late,
+                                                             str(snap.vmstate) if snap and restoring else None):
                 launch.started, launch.started_at = prestart.adopt(), prestart.started
                 return launch
             prestart.discard()

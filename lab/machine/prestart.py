@@ -2,16 +2,18 @@
 `up` with the same arguments ran, started first and checked once the config is read.
 
 Python's start and kvmlab's imports (click, PyYAML, the image builder) take 60-75 ms
-before `up` can build QEMU's command; L1's kernel boots in that time instead when the
-last command starts first. The guess is never trusted. `Lab.up` builds the command as
-always and adopts the QEMU started here only when it is the very same command, with the
-same initrd parts and late modules (image paths are content-addressed: the same path is
-the same bytes) and no snapshot; otherwise that QEMU is killed and reaped, the lab's
+before `up` can build QEMU's command; L1's kernel boots (or its snapshot loads) in that
+time instead when the last command starts first. The guess is never trusted. `Lab.up`
+builds the command as always and adopts the QEMU started here only when it is the very
+same command, with the same initrd parts and late modules (image paths are
+content-addressed: the same path is the same bytes) and, for a restore, the same saved
+state, unchanged since; otherwise that QEMU is killed and reaped, the lab's
 directory emptied, and the boot starts as it did before. The CLI discards it too when it
 ends without `up` having taken it (bad input, Ctrl-C): nothing is left running.
 
 Only `kvmlab up` from the command line does this; Python's `Lab.up` boots as before. The
-record is written after an `up` that booted (not restored) L1, next to the lab's lock in
+record is written after an `up` that booted L1 or restored it (not one that saved a
+snapshot: the next such `up` restores it), next to the lab's lock in
 the private runtime directory (mode 0600), and is read only when it is the user's own and
 private: it holds a command line that this module runs. While the guess runs, the lab's
 lock is held and its state file names QEMU's pid, so a kvmlab killed at that moment
@@ -38,8 +40,8 @@ from lab.shared.files import write_atomic
 
 #: Options that may come before `up` (the group's own).
 GROUP_FLAGS = ("-q", "--quiet")
-#: With these `up` does not boot from a remembered command (help, or a snapshot restored).
-NEVER = ("-h", "--help", "--snapshot")
+#: With these `up` starts nothing ahead (help).
+NEVER = ("-h", "--help")
 VERSION = 1
 #: Records kept (one per way of calling `up`: arguments, directory, environment).
 KEEP = 16
@@ -52,7 +54,7 @@ def launch_key(argv: list[str]) -> dict[str, Any] | None:
     args = list(argv)
     while args and args[0] in GROUP_FLAGS:
         args.pop(0)
-    if not args or args[0] != "up" or any(a in NEVER or a.startswith("--snapshot") for a in args):
+    if not args or args[0] != "up" or any(a in NEVER for a in args):
         return None
     try:
         cwd = os.getcwd()
@@ -116,6 +118,7 @@ class Prestart:
         try:
             if [file_mark(p[0]) for p in record["initrd"]] != record["initrd"] or \
                     file_mark(record["late"][0] if record["late"] else None) != record["late"] or \
+                    file_mark(record["vmstate"][0] if record["vmstate"] else None) != record["vmstate"] or \
                     file_mark(record["command"][0]) != record["qemu"]:
                 return False
         except (OSError, KeyError, TypeError, IndexError):
@@ -174,11 +177,19 @@ class Prestart:
             return None
         return record
 
-    def fits(self, command: list[str], initrd_parts: list[str], late_modules: str | None) -> bool:
-        """The QEMU started here is the one `up` would start now."""
-        return (self.l0 is not None and self.l0.exit_code() is None and self.record["command"] == command
-                and [p[0] for p in self.record["initrd"]] == initrd_parts
-                and (self.record["late"][0] if self.record["late"] else None) == late_modules)
+    def fits(self, command: list[str], initrd_parts: list[str], late_modules: str | None,
+             vmstate: str | None = None) -> bool:
+        """The QEMU started here is the one `up` would start now: the same command, initrd
+        parts and late modules, and when it restores, the same saved state (unchanged)."""
+        if self.l0 is None or self.l0.exit_code() is not None or self.record["command"] != command:
+            return False
+        if [p[0] for p in self.record["initrd"]] != initrd_parts or \
+                (self.record["late"][0] if self.record["late"] else None) != late_modules:
+            return False
+        try:
+            return self.record["vmstate"] == file_mark(vmstate)
+        except OSError:
+            return False
 
     def adopt(self) -> L0Process:
         """`up` takes the QEMU over (it reaps it from now on)."""
@@ -207,13 +218,15 @@ class Prestart:
 
     # -- the record ----------------------------------------------------------------------
     def remember(self, name: str, command: list[str], initrd_parts: list[str], late_modules: str | None,
-                 state: dict[str, Any]) -> None:
-        """After an `up` that booted L1: what the next `up` with the same key starts first."""
+                 state: dict[str, Any], vmstate: str | None = None) -> None:
+        """After an `up` that booted L1, or restored it from `vmstate`: what the next `up`
+        with the same key starts first."""
         if self.key is None:
             return
         try:
             record = {"key": self.key, "name": name, "command": command,
                       "initrd": [file_mark(p) for p in initrd_parts], "late": file_mark(late_modules),
+                      "vmstate": file_mark(vmstate),
                       "qemu": file_mark(command[0]),
                       "state": {k: v for k, v in state.items()
                                 if k not in ("pid", "started_at", "ready", "prestarted")}}

@@ -117,3 +117,18 @@ def test_a_kvmlab_killed_during_a_guess_leaves_a_qemu_the_next_up_stops(private_
         assert qemu_pids_in(lab_dir) == [state["pid"]] and state["pid"] != orphan
     finally:
         assert kvmlab("down", "--name", "guess-killed").returncode == 0
+
+
+def test_a_restore_is_guessed_too(private_runtime):
+    lab_dir = private_runtime / "labs/guess-restore"
+    booted_once("guess-restore", "--name", "guess-restore", "--snapshot")  # saved, or restored
+    booted_once("guess-restore", "--name", "guess-restore", "--snapshot")  # restored: remembered
+    result = kvmlab("up", "--name", "guess-restore", "--snapshot")
+    assert result.returncode == 0, result.stderr
+    try:
+        state = state_of(lab_dir)
+        assert state["prestarted"] is True and state["snapshot"]["how"] == "restored"
+        assert qemu_pids_in(lab_dir) == [state["pid"]]
+        assert kvmlab("exec", "--name", "guess-restore", "--", "cat", "/proc/sys/kernel/hostname").stdout == b"kvmlab\n"
+    finally:
+        assert kvmlab("down", "--name", "guess-restore").returncode == 0

@@ -48,12 +48,11 @@ def started(prestart):
     return prestart
 
 
-def test_only_an_up_without_a_snapshot_has_a_key():
+def test_only_an_up_has_a_key():
     assert launch_key(["status"]) is None
     assert launch_key(["-q", "test", "thp"]) is None
-    assert launch_key(["up", "--snapshot"]) is None
-    assert launch_key(["up", "--snapshot=on"]) is None
     assert launch_key(["up", "--help"]) is None
+    assert launch_key(["up", "--snapshot"])["argv"] == ["up", "--snapshot"]
     key = launch_key(ARGV)
     assert key is not None and key["argv"] == ARGV and key["cwd"] == os.getcwd()
 
@@ -126,6 +125,26 @@ def test_a_record_not_private_or_not_this_ups_is_ignored(spoil, remembered, runt
     prestart = Prestart(launch_key(ARGV))
     assert not prestart.start()
     assert prestart.l0 is None and not (labs_root() / "pre").exists()
+
+
+def test_a_restore_is_guessed_only_while_its_saved_state_is_unchanged(runtime):
+    vmstate = runtime / "vmstate"
+    vmstate.write_bytes(b"S" * 100)
+    part = runtime / "initramfs.cpio"
+    part.write_bytes(b"A")
+    command = ["/usr/bin/sleep", "60", "-incoming", f"file:{vmstate}"]
+    argv = ["up", "--name", "pre", "--snapshot"]
+    Prestart(launch_key(argv)).remember("pre", command, [str(part)], None, {"name": "pre"}, str(vmstate))
+    prestart = started(Prestart(launch_key(argv)))
+    try:
+        assert prestart.fits(command, [str(part)], None, str(vmstate))
+        assert not prestart.fits(command, [str(part)], None, None)  # a boot is not this restore
+    finally:
+        prestart.discard()
+        prestart.release()
+    time.sleep(0.01)
+    vmstate.write_bytes(b"T" * 100)  # saved anew, same path and size
+    assert not Prestart(launch_key(argv)).start()
 
 
 def test_a_changed_input_file_is_not_guessed(remembered):
