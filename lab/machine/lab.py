@@ -55,7 +55,7 @@ class _Launch:
     initrd_parts: list[str] = field(default_factory=list)
     late_modules: str | None = None
     #: the head start's QEMU, taken over (prestart.py), and when it started (monotonic)
-    started: L0Process | None = None
+    prestarted: L0Process | None = None
     started_at: float = 0.0
 
 
@@ -118,13 +118,10 @@ class Lab:
         """Boots L1 (or restores it) and waits until it is ready. `prestart` (`kvmlab up`):
         a QEMU already started from the last such `up`'s command, taken over if it is the one
         this config asks for, else stopped (prestart.py); and the record for the next."""
-        if prestart is not None and prestart.holds_lock:
-            return self._up(config, builder, prestart)
-        if self.is_up():
+        # The lock: held by the head start already, for this lab (else it is stopped below)
+        guessed = prestart is not None and prestart.holds_lock
+        if not guessed and self.is_up():
             raise self._already_up()
-        return self._up(config, builder, prestart)
-
-    def _up(self, config: LabConfig, builder: Builder | None, prestart: Prestart | None) -> ReadyInfo:
         # Input first (QEMU, the kernel, the images): a mistake there leaves no trace in
         # the runtime directory. The image cache has locks of its own.
         binary = qemu.find_qemu(config.qemu_binary)
@@ -140,8 +137,6 @@ class Lab:
         if refusal:
             raise boot.KvmModeUnavailable(refusal)
         rootfs = builder.rootfs(config)
-        # The lock: held by the head start already (for this lab: else it is stopped here)
-        guessed = prestart is not None and prestart.holds_lock
         if guessed and prestart is not None and prestart.files is not None and prestart.files.name != self.name:
             prestart.discard()
             prestart.release()
@@ -158,7 +153,7 @@ class Lab:
             if not launch.restoring:
                 # L1 starts its scenario runner as soon as it is ready (a snapshot has it already)
                 launch.tools = tools
-            l0 = launch.started or L0Process(launch.command, self.paths.qemu_log)
+            l0 = launch.prestarted or L0Process(launch.command, self.paths.qemu_log)
             try:
                 ready = self._launch(l0, config, binary, launch)
             except BaseException:
@@ -197,7 +192,7 @@ class Lab:
         if prestart is not None:
             if (snap is None or restoring) and prestart.fits(command, parts, late,
                                                              str(snap.vmstate) if snap and restoring else None):
-                launch.started, launch.started_at = prestart.adopt(), prestart.started
+                launch.prestarted, launch.started_at = prestart.adopt(), prestart.started
                 return launch
             prestart.discard()
         prepare_dir(self.files, parts, late)
@@ -212,11 +207,11 @@ class Lab:
                 f"Booting L1 ({kernel.label}, {config.cpus} CPUs, {config.memory_words}, THP {config.thp})")
         with self.progress.step(what) as step:
             # (started already when it is the head start's QEMU: prestart.py)
-            pid = l0.pid if launch.started is not None else l0.start()
+            pid = l0.pid if launch.prestarted is not None else l0.start()
             # QEMU's pid on record first: a kvmlab killed from here on leaves a QEMU that the
             # next command finds and stops (State.reap_stale_locked).
             state.update(pid=pid, started_at=time.time() - (time.monotonic() - started))
-            if launch.started is not None:
+            if launch.prestarted is not None:
                 state["prestarted"] = True
             self.files.write(state)
             if launch.tools is not None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lab.core.paths import private_dir
-from lab.machine.qemu import L0Process, LabPaths, kill_pid, private_opener
+from lab.machine.qemu import L0Process, LabPaths, private_opener
 from lab.machine.state import LabState, labs_root
 from lab.shared.files import write_atomic
 
@@ -78,6 +78,11 @@ def file_mark(path: str | None) -> list[Any] | None:
     return [path, st.st_size, st.st_mtime_ns]
 
 
+def path_of(mark: list[Any] | None) -> str | None:
+    """The path a file_mark names (None for none)."""
+    return mark[0] if mark else None
+
+
 def prepare_dir(files: LabState, initrd_parts: list[str], late_modules: str | None) -> None:
     """The lab's directory as a boot wants it: emptied (logs too), private, the share and
     its .kvmlab, the initrd (the initramfs followed by the kernel's modules), the modules
@@ -116,10 +121,8 @@ class Prestart:
         if record is None:
             return False
         try:
-            if [file_mark(p[0]) for p in record["initrd"]] != record["initrd"] or \
-                    file_mark(record["late"][0] if record["late"] else None) != record["late"] or \
-                    file_mark(record["vmstate"][0] if record["vmstate"] else None) != record["vmstate"] or \
-                    file_mark(record["command"][0]) != record["qemu"]:
+            marks = [*record["initrd"], record["late"], record["vmstate"], record["qemu"]]
+            if [file_mark(path_of(mark)) for mark in marks] != marks or path_of(record["qemu"]) != record["command"][0]:
                 return False
         except (OSError, KeyError, TypeError, IndexError):
             return False
@@ -139,7 +142,7 @@ class Prestart:
             if files.read() is not None:
                 self.release()  # up, starting, or stale: `up` deals with it, as before
                 return False
-            prepare_dir(files, [p[0] for p in record["initrd"]], record["late"][0] if record["late"] else None)
+            prepare_dir(files, [p[0] for p in record["initrd"]], path_of(record["late"]))
             self.started = time.monotonic()
             self.l0 = L0Process(record["command"], paths.qemu_log)
             pid = self.l0.start()
@@ -183,8 +186,7 @@ class Prestart:
         parts and late modules, and when it restores, the same saved state (unchanged)."""
         if self.l0 is None or self.l0.exit_code() is not None or self.record["command"] != command:
             return False
-        if [p[0] for p in self.record["initrd"]] != initrd_parts or \
-                (self.record["late"][0] if self.record["late"] else None) != late_modules:
+        if [p[0] for p in self.record["initrd"]] != initrd_parts or path_of(self.record["late"]) != late_modules:
             return False
         try:
             return self.record["vmstate"] == file_mark(vmstate)
@@ -201,8 +203,7 @@ class Prestart:
         """Kills and reaps the QEMU started here, and empties the lab's directory; the lock
         is kept (`up` goes on under it, or `release` lets it go)."""
         if self.l0 is not None:
-            if self.l0.proc is not None:
-                kill_pid(self.l0.proc.pid, self.l0.proc)
+            self.l0.kill()
             self.l0 = None
             if self.files is not None:
                 self.files.clean(keep_logs=False)
