@@ -23,7 +23,6 @@ did. Imports stay light here (no YAML, no click): this runs before them.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -131,11 +130,8 @@ class Prestart:
             return False
         paths = LabPaths(labs_root() / name)
         files = LabState(name, paths)
-        lock = open(labs_root() / f".{name}.lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
+        lock = files.try_lock()
+        if lock is None:
             return False  # another kvmlab has the lab: `up` says so, as before
         self._lock, self.files, self.record = lock, files, record
         try:

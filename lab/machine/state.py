@@ -8,7 +8,7 @@ import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from lab.core.errors import LabBusy, LabError
 from lab.core.paths import private_dir, runtime_dir
@@ -109,15 +109,24 @@ class LabState:
         if not keep_logs:
             shutil.rmtree(d, ignore_errors=True)
 
+    def try_lock(self) -> IO | None:
+        """The lab's lock, held while the returned file stays open; None if another has it."""
+        private_dir(self.root.parent)
+        private_dir(self.root)
+        lock = open(self.root / f".{self.name}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        return lock
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Only one `up` (or `down`) of a name at a time; the loser is told at once."""
-        private_dir(self.root.parent)
-        private_dir(self.root)
-        with open(self.root / f".{self.name}.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LabBusy(f"lab {self.name!r} is being started or stopped by another kvmlab; "
-                              "wait for it, or pick another --name") from None
+        lock = self.try_lock()
+        if lock is None:
+            raise LabBusy(f"lab {self.name!r} is being started or stopped by another kvmlab; "
+                          "wait for it, or pick another --name")
+        with lock:
             yield
