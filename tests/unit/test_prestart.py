@@ -132,11 +132,17 @@ def test_a_restore_is_guessed_only_while_its_saved_state_is_unchanged(runtime):
     vmstate.write_bytes(b"S" * 100)
     part = runtime / "initramfs.cpio"
     part.write_bytes(b"A")
-    command = ["/usr/bin/sleep", "60", "-incoming", f"file:{vmstate}"]
+    # A stand-in that keeps running with QEMU's restore arguments (`sleep` itself would
+    # refuse "-incoming" and exit at once, and an exited QEMU never fits).
+    qemu = runtime / "qemu"
+    qemu.write_text("#!/bin/sh\nexec /usr/bin/sleep 60\n")
+    qemu.chmod(0o755)
+    command = [str(qemu), "-incoming", f"file:{vmstate}"]
     argv = ["up", "--name", "pre", "--snapshot"]
     Prestart(launch_key(argv)).remember("pre", command, [str(part)], None, {"name": "pre"}, str(vmstate))
     prestart = started(Prestart(launch_key(argv)))
     try:
+        time.sleep(0.1)  # a stand-in that exits at once (as `sleep -incoming` did) fails here
         assert prestart.fits(command, [str(part)], None, str(vmstate))
         assert not prestart.fits(command, [str(part)], None, None)  # a boot is not this restore
     finally:
