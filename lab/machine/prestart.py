@@ -8,8 +8,10 @@ builds the command as always and adopts the QEMU started here only when it is th
 same command, with the same initrd parts and late modules (image paths are
 content-addressed: the same path is the same bytes) and, for a restore, the same saved
 state, unchanged since; otherwise that QEMU is killed and reaped, the lab's
-directory emptied, and the boot starts as it did before. The CLI discards it too when it
-ends without `up` having taken it (bad input, Ctrl-C): nothing is left running.
+directory given back as it was found (the last run's logs: kept aside while the guess
+runs), and the boot starts as it did before. The CLI discards it too when it ends
+without `up` having taken it (bad input, Ctrl-C): nothing is left running, and nothing
+of the last run is lost.
 
 Only `kvmlab up` from the command line does this; Python's `Lab.up` boots as before. The
 record is written after an `up` that booted L1 or restored it (not one that saved a
@@ -111,6 +113,10 @@ class Prestart:
         self.started = 0.0
         self.record: dict[str, Any] = {}
         self._lock: IO | None = None
+        #: the lab's directory as the head start found it (the last run's logs), kept aside
+        #: until `up` takes the QEMU over; put back if it does not (bad input, Ctrl-C), as
+        #: an `up` without a head start would have left it
+        self._kept: Path | None = None
 
     # -- the guess ---------------------------------------------------------------------
     def start(self) -> bool:
@@ -138,6 +144,12 @@ class Prestart:
             if files.read() is not None:
                 self.release()  # up, starting, or stale: `up` deals with it, as before
                 return False
+            kept = paths.dir.parent / f".{name}.before-up"
+            shutil.rmtree(kept, ignore_errors=True)
+            if os.path.lexists(paths.dir):
+                private_dir(paths.dir)  # ours, a real directory: only then is it moved
+                os.rename(paths.dir, kept)
+                self._kept = kept
             prepare_dir(files, [p[0] for p in record["initrd"]], path_of(record["late"]))
             self.started = time.monotonic()
             self.l0 = L0Process(record["command"], paths.qemu_log)
@@ -193,16 +205,25 @@ class Prestart:
         """`up` takes the QEMU over (it reaps it from now on)."""
         assert self.l0 is not None
         l0, self.l0 = self.l0, None
+        if self._kept is not None:  # a boot empties the directory, logs too (prepare_dir)
+            shutil.rmtree(self._kept, ignore_errors=True)
+            self._kept = None
         return l0
 
     def discard(self) -> None:
-        """Kills and reaps the QEMU started here, and empties the lab's directory; the lock
-        is kept (`up` goes on under it, or `release` lets it go)."""
+        """Kills and reaps the QEMU started here, and gives the lab's directory back as it
+        was found; the lock is kept (`up` goes on under it, or `release` lets it go)."""
         if self.l0 is not None:
             self.l0.kill()
             self.l0 = None
             if self.files is not None:
                 self.files.clean(keep_logs=False)
+        if self._kept is not None and self.files is not None:
+            try:
+                os.rename(self._kept, self.files.paths.dir)
+            except OSError:
+                pass  # the directory is there again (a boot under this lock made it)
+            self._kept = None
 
     def release(self) -> None:
         if self._lock is not None:

@@ -76,15 +76,19 @@ def test_a_changed_config_stops_the_guess_and_boots_what_it_asks(tmp_path, priva
         assert kvmlab("down", "--name", "changed").returncode == 0
 
 
-def test_bad_input_after_a_guess_leaves_nothing_running(tmp_path, private_runtime):
+def test_bad_input_after_a_guess_leaves_nothing_running_and_the_last_runs_log(tmp_path, private_runtime):
     lab_dir = private_runtime / "labs/badguess"
     config = configured(tmp_path, "badguess")
     booted_once("badguess", "--config", str(config))
+    last_console = (lab_dir / "console.log").read_bytes()
+    assert b"kvmlab: L1 ready" in last_console
     configured(tmp_path, "badguess", "  cpus: lots\n")
     result = kvmlab("up", "--config", str(config))
     err = result.stderr.decode()
     assert result.returncode == 2 and len(err.splitlines()) == 1 and "lab.cpus" in err, err
     assert qemu_pids_in(lab_dir) == [] and not (lab_dir / "lab.json").exists()
+    # as without a head start, bad input loses nothing: the last run's log is still there
+    assert (lab_dir / "console.log").read_bytes() == last_console
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

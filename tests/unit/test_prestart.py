@@ -99,6 +99,40 @@ def test_a_taken_over_qemu_is_not_discarded(remembered):
         prestart.release()
 
 
+def last_run_left(lab_dir):
+    """What a lab that went down leaves: its directory with the run's logs."""
+    lab_dir.mkdir(mode=0o700)
+    (lab_dir / "console.log").write_text("the last run's L1 console\n")
+
+
+def test_a_discarded_guess_gives_the_last_runs_logs_back(remembered):
+    lab_dir = labs_root() / "pre"
+    last_run_left(lab_dir)
+    prestart = started(Prestart(launch_key(ARGV)))
+    try:
+        assert (lab_dir / "lab.json").exists() and not (lab_dir / "console.log").exists()
+    finally:
+        prestart.discard()  # bad input, Ctrl-C, or another command
+        prestart.release()
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["console.log"]
+    assert (lab_dir / "console.log").read_text() == "the last run's L1 console\n"
+    assert not any(p.name.endswith(".before-up") for p in labs_root().iterdir())
+
+
+def test_a_taken_over_guess_empties_the_directory_as_a_boot_does(remembered):
+    lab_dir = labs_root() / "pre"
+    last_run_left(lab_dir)
+    prestart = started(Prestart(launch_key(ARGV)))
+    l0 = prestart.adopt()
+    try:
+        prestart.discard()
+        assert not (lab_dir / "console.log").exists() and (lab_dir / "lab.json").exists()
+        assert not any(p.name.endswith(".before-up") for p in labs_root().iterdir())
+    finally:
+        l0.kill()
+        prestart.release()
+
+
 @pytest.mark.parametrize("spoil", ["group-readable", "another-users", "symlink", "other-key", "garbage", "a-path"])
 def test_a_record_not_private_or_not_this_ups_is_ignored(spoil, remembered, runtime):
     path = record_path(launch_key(ARGV))
