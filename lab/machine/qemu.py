@@ -75,10 +75,7 @@ class LabPaths:
 
 
 def kernel_cmdline(config: LabConfig) -> str:
-    """L1's command line. cryptomgr.notests: the kernel's crypto self-tests (on in every
-    Debian kernel from 5.10 to 7.x) took 0.12-0.25 s of each L1 boot under TCG, and test
-    nothing of KVM; qemu.append "cryptomgr.notests=0" comes later and turns them back on."""
-    parts = ["console=ttyAMA0", "panic=-1", "cryptomgr.notests", f"transparent_hugepage={config.thp}"]
+    parts = ["console=ttyAMA0", "panic=-1", f"transparent_hugepage={config.thp}"]
     if config.hugepages_1g:  # gigantic pages: only at boot can L1 count on 1 GiB of contiguous memory
         parts.append(f"hugepagesz=1G hugepages={config.hugepages_1g}")
     if config.kvm_mode != "vhe":

@@ -49,12 +49,6 @@ def test_exec_reads_thp_mode(lab):
     assert result.stdout == b"[always] madvise never\n"
 
 
-def test_l1_skips_the_kernels_crypto_self_tests(lab):
-    # cryptomgr.notests (lab/machine/qemu.py kernel_cmdline): 0.12-0.25 s of each boot
-    result = kvmlab("exec", "--name", "it", "--", "cat", "/sys/module/cryptomgr/parameters/notests")
-    assert result.stdout == b"Y\n"
-
-
 def test_kvm_device_is_usable(lab):
     # KVM_GET_API_VERSION (0xAE00) on /dev/kvm returns 12 on every kernel since 2.6.22.
     script = ("import fcntl, os; fd = os.open('/dev/kvm', os.O_RDWR); "
