@@ -219,10 +219,11 @@ class Prestart:
             if self.files is not None:
                 self.files.clean(keep_logs=False)
         if self._kept is not None and self.files is not None:
+            self.files.clean(keep_logs=False)  # what the guess made, had it got no further
             try:
                 os.rename(self._kept, self.files.paths.dir)
             except OSError:
-                pass  # the directory is there again (a boot under this lock made it)
+                pass  # only its logs are lost, as a boot would have lost them
             self._kept = None
 
     def release(self) -> None:

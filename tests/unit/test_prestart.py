@@ -119,6 +119,21 @@ def test_a_discarded_guess_gives_the_last_runs_logs_back(remembered):
     assert not any(p.name.endswith(".before-up") for p in labs_root().iterdir())
 
 
+def test_a_guess_that_fails_before_qemu_starts_gives_the_logs_back_too(remembered, monkeypatch):
+    lab_dir = labs_root() / "pre"
+    last_run_left(lab_dir)
+
+    def no_qemu(self):
+        raise OSError("cannot start")
+
+    monkeypatch.setattr("lab.machine.prestart.L0Process.start", no_qemu)
+    prestart = Prestart(launch_key(ARGV))
+    with pytest.raises(OSError):
+        prestart.start()
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["console.log"]
+    assert not prestart.holds_lock
+
+
 def test_a_taken_over_guess_empties_the_directory_as_a_boot_does(remembered):
     lab_dir = labs_root() / "pre"
     last_run_left(lab_dir)
