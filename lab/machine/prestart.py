@@ -213,13 +213,13 @@ class Prestart:
     def discard(self) -> None:
         """Kills and reaps the QEMU started here, and gives the lab's directory back as it
         was found; the lock is kept (`up` goes on under it, or `release` lets it go)."""
+        made = self.l0 is not None or self._kept is not None  # the directory is the guess's
         if self.l0 is not None:
             self.l0.kill()
             self.l0 = None
-            if self.files is not None:
-                self.files.clean(keep_logs=False)
+        if made and self.files is not None:
+            self.files.clean(keep_logs=False)
         if self._kept is not None and self.files is not None:
-            self.files.clean(keep_logs=False)  # what the guess made, had it got no further
             try:
                 os.rename(self._kept, self.files.paths.dir)
             except OSError:
