@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab.core.errors import LaunchError, UserError
+from lab.core.procs import signals_held
 from lab.shared.files import write_atomic
 
 if TYPE_CHECKING:  # not imported at run time: `kvmlab up` starts QEMU before it reads YAML (prestart.py)
@@ -313,10 +314,12 @@ class L0Process:
         with open(self.log, "ab", opener=private_opener) as log:
             try:
                 # A session of its own: Ctrl-C in the user's terminal reaches kvmlab, which
-                # then stops QEMU itself, rather than killing QEMU behind its back.
+                # then stops QEMU itself, rather than killing QEMU behind its back; so Ctrl-C
+                # waits until its pid is kept here (signals_held), or nobody would stop it.
                 # umask 077: the sockets, console log and pid file QEMU creates are the user's alone.
-                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
+                with signals_held():
+                    self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                                 stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
             except OSError as exc:
                 raise LaunchError(f"cannot start {self.command[0]}: {exc.strerror}", command=self.command) from None
         return self.proc.pid
