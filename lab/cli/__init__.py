@@ -17,14 +17,41 @@ from typing import Any
 __all__ = ["main", "run"]
 
 
+#: The last signal that `terminate` answered (SIGINT's is Python's own handler).
+_STOPPED_BY: list[int] = []
+
+
 def terminate(signum, frame):
     """SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so QEMUs being started
     are stopped and reaped and half-built images removed."""
+    _STOPPED_BY[:] = [signum]
     raise KeyboardInterrupt
+
+
+def stop_again(unraisable: Any) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt that Python ignored, because the signal's
+    handler ran inside a weakref callback or a finalizer, is sent again; else Ctrl-C is lost
+    and the command goes on (1 SIGINT in 400 during `up`'s imports: raised in a callback of
+    the import system's, and `up` booted L1). Sent 10 ms later from a thread of its own (not
+    waited for), so that the main thread handles it once this hook has returned, and not in
+    here, where it would be ignored again."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        import _thread
+        import signal
+        import time
+
+        def send(signum: int) -> None:
+            time.sleep(0.01)
+            os.kill(os.getpid(), signum)
+
+        _thread.start_new_thread(send, (_STOPPED_BY[-1] if _STOPPED_BY else signal.SIGINT,))
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def run() -> None:
     """The `kvmlab` command (the console script, `python -m lab.cli`)."""
+    sys.unraisablehook = stop_again
     from lab.machine.prestart import Prestart, launch_key
 
     key = launch_key(sys.argv[1:])

@@ -4,6 +4,8 @@ are trusted, what a head start leaves, and that a discarded one is reaped."""
 import fcntl
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -235,6 +237,33 @@ def test_an_interrupt_wrapped_by_python_counts_as_an_interrupt():
         type("Taken", (), {"field": Named()})
     assert caused_by_interrupt(wrapped.value)
     assert not caused_by_interrupt(RuntimeError("Symlink loop from 'x'"))
+
+
+IGNORED_STOP = """
+import signal, sys, time, weakref
+from lab.cli import stop_again, terminate
+if sys.argv[1] == "kept":
+    sys.unraisablehook = stop_again
+signal.signal(signal.SIGTERM, terminate)
+class Thing:
+    pass
+thing = Thing()
+# The handler runs inside the callback, where Python ignores the KeyboardInterrupt it raises
+# (as in the import system's module-lock callbacks, during `up`'s imports).
+ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGTERM))
+del thing
+try:
+    time.sleep(3)
+    print("went on")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+@pytest.mark.parametrize("hook, outcome", [("kept", "stopped"), ("python's", "went on")])
+def test_a_stop_that_python_ignored_is_sent_again(hook, outcome):
+    done = subprocess.run([sys.executable, "-c", IGNORED_STOP, hook], capture_output=True, text=True, timeout=30)
+    assert done.stdout == f"{outcome}\n", done.stderr
 
 
 def test_only_the_most_recent_records_are_kept(runtime):
