@@ -36,6 +36,8 @@ def stop_again(unraisable: Any) -> None:
     waited for), so that the main thread handles it once this hook has returned, and not in
     here, where it would be ignored again."""
     if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        if sys.is_finalizing():
+            return  # kvmlab is ending already (no thread can start now)
         import _thread
         import signal
         import time
