@@ -1,6 +1,7 @@
 """When L1's page cache is dropped before a scenario (images/l1/python/l1/scenario.py):
 only when little memory is free, or when a huge page reservation falls short without."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,3 +64,46 @@ def test_a_short_huge_page_reservation_drops_the_page_cache_and_asks_again(monke
     assert [w[0] for w in l1.writes].count("/proc/sys/vm/drop_caches") == drops
     settings.restore()
     assert l1.files[NR] == "0"  # the reservation given back, whatever it took
+
+
+WARM_HOLDS = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("clearing", flush=True)
+time.sleep(0.5)
+open(sys.argv[2], "w").write("freed")
+"""
+
+WARM_TRIES = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("cleared")
+except OSError:
+    print("skipped")
+"""
+
+
+def test_a_scenario_that_maps_the_1g_page_waits_for_l1s_warm_up_to_free_it(tmp_path, monkeypatch):
+    """images/l1/rootfs/kvmlab/warm clears the 1 GiB page once under this lock: a scenario
+    that maps the page waits until it is free again, and while such a scenario runs the
+    warm-up leaves the page alone."""
+    import subprocess
+
+    monkeypatch.setattr(scenario, "_HUGE_PAGE_HELD", [])
+    lock, freed = tmp_path / "huge-1g.lock", tmp_path / "freed"
+    warm = subprocess.Popen([sys.executable, "-c", WARM_HOLDS, str(lock), str(freed)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert warm.stdout.readline() == "clearing\n"
+        scenario.hold_huge_page(str(lock))
+        assert freed.read_text() == "freed"  # it returned only once the warm-up had let go
+        tried = subprocess.run([sys.executable, "-c", WARM_TRIES, str(lock)], capture_output=True, text=True)
+        assert tried.stdout == "skipped\n"
+    finally:
+        warm.wait()
+        for fd in scenario._HUGE_PAGE_HELD:
+            os.close(fd)
+    tried = subprocess.run([sys.executable, "-c", WARM_TRIES, str(lock)], capture_output=True, text=True)
+    assert tried.stdout == "cleared\n"  # no scenario holds it: the warm-up clears the page

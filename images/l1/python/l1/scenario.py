@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import faulthandler
+import fcntl
 import json
 import os
 import random
@@ -129,6 +130,23 @@ def reserve_hugepages(path: str, count: int, settings: Settings, dropped: bool) 
     return got, dropped
 
 
+#: Held shared by a scenario that maps the 1 GiB huge page, exclusive by L1's warm-up
+#: while it clears that page (images/l1/rootfs/kvmlab/warm, which skips it when held).
+HUGE_PAGE_LOCK = "/run/kvmlab/huge-1g.lock"
+#: the lock's descriptor, open for the scenario process's life (the VMM a child of it)
+_HUGE_PAGE_HELD: list[int] = []
+
+
+def hold_huge_page(path: str = HUGE_PAGE_LOCK) -> None:
+    """Waits until L1's warm-up has freed the 1 GiB page (seconds at most: it clears it
+    once), then keeps it from taking the page while this scenario runs."""
+    if _HUGE_PAGE_HELD:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _HUGE_PAGE_HELD.append(fd)
+
+
 def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """Returns (what L1 now has, None or why the scenario cannot run: ("na", the feature
     this kernel lacks) or ("skip", the resource L1 lacks))."""
@@ -161,6 +179,8 @@ def apply_l1(spec: L1Settings, settings: Settings) -> tuple[dict[str, Any], tupl
         path = f"{MM}/hugepages/hugepages-{size_kb}kB/nr_hugepages"
         if not os.path.exists(path):
             return have, ("na", f"this kernel has no {size_kb} KiB huge pages")
+        if int(size_kb) == 1 << 20:
+            hold_huge_page()
         try:
             got, dropped = reserve_hugepages(path, int(count), settings, dropped)
         except OSError as exc:
