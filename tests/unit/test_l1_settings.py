@@ -87,7 +87,7 @@ except OSError:
 
 
 def test_a_scenario_that_maps_the_1g_page_waits_for_l1s_warm_up_to_free_it(tmp_path, monkeypatch):
-    """images/l1/rootfs/kvmlab/warm clears the 1 GiB page once under this lock: a scenario
+    """images/l1/rootfs/kvmlab/hugepage-warm clears the 1 GiB page once under this lock: a scenario
     that maps the page waits until it is free again, and while such a scenario runs the
     warm-up leaves the page alone."""
     import subprocess

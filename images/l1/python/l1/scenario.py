@@ -131,7 +131,7 @@ def reserve_hugepages(path: str, count: int, settings: Settings, dropped: bool) 
 
 
 #: Held shared by a scenario that maps the 1 GiB huge page, exclusive by L1's warm-up
-#: while it clears that page (images/l1/rootfs/kvmlab/warm, which skips it when held).
+#: while it clears that page (images/l1/rootfs/kvmlab/hugepage-warm, which skips it when held).
 HUGE_PAGE_LOCK = "/run/kvmlab/huge-1g.lock"
 #: the lock's descriptor, open for the scenario process's life (the VMM a child of it)
 _HUGE_PAGE_HELD: list[int] = []
